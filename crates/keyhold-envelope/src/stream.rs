@@ -1,0 +1,153 @@
+//! Streaming over `std::io::Read` and `std::io::Write`: the format itself performs no IO,
+//! these adapters only move bytes between the caller's reader and writer and the
+//! sans-IO [`Encryptor`] and [`BodyDecryptor`], with memory bounded by one frame plus a
+//! fixed read buffer.
+
+use std::borrow::Borrow;
+use std::io::{Read, Write};
+
+use aws_lc_rs::rand::SecureRandom;
+
+use crate::config::{DecryptConfig, EncryptConfig};
+use crate::decrypt::BodyDecryptor;
+use crate::encrypt::{EncryptionMaterials, Encryptor};
+use crate::error::{DecryptError, EncryptError};
+use crate::header::{Header, HeaderParse};
+
+const CHUNK: usize = 256 * 1024;
+
+/// A streaming failure: the reader or writer, or the format.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// Reading input or writing output failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The message could not be written.
+    #[error(transparent)]
+    Encrypt(#[from] EncryptError),
+    /// The message could not be read.
+    #[error(transparent)]
+    Decrypt(#[from] DecryptError),
+}
+
+/// Encrypts everything `reader` yields into one message written to `writer`. `progress`
+/// is called with the number of plaintext bytes read so far. Returns that total.
+pub fn encrypt_stream<M, R, W>(
+    materials: M,
+    config: &EncryptConfig,
+    rng: &dyn SecureRandom,
+    mut reader: R,
+    mut writer: W,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, StreamError>
+where
+    M: Borrow<EncryptionMaterials>,
+    R: Read,
+    W: Write,
+{
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    let mut enc = Encryptor::new(materials, config, rng, &mut out)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = read_some(&mut reader, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        enc.update(buf.get(..n).unwrap_or_default(), &mut out)?;
+        writer.write_all(&out)?;
+        out.clear();
+        progress(total);
+    }
+    enc.finish(&mut out)?;
+    writer.write_all(&out)?;
+    writer.flush()?;
+    Ok(total)
+}
+
+/// Reads a message header from `reader`. Returns it with the bytes read past its end,
+/// which belong to the body.
+pub fn read_header_from<R: Read>(mut reader: R, config: &DecryptConfig) -> Result<(Header, Vec<u8>), StreamError> {
+    let mut buf = Vec::new();
+    loop {
+        let field = match Header::parse(&buf, config)? {
+            HeaderParse::Complete(h) => {
+                let rest = buf.split_off(h.len());
+                return Ok((*h, rest));
+            }
+            HeaderParse::Incomplete(field) => field,
+        };
+        let len = buf.len();
+        buf.resize(len + CHUNK, 0);
+        let n = read_some(&mut reader, buf.get_mut(len..).unwrap_or_default())?;
+        buf.truncate(len + n);
+        if n == 0 {
+            return Err(DecryptError::Truncated(field).into());
+        }
+    }
+}
+
+/// Decrypts the rest of a message into `writer`: first `leftover` (from
+/// [`read_header_from`]), then `reader` to its end. `progress` is called with the number of
+/// ciphertext bytes read so far. Returns the number of plaintext bytes written.
+pub fn decrypt_stream<R: Read, W: Write>(
+    mut body: BodyDecryptor,
+    leftover: Vec<u8>,
+    mut reader: R,
+    mut writer: W,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, StreamError> {
+    let mut buf = leftover;
+    let mut start = 0usize;
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    let mut written = 0u64;
+    let mut read_total = 0u64;
+    loop {
+        let used = body.process(buf.get(start..).unwrap_or_default(), &mut out)?;
+        start += used;
+        if !out.is_empty() {
+            writer.write_all(&out)?;
+            written += out.len() as u64;
+            out.clear();
+        }
+        // Keep the unread tail at the front, then read more after it.
+        if start > 0 {
+            buf.drain(..start);
+            start = 0;
+        }
+        let len = buf.len();
+        buf.resize(len + CHUNK, 0);
+        let n = read_some(&mut reader, buf.get_mut(len..).unwrap_or_default())?;
+        buf.truncate(len + n);
+        read_total += n as u64;
+        progress(read_total);
+        if n == 0 {
+            let used = body.process(&buf, &mut out)?;
+            writer.write_all(&out)?;
+            written += out.len() as u64;
+            if used != buf.len() {
+                body.finish()?;
+                return Err(DecryptError::TrailingBytes(buf.len() - used).into());
+            }
+            body.finish()?;
+            writer.flush()?;
+            return Ok(written);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the reader ends, retrying interrupted reads.
+fn read_some<R: Read>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(buf.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
