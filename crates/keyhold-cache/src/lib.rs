@@ -1,1 +1,290 @@
-//! placeholder
+//! The materials cache: reusing data keys is what makes customer-managed keys cost nothing
+//! per record.
+//!
+//! * **Encryption materials** are cached per [`EncryptKey`] (tenant, purpose, and a
+//!   partition the caller derives from the key set, algorithm suite and encryption
+//!   context) and reused until the first of [`CacheConfig::max_messages`] (default
+//!   5,000,000), [`CacheConfig::max_age`] (default 24 h) or [`CacheConfig::max_bytes`];
+//!   then the caller generates a fresh data key.
+//! * **Decryption materials** are cached per [`DecryptKey`] (tenant and a digest of the
+//!   encrypted data key and context) for [`CacheConfig::decrypt_ttl`]. The TTL is one term
+//!   of the revocation bound: after a tenant revokes its key, a node that has not yet been
+//!   told can go on decrypting from cache for at most this long.
+//!
+//! Both are partitioned by tenant in their key types, bounded in size (the oldest entry of
+//! a shard is evicted), and flushed per tenant with [`MaterialsCache::flush_tenant`].
+//! Values are held as `Arc<V>`: dropping the last reference drops the value, and key types
+//! zeroize on drop, so an evicted data key is wiped as soon as no request still uses it.
+//!
+//! Concurrency: entries live in independently locked shards; a hit takes one shard's read
+//! lock and updates the entry's usage with atomics. There is no global lock on the hot
+//! path. Time comes from an injected [`Clock`].
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use keyhold_core::{Clock, Purpose, TenantId};
+
+const SHARDS: usize = 32;
+
+/// Cache limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Messages one data key may encrypt (default 5,000,000).
+    pub max_messages: u64,
+    /// How long one data key may encrypt (default 24 hours).
+    pub max_age: Duration,
+    /// Plaintext bytes one data key may encrypt (default 2^50, about 1 PiB).
+    pub max_bytes: u64,
+    /// How long an unwrapped data key may be reused for decryption (default 30 s).
+    pub decrypt_ttl: Duration,
+    /// Most entries each of the two caches holds (default 10,000).
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: 5_000_000,
+            max_age: Duration::from_secs(24 * 60 * 60),
+            max_bytes: 1 << 50,
+            decrypt_ttl: Duration::from_secs(30),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// Where encryption materials may be reused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncryptKey {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The purpose.
+    pub purpose: Purpose,
+    /// Everything else that must match for reuse: key set, suite, context.
+    pub partition: Vec<u8>,
+}
+
+/// Which unwrapped data key: the tenant and a digest of the encrypted data key and the
+/// encryption context it was unwrapped under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DecryptKey {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Digest of encrypted data key and context.
+    pub id: [u8; 32],
+}
+
+trait Tenanted {
+    fn tenant(&self) -> &TenantId;
+}
+
+impl Tenanted for EncryptKey {
+    fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+}
+
+impl Tenanted for DecryptKey {
+    fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+}
+
+struct Entry<V> {
+    value: Arc<V>,
+    created_ms: u64,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+struct Shard<K, V> {
+    map: RwLock<HashMap<K, Entry<V>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+struct Sharded<K, V> {
+    shards: Vec<Shard<K, V>>,
+    hasher: RandomState,
+    per_shard: usize,
+}
+
+impl<K: Hash + Eq + Clone + Tenanted, V> Sharded<K, V> {
+    fn new(max_entries: usize) -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| Shard { map: RwLock::new(HashMap::new()), hits: AtomicU64::new(0), misses: AtomicU64::new(0) })
+            .collect();
+        Self { shards, hasher: RandomState::new(), per_shard: max_entries.div_ceil(SHARDS).max(1) }
+    }
+
+    fn shard(&self, key: &K) -> &Shard<K, V> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // `i < SHARDS == self.shards.len()`.
+        #[allow(clippy::indexing_slicing, reason = "index reduced modulo the shard count")]
+        &self.shards[i]
+    }
+
+    fn get(&self, key: &K, usable: impl FnOnce(&Entry<V>) -> bool) -> Option<Arc<V>> {
+        let shard = self.shard(key);
+        let found = {
+            let map = shard.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.get(key).filter(|e| usable(e)).map(|e| e.value.clone())
+        };
+        let counter = if found.is_some() { &shard.hits } else { &shard.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn put(&self, key: K, entry: Entry<V>) {
+        let shard = self.shard(&key);
+        let mut map = shard.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= self.per_shard && !map.contains_key(&key) {
+            let oldest = map.iter().min_by_key(|(_, e)| e.created_ms).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
+        }
+        map.insert(key, entry);
+    }
+
+    fn remove_if(&self, f: impl Fn(&K, &Entry<V>) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in &self.shards {
+            let mut map = shard.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = map.len();
+            map.retain(|k, e| !f(k, e));
+            removed += before - map.len();
+        }
+        removed
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.map.read().map_or(0, |m| m.len())).sum()
+    }
+
+    fn stats(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(h, m), s| (h + s.hits.load(Ordering::Relaxed), m + s.misses.load(Ordering::Relaxed)))
+    }
+}
+
+/// Hit and miss counts, and current sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Encryption lookups served from cache.
+    pub encrypt_hits: u64,
+    /// Encryption lookups that needed new materials.
+    pub encrypt_misses: u64,
+    /// Decryption lookups served from cache.
+    pub decrypt_hits: u64,
+    /// Decryption lookups that needed an unwrap.
+    pub decrypt_misses: u64,
+    /// Encryption entries held.
+    pub encrypt_entries: usize,
+    /// Decryption entries held.
+    pub decrypt_entries: usize,
+}
+
+/// The two caches. `E` is the encryption-materials type, `D` the decryption-materials type.
+pub struct MaterialsCache<E, D> {
+    config: CacheConfig,
+    clock: Arc<dyn Clock>,
+    encrypt: Sharded<EncryptKey, E>,
+    decrypt: Sharded<DecryptKey, D>,
+}
+
+impl<E, D> MaterialsCache<E, D> {
+    /// An empty cache.
+    pub fn new(config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            encrypt: Sharded::new(config.max_entries),
+            decrypt: Sharded::new(config.max_entries),
+            config,
+            clock,
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// Materials to encrypt one message of `plaintext_len` bytes, if a cached data key may
+    /// still be used for it. The message is counted against the key's limits.
+    pub fn get_encrypt(&self, key: &EncryptKey, plaintext_len: u64) -> Option<Arc<E>> {
+        let now = self.clock.now_millis();
+        let max_age = duration_ms(self.config.max_age);
+        self.encrypt.get(key, |e| {
+            if now.saturating_sub(e.created_ms) >= max_age {
+                return false;
+            }
+            let messages = e.messages.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let bytes = e.bytes.fetch_add(plaintext_len, Ordering::Relaxed).saturating_add(plaintext_len);
+            messages <= self.config.max_messages && bytes <= self.config.max_bytes
+        })
+    }
+
+    /// Caches fresh encryption materials, counting the message they are first used for.
+    pub fn put_encrypt(&self, key: EncryptKey, value: Arc<E>, plaintext_len: u64) {
+        let entry = Entry {
+            value,
+            created_ms: self.clock.now_millis(),
+            messages: AtomicU64::new(1),
+            bytes: AtomicU64::new(plaintext_len),
+        };
+        self.encrypt.put(key, entry);
+    }
+
+    /// A cached unwrapped data key, if younger than the decrypt TTL.
+    pub fn get_decrypt(&self, key: &DecryptKey) -> Option<Arc<D>> {
+        let now = self.clock.now_millis();
+        let ttl = duration_ms(self.config.decrypt_ttl);
+        self.decrypt.get(key, |e| now.saturating_sub(e.created_ms) < ttl)
+    }
+
+    /// Caches an unwrapped data key.
+    pub fn put_decrypt(&self, key: DecryptKey, value: Arc<D>) {
+        let entry = Entry { value, created_ms: self.clock.now_millis(), messages: AtomicU64::new(0), bytes: AtomicU64::new(0) };
+        self.decrypt.put(key, entry);
+    }
+
+    /// Drops every entry of `tenant` from both caches; returns how many.
+    pub fn flush_tenant(&self, tenant: &TenantId) -> usize {
+        self.encrypt.remove_if(|k, _| k.tenant() == tenant) + self.decrypt.remove_if(|k, _| k.tenant() == tenant)
+    }
+
+    /// Drops entries that can no longer be used (past their age or TTL).
+    pub fn purge_expired(&self) -> usize {
+        let now = self.clock.now_millis();
+        let max_age = duration_ms(self.config.max_age);
+        let ttl = duration_ms(self.config.decrypt_ttl);
+        self.encrypt.remove_if(|_, e| now.saturating_sub(e.created_ms) >= max_age)
+            + self.decrypt.remove_if(|_, e| now.saturating_sub(e.created_ms) >= ttl)
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> CacheStats {
+        let (encrypt_hits, encrypt_misses) = self.encrypt.stats();
+        let (decrypt_hits, decrypt_misses) = self.decrypt.stats();
+        CacheStats {
+            encrypt_hits,
+            encrypt_misses,
+            decrypt_hits,
+            decrypt_misses,
+            encrypt_entries: self.encrypt.len(),
+            decrypt_entries: self.decrypt.len(),
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
