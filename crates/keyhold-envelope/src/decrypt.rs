@@ -53,6 +53,13 @@ pub fn decrypt(header: Header, data_key: &DataKey, message: &[u8], config: &Decr
     Ok(Decrypted { header: dec.header, plaintext })
 }
 
+impl std::fmt::Debug for Decrypted {
+    /// Shows the header and the plaintext length, never the plaintext.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted").field("header", &self.header).field("plaintext_len", &self.plaintext.len()).finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Body,

@@ -273,6 +273,10 @@ impl KeyProvider for LocalKms {
         "local"
     }
 
+    fn accepts(&self, key: &KeyRef) -> bool {
+        key.as_str().starts_with("lk-")
+    }
+
     fn key_for(&self, edk: &EncryptedDataKey) -> Option<KeyRef> {
         if edk.provider_id != raw_aes::NAMESPACE {
             return None;

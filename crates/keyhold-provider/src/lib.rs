@@ -81,6 +81,9 @@ pub trait KeyProvider: Send + Sync {
     /// A short name for logs and metrics (`local`, `aws-kms`).
     fn name(&self) -> &'static str;
 
+    /// Whether `key` is a reference this provider serves (a local key id, an AWS ARN).
+    fn accepts(&self, key: &KeyRef) -> bool;
+
     /// Whether this provider wrote `edk`, judging by its provider id; returns the key that
     /// can unwrap it.
     fn key_for(&self, edk: &EncryptedDataKey) -> Option<KeyRef>;

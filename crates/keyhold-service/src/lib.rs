@@ -1,1 +1,256 @@
-//! placeholder
+//! Orchestration without HTTP: the path from a tenant's request to a message and back.
+//!
+//! Encryption: the caller's context gets the reserved `tenant` and `purpose` keys; the
+//! materials cache is asked for a data key usable for this (tenant, purpose, key set,
+//! suite, context); on a miss the first key of the set (the home region) generates a data
+//! key, every other key wraps it, and the materials are cached. The message is then
+//! written by `keyhold-envelope` without any further provider call.
+//!
+//! Decryption: the header is parsed, its `tenant` must equal the caller's tenant (checked
+//! before any key is touched), and the first encrypted data key a configured provider can
+//! unwrap yields the data key, through the decryption cache.
+//!
+//! **Caller context and the cache.** The caller's context is part of every message's
+//! encryption context, so it is what the tenant's KMS sees and logs, and what a stock SDK
+//! needs to decrypt; an encrypted data key is bound to it. Data keys can therefore only be
+//! reused between messages with the same context, and the cache partition includes it.
+//! Context is for low-cardinality classification (table, data class, region): a value
+//! that differs per record (a row id) makes every record a provider call. Bind per-record
+//! identifiers inside the plaintext instead. [`Keyhold::encrypt`] documents the bound.
+
+#![forbid(unsafe_code)]
+
+mod error;
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use keyhold_cache::{CacheConfig, CacheStats, DecryptKey, EncryptKey, MaterialsCache};
+use keyhold_core::{
+    Clock, DataKey, EncryptedDataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY,
+    TenantId,
+};
+use keyhold_envelope::{
+    AlgorithmSuite, BodyDecryptor, DecryptConfig, Decrypted, EncryptConfig, EncryptionMaterials, Header,
+    PUBLIC_KEY_CONTEXT_KEY, SigningKey,
+};
+use keyhold_provider::{ErrorClass, KeyProvider, ProviderError};
+
+pub use error::ServiceError;
+
+/// What to encrypt under.
+#[derive(Debug, Clone)]
+pub struct EncryptParams {
+    /// The tenant whose keys protect the data.
+    pub tenant: TenantId,
+    /// The data's purpose.
+    pub purpose: Purpose,
+    /// The tenant's root keys, home region first: the first generates the data key, the
+    /// others wrap it, so the message decrypts with any one of them.
+    pub keys: Vec<KeyRef>,
+    /// Caller context (must not use the reserved keys).
+    pub context: EncryptionContext,
+    /// Algorithm suite (default `0x0478`).
+    pub suite: AlgorithmSuite,
+}
+
+/// Settings of a [`Keyhold`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    /// Cache limits.
+    pub cache: CacheConfig,
+    /// Message writing.
+    pub encrypt: EncryptConfig,
+    /// Message reading.
+    pub decrypt: DecryptConfig,
+}
+
+/// The keyhold service core.
+pub struct Keyhold {
+    providers: Vec<Arc<dyn KeyProvider>>,
+    cache: MaterialsCache<EncryptionMaterials, DataKey>,
+    settings: Settings,
+    rng: SystemRandom,
+}
+
+impl Keyhold {
+    /// A service over `providers` (each key reference is served by the first provider that
+    /// accepts it).
+    pub fn new(providers: Vec<Arc<dyn KeyProvider>>, settings: Settings, clock: Arc<dyn Clock>) -> Self {
+        Self { providers, cache: MaterialsCache::new(settings.cache, clock), settings, rng: SystemRandom::new() }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Drops every cached data key of `tenant` (on revocation or deletion).
+    pub fn flush_tenant(&self, tenant: &TenantId) -> usize {
+        self.cache.flush_tenant(tenant)
+    }
+
+    /// Encrypts one message held in memory. At most one provider call per key of the set
+    /// is made per data-key lifetime (see the crate docs on context and the cache).
+    pub async fn encrypt(&self, params: &EncryptParams, plaintext: &[u8]) -> Result<Vec<u8>, ServiceError> {
+        let materials = self.encryption_materials(params, plaintext.len() as u64).await?;
+        Ok(keyhold_envelope::encrypt(&materials, &self.settings.encrypt, &self.rng, plaintext)?)
+    }
+
+    /// Encryption materials for a message of `plaintext_len` bytes (for streaming callers,
+    /// which then drive [`keyhold_envelope::Encryptor`] themselves).
+    pub async fn encryption_materials(
+        &self,
+        params: &EncryptParams,
+        plaintext_len: u64,
+    ) -> Result<Arc<EncryptionMaterials>, ServiceError> {
+        let (first, rest) = params.keys.split_first().ok_or(ServiceError::NoKeys)?;
+        if !params.suite.is_committing() {
+            return Err(ServiceError::UnsupportedSuite(params.suite));
+        }
+        let mut context = params.context.clone();
+        for (k, _) in params.context.iter() {
+            if k == RESERVED_TENANT_KEY || k == RESERVED_PURPOSE_KEY || k.starts_with("aws-crypto-") {
+                return Err(ServiceError::ReservedContextKey(k.to_owned()));
+            }
+        }
+        context.insert(RESERVED_TENANT_KEY, params.tenant.as_str());
+        context.insert(RESERVED_PURPOSE_KEY, params.purpose.as_str());
+
+        let cache_key = EncryptKey {
+            tenant: params.tenant.clone(),
+            purpose: params.purpose.clone(),
+            partition: partition(&params.keys, params.suite, &context)?,
+        };
+        if let Some(m) = self.cache.get_encrypt(&cache_key, plaintext_len) {
+            return Ok(m);
+        }
+
+        let signing = if params.suite.is_signing() {
+            let key = SigningKey::generate(params.suite)?;
+            context.insert(PUBLIC_KEY_CONTEXT_KEY, key.public_key());
+            Some(key)
+        } else {
+            None
+        };
+        let (data_key, edk) = self
+            .provider_for(first)?
+            .generate_data_key(first, params.suite.data_key_len(), &context)
+            .await
+            .map_err(|e| ServiceError::Provider { key: first.clone(), source: e })?;
+        let mut edks = Vec::with_capacity(params.keys.len());
+        edks.push(edk);
+        for key in rest {
+            let edk = self
+                .provider_for(key)?
+                .wrap(key, &data_key, &context)
+                .await
+                .map_err(|e| ServiceError::Provider { key: key.clone(), source: e })?;
+            edks.push(edk);
+        }
+        let materials = Arc::new(EncryptionMaterials::new(params.suite, data_key, context, edks, signing)?);
+        self.cache.put_encrypt(cache_key, materials.clone(), plaintext_len);
+        Ok(materials)
+    }
+
+    /// Decrypts one message held in memory, refusing it unless it belongs to `tenant`.
+    pub async fn decrypt(&self, tenant: &TenantId, message: &[u8]) -> Result<Decrypted, ServiceError> {
+        let header = keyhold_envelope::read_header(message, &self.settings.decrypt)?;
+        let key = self.data_key(tenant, &header).await?;
+        Ok(keyhold_envelope::decrypt(header, &key, message, &self.settings.decrypt)?)
+    }
+
+    /// Checks a parsed header's tenant and returns a body decryptor (for streaming
+    /// callers).
+    pub async fn body_decryptor(&self, tenant: &TenantId, header: Header) -> Result<BodyDecryptor, ServiceError> {
+        let key = self.data_key(tenant, &header).await?;
+        Ok(BodyDecryptor::new(header, &key, &self.settings.decrypt)?)
+    }
+
+    /// Refuses a header that does not carry `tenant`, then unwraps its data key.
+    pub async fn data_key(&self, tenant: &TenantId, header: &Header) -> Result<Arc<DataKey>, ServiceError> {
+        check_tenant(tenant, header)?;
+        let context = header.context();
+        let context_bytes = context.to_bytes().map_err(|_| ServiceError::MalformedContext)?;
+        let mut last_error = None;
+        for edk in header.encrypted_data_keys() {
+            let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(edk).map(|k| (p, k))) else {
+                continue;
+            };
+            let cache_key = DecryptKey { tenant: tenant.clone(), id: edk_digest(edk, &context_bytes) };
+            if let Some(k) = self.cache.get_decrypt(&cache_key) {
+                return Ok(k);
+            }
+            match provider.unwrap(edk, context).await {
+                Ok(dk) => {
+                    let dk = Arc::new(dk);
+                    self.cache.put_decrypt(cache_key, dk.clone());
+                    return Ok(dk);
+                }
+                // Try the next region's key; remember the most telling failure.
+                Err(e) => {
+                    let better = match &last_error {
+                        None => true,
+                        Some(ServiceError::Provider { source, .. }) => rank(&e) > rank(source),
+                        Some(_) => true,
+                    };
+                    if better {
+                        last_error = Some(ServiceError::Provider { key, source: e });
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or(ServiceError::NoUsableEncryptedDataKey))
+    }
+
+    fn provider_for(&self, key: &KeyRef) -> Result<&Arc<dyn KeyProvider>, ServiceError> {
+        self.providers.iter().find(|p| p.accepts(key)).ok_or_else(|| ServiceError::NoProviderFor(key.clone()))
+    }
+}
+
+/// Which failure to report when every region's key failed: a revocation is what the
+/// caller must hear about, then a misconfiguration, then anything else.
+fn rank(e: &ProviderError) -> u8 {
+    match e.class() {
+        ErrorClass::Revoked => 3,
+        ErrorClass::Misconfigured => 2,
+        ErrorClass::Retryable => 1,
+        ErrorClass::Invalid => 0,
+    }
+}
+
+/// Refuses a message whose context names another tenant, or none.
+pub fn check_tenant(tenant: &TenantId, header: &Header) -> Result<(), ServiceError> {
+    match header.context().get(RESERVED_TENANT_KEY) {
+        Some(t) if t == tenant.as_str() => Ok(()),
+        found => Err(ServiceError::TenantMismatch { expected: tenant.clone(), found: found.map(str::to_owned) }),
+    }
+}
+
+fn partition(keys: &[KeyRef], suite: AlgorithmSuite, context: &EncryptionContext) -> Result<Vec<u8>, ServiceError> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&suite.id().to_be_bytes());
+    for k in keys {
+        p.extend_from_slice(&(k.as_str().len() as u32).to_be_bytes());
+        p.extend_from_slice(k.as_str().as_bytes());
+    }
+    p.extend_from_slice(&context.to_bytes().map_err(|_| ServiceError::MalformedContext)?);
+    Ok(p)
+}
+
+fn edk_digest(edk: &EncryptedDataKey, context_bytes: &[u8]) -> [u8; 32] {
+    let mut d = digest::Context::new(&digest::SHA256);
+    for field in [edk.provider_id.as_bytes(), &edk.provider_info, &edk.ciphertext, context_bytes] {
+        d.update(&(field.len() as u64).to_be_bytes());
+        d.update(field);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.finish().as_ref());
+    out
+}
