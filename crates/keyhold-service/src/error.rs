@@ -35,7 +35,7 @@ pub enum ServiceError {
     #[error("no encrypted data key in the message can be unwrapped by a configured key provider")]
     NoUsableEncryptedDataKey,
     /// A provider call failed.
-    #[error("key {key}: {source}")]
+    #[error("the key provider refused or failed")]
     Provider {
         /// The key used.
         key: KeyRef,

@@ -130,10 +130,10 @@ async fn fails_over_to_the_other_region_and_reports_revocation() {
     f.kms.disable_key(&f.eu2).unwrap();
     let err = f.service.decrypt(&p.tenant, &ct).await.unwrap_err();
     assert!(matches!(err, ServiceError::Provider { source: ProviderError::KeyDisabled { .. }, .. }), "{err}");
-    assert!(err.to_string().contains("is disabled"), "{err}");
+    assert!(chain(&err).contains("is disabled"), "{err}");
     // Encryption under a disabled home key fails too, with the key named.
     let err = f.service.encrypt(&params(&f, "other"), b"y").await.unwrap_err();
-    assert!(err.to_string().contains(f.eu1.as_str()) && err.to_string().contains("disabled"), "{err}");
+    assert!(chain(&err).contains(f.eu1.as_str()) && chain(&err).contains("disabled"), "{err}");
 }
 
 #[tokio::test]
@@ -174,4 +174,16 @@ async fn unknown_keys_and_suites_are_refused() {
     let mut p = params(&f, "acme");
     p.suite = AlgorithmSuite::AES_256_GCM_HKDF_SHA384_ECDSA_P384;
     assert!(matches!(f.service.encrypt(&p, b"").await, Err(ServiceError::UnsupportedSuite(_))));
+}
+
+/// The error and its sources, as `{:#}` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

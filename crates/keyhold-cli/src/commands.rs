@@ -1,0 +1,155 @@
+//! Turns parsed flags into real objects and runs them.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use aws_lc_rs::rand::SystemRandom;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use keyhold_core::{EncryptionContext, KeyRef, Purpose, Region, SystemClock, TenantId};
+use keyhold_envelope::stream::{decrypt_stream, encrypt_stream, read_header_from};
+use keyhold_envelope::{AlgorithmSuite, DecryptConfig, EncryptConfig};
+use keyhold_provider::{KeyDescription, KeyProvider, KeyState};
+use keyhold_provider_local::LocalKms;
+use keyhold_service::{EncryptParams, Keyhold, Settings};
+
+use crate::flags::{Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd};
+
+/// Inputs larger than this get a progress bar on a terminal.
+const PROGRESS_THRESHOLD: u64 = 8 << 20;
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::LocalKms(cmd) => local_kms(&cli.data_dir, cmd),
+        Command::Encrypt(args) => encrypt(&cli.data_dir, args),
+        Command::Decrypt(args) => decrypt(&cli.data_dir, args),
+    }
+}
+
+fn open_local(dir: &std::path::Path) -> Result<LocalKms> {
+    LocalKms::open(dir).with_context(|| format!("opening the local key provider in {}", dir.display()))
+}
+
+fn key_ref(s: &str) -> Result<KeyRef> {
+    KeyRef::parse(s).with_context(|| format!("invalid key {s:?}"))
+}
+
+fn local_kms(dir: &std::path::Path, cmd: LocalCmd) -> Result<()> {
+    let kms = open_local(dir)?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        LocalCmd::CreateKey { region, description } => {
+            let region = Region::parse(&region).context("invalid --region")?;
+            let d = kms.create_key(&region, &description)?;
+            writeln!(out, "{}", d.key)?;
+        }
+        LocalCmd::ListKeys => {
+            writeln!(out, "{:<36} {:<16} {:<16} {:>8}  CREATED", "KEY", "REGION", "STATE", "VERSIONS")?;
+            for d in kms.list_keys()? {
+                writeln!(out, "{:<36} {:<16} {:<16} {:>8}  {}", d.key, d.region, d.state.name(), d.material_versions, time(d.created_ms))?;
+            }
+        }
+        LocalCmd::DescribeKey { key } => print_description(&mut out, &kms.describe_key(&key_ref(&key)?)?)?,
+        LocalCmd::DisableKey { key } => print_description(&mut out, &kms.disable_key(&key_ref(&key)?)?)?,
+        LocalCmd::EnableKey { key } => print_description(&mut out, &kms.enable_key(&key_ref(&key)?)?)?,
+        LocalCmd::ScheduleKeyDeletion { key, days } => {
+            print_description(&mut out, &kms.schedule_key_deletion(&key_ref(&key)?, days)?)?;
+        }
+        LocalCmd::CancelKeyDeletion { key } => print_description(&mut out, &kms.cancel_key_deletion(&key_ref(&key)?)?)?,
+        LocalCmd::RotateKey { key } => print_description(&mut out, &kms.rotate_key(&key_ref(&key)?)?)?,
+    }
+    Ok(())
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+fn print_description(out: &mut impl Write, d: &KeyDescription) -> Result<()> {
+    let mut v = serde_json::json!({
+        "KeyId": d.key.as_str(),
+        "Region": d.region.as_str(),
+        "KeyState": d.state.name(),
+        "CreationDate": time(d.created_ms),
+        "Origin": match d.origin { keyhold_provider::KeyOrigin::External => "EXTERNAL", _ => "KEYHOLD_LOCAL" },
+        "MaterialVersions": d.material_versions,
+        "Description": d.description,
+    });
+    if let KeyState::PendingDeletion { deletion_at_ms } = d.state {
+        v["DeletionDate"] = serde_json::Value::String(time(deletion_at_ms));
+    }
+    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    Ok(())
+}
+
+fn service(dir: &std::path::Path, settings: Settings) -> Result<Keyhold> {
+    let local: Arc<dyn KeyProvider> = Arc::new(open_local(dir)?);
+    Ok(Keyhold::new(vec![local], settings, Arc::new(SystemClock)))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
+    let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    let purpose = Purpose::parse(&args.purpose).context("invalid --purpose")?;
+    let keys = args.keys.iter().map(|k| key_ref(k)).collect::<Result<Vec<_>>>()?;
+    let suite: AlgorithmSuite = args.suite.parse().map_err(anyhow::Error::msg).context("invalid --suite")?;
+    let mut pairs = Vec::new();
+    for c in &args.context {
+        let Some((k, v)) = c.split_once('=') else { bail!("invalid --context {c:?}: expected KEY=VALUE") };
+        pairs.push((k.to_owned(), v.to_owned()));
+    }
+    let context = EncryptionContext::from_caller_pairs(pairs).context("invalid --context")?;
+    if args.frame_length == 0 {
+        bail!("invalid --frame-length 0: frames hold at least one byte");
+    }
+    let service = service(dir, Settings::default())?;
+    let params = EncryptParams { tenant, purpose, keys, context, suite };
+    let materials = runtime()?.block_on(service.encryption_materials(&params, 0))?;
+    let stdin = std::io::stdin().lock();
+    let size = input_size();
+    let bar = progress(size, args.quiet);
+    let config = EncryptConfig { frame_length: args.frame_length };
+    encrypt_stream(materials, &config, &SystemRandom::new(), stdin, std::io::stdout().lock(), |n| bar.set_position(n))
+        .context("encrypting")?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn decrypt(dir: &std::path::Path, args: DecryptArgs) -> Result<()> {
+    let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    let config = DecryptConfig { require_commitment: args.require_commitment, ..DecryptConfig::default() };
+    let service = service(dir, Settings { decrypt: config, ..Settings::default() })?;
+    let mut stdin = std::io::stdin().lock();
+    let (header, leftover) = read_header_from(&mut stdin, &config).context("reading the message header")?;
+    // The tenant check happens inside, before any key is used or any byte is written.
+    let body = runtime()?.block_on(service.body_decryptor(&tenant, header))?;
+    let bar = progress(input_size(), args.quiet);
+    decrypt_stream(body, leftover, &mut stdin, std::io::stdout().lock(), |n| bar.set_position(n)).context("decrypting")?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The size of standard input when it is a regular file.
+fn input_size() -> Option<u64> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    meta.is_file().then_some(meta.len())
+}
+
+fn progress(size: Option<u64>, quiet: bool) -> ProgressBar {
+    let interactive = std::io::stderr().is_terminal() && !quiet;
+    match size {
+        Some(n) if interactive && n >= PROGRESS_THRESHOLD => {
+            let bar = ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+                bar.set_style(style);
+            }
+            bar
+        }
+        _ => ProgressBar::hidden(),
+    }
+}

@@ -1,0 +1,118 @@
+//! Command-line flags, each documented beside its definition.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// keyhold: customer-managed keys for multi-tenant platforms.
+#[derive(Debug, Parser)]
+#[command(name = "keyhold", version, about)]
+pub struct Cli {
+    /// Directory holding keyhold's state (the local key provider's keystore).
+    #[arg(long, global = true, env = "KEYHOLD_DATA_DIR", default_value = "./keyhold-data")]
+    pub data_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage keys of the embedded local key provider (the stand-in for a tenant's KMS).
+    #[command(name = "local-kms", subcommand)]
+    LocalKms(LocalKms),
+    /// Encrypt standard input to standard output as an AWS Encryption SDK message.
+    Encrypt(EncryptArgs),
+    /// Decrypt a message from standard input to standard output.
+    Decrypt(DecryptArgs),
+}
+
+/// Local key provider commands.
+#[derive(Debug, Subcommand)]
+pub enum LocalKms {
+    /// Create a key; prints its id alone on standard output.
+    CreateKey {
+        /// Region the key belongs to, e.g. eu-central-1.
+        #[arg(long)]
+        region: String,
+        /// Free-form description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List keys that have not been deleted.
+    ListKeys,
+    /// Describe a key as JSON.
+    DescribeKey {
+        /// Key id.
+        key: String,
+    },
+    /// Disable a key: it refuses every operation until enabled.
+    DisableKey {
+        /// Key id.
+        key: String,
+    },
+    /// Enable a disabled key.
+    EnableKey {
+        /// Key id.
+        key: String,
+    },
+    /// Schedule a key's destruction after a waiting period.
+    ScheduleKeyDeletion {
+        /// Key id.
+        key: String,
+        /// Waiting period in days, 7 to 30.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Cancel a scheduled deletion (the key is left disabled).
+    CancelKeyDeletion {
+        /// Key id.
+        key: String,
+    },
+    /// Add new key material; older ciphertexts still decrypt.
+    RotateKey {
+        /// Key id.
+        key: String,
+    },
+}
+
+/// `keyhold encrypt` flags.
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// Root key to protect the data key; repeat for each region (home region first).
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<String>,
+    /// Tenant the data belongs to.
+    #[arg(long)]
+    pub tenant: String,
+    /// Purpose (data class or service) of the data.
+    #[arg(long)]
+    pub purpose: String,
+    /// Extra encryption context as key=value; repeatable.
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+    /// Algorithm suite: 0x0478 (default) or 0x0578 (adds an ECDSA P-384 signature).
+    #[arg(long, default_value = "0x0478")]
+    pub suite: String,
+    /// Plaintext bytes per frame.
+    #[arg(long, default_value_t = 4096)]
+    pub frame_length: u32,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `keyhold decrypt` flags.
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// Tenant the caller acts for; a message of any other tenant is refused.
+    #[arg(long)]
+    pub tenant: String,
+    /// Refuse messages whose algorithm suite does not commit to its data key.
+    #[arg(long)]
+    pub require_commitment: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}

@@ -1,0 +1,22 @@
+//! The `keyhold` binary: the local key provider's console and offline encrypt/decrypt.
+//!
+//! Flags are parsed by clap into plain structs ([`flags`]); [`commands`] then builds the
+//! real objects and runs them. Errors print their whole cause chain and exit with 1.
+
+mod commands;
+mod flags;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let args = flags::Cli::parse();
+    match commands::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyhold: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! End-to-end tests of the `keyhold` binary: the local-kms console, encrypt and decrypt
+//! through pipes, and the errors a user sees.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn keyhold(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A command may exit before reading everything (that is the point of some tests).
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn ok(out: Output) -> Vec<u8> {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn create_key(dir: &Path, region: &str) -> String {
+    let id = String::from_utf8(ok(keyhold(dir, &["local-kms", "create-key", "--region", region], b""))).unwrap();
+    assert!(id.ends_with('\n') && id.trim().starts_with("lk-") && !id.trim().contains(char::is_whitespace), "{id:?}");
+    id.trim().to_owned()
+}
+
+#[test]
+fn encrypt_then_decrypt_through_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (create_key(dir.path(), "eu-central-1"), create_key(dir.path(), "eu-west-1"));
+    let plaintext: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let ct = ok(keyhold(
+        dir.path(),
+        &["encrypt", "--key", &k1, "--key", &k2, "--tenant", "acme", "--purpose", "billing", "--context", "table=users"],
+        &plaintext,
+    ));
+    assert_eq!(ct[0], 2, "format version 2");
+    let pt = ok(keyhold(dir.path(), &["decrypt", "--tenant", "acme"], &ct));
+    assert_eq!(pt, plaintext);
+    // Either region's key alone is enough.
+    ok(keyhold(dir.path(), &["local-kms", "disable-key", &k1], b""));
+    assert_eq!(ok(keyhold(dir.path(), &["decrypt", "--tenant", "acme"], &ct)), plaintext);
+}
+
+#[test]
+fn decrypt_refuses_another_tenant_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = create_key(dir.path(), "eu-central-1");
+    let ct = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p"], b"secret"));
+    let out = keyhold(dir.path(), &["decrypt", "--tenant", "globex"], &ct);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "plaintext was written");
+    assert!(stderr(&out).contains("belongs to tenant acme, not globex"), "{}", stderr(&out));
+}
+
+#[test]
+fn disabled_and_deleted_keys_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = create_key(dir.path(), "eu-central-1");
+    let ct = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p"], b"secret"));
+    ok(keyhold(dir.path(), &["local-kms", "disable-key", &k], b""));
+    for args in [&["decrypt", "--tenant", "acme"][..], &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p"]] {
+        let out = keyhold(dir.path(), args, &ct);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty());
+        assert!(stderr(&out).contains(&format!("key {k} is disabled")), "{}", stderr(&out));
+    }
+    ok(keyhold(dir.path(), &["local-kms", "enable-key", &k], b""));
+    let d = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "schedule-key-deletion", &k, "--days", "7"], b""))).unwrap();
+    assert!(d.contains("\"KeyState\": \"PendingDeletion\"") && d.contains("DeletionDate"), "{d}");
+    let out = keyhold(dir.path(), &["decrypt", "--tenant", "acme"], &ct);
+    assert!(stderr(&out).contains("pending deletion"), "{}", stderr(&out));
+    ok(keyhold(dir.path(), &["local-kms", "cancel-key-deletion", &k], b""));
+    let d = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "describe-key", &k], b""))).unwrap();
+    assert!(d.contains("\"KeyState\": \"Disabled\""), "{d}");
+}
+
+#[test]
+fn rotation_and_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = create_key(dir.path(), "ap-southeast-2");
+    let old = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "t", "--purpose", "p"], b"before"));
+    let d = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "rotate-key", &k], b""))).unwrap();
+    assert!(d.contains("\"MaterialVersions\": 2"), "{d}");
+    let new = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "t", "--purpose", "p", "--suite", "0x0578"], b"after"));
+    assert_eq!(ok(keyhold(dir.path(), &["decrypt", "--tenant", "t"], &old)), b"before");
+    assert_eq!(ok(keyhold(dir.path(), &["decrypt", "--tenant", "t"], &new)), b"after");
+    let list = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "list-keys"], b""))).unwrap();
+    assert!(list.lines().nth(1).unwrap().starts_with(&k) && list.contains("ap-southeast-2") && list.contains("Enabled"), "{list}");
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = create_key(dir.path(), "eu-central-1");
+    let cases: &[(&[&str], &[u8], &str)] = &[
+        (&["decrypt", "--tenant", "acme"], b"not a message", "unsupported message format version"),
+        (&["decrypt", "--tenant", "acme"], b"", "truncated"),
+        (&["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--context", "tenant=x"], b"", "reserved"),
+        (&["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--context", "novalue"], b"", "expected KEY=VALUE"),
+        (&["encrypt", "--key", &k, "--tenant", "a b", "--purpose", "p"], b"", "invalid --tenant"),
+        (&["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--suite", "0x0178"], b"", "cannot be used to encrypt"),
+        (&["encrypt", "--key", "lk-missing", "--tenant", "acme", "--purpose", "p"], b"", "does not exist"),
+        (&["local-kms", "create-key", "--region", "EU"], b"", "invalid --region"),
+        (&["local-kms", "schedule-key-deletion", &k, "--days", "3"], b"", "7 to 30 days"),
+    ];
+    for (args, input, expected) in cases {
+        let out = keyhold(dir.path(), args, input);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
+        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
+    }
+    // A tampered message writes no plaintext for the tampered frame and exits 1.
+    let mut ct = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p"], b"data"));
+    let n = ct.len();
+    ct[n - 20] ^= 1;
+    let out = keyhold(dir.path(), &["decrypt", "--tenant", "acme"], &ct);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("failed authentication"), "{}", stderr(&out));
+}
