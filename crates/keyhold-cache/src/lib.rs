@@ -1,9 +1,9 @@
 //! The materials cache: reusing data keys is what makes customer-managed keys cost nothing
 //! per record.
 //!
-//! * **Encryption materials** are cached per [`EncryptKey`] (tenant, purpose, and a
-//!   partition the caller derives from the key set, algorithm suite and encryption
-//!   context) and reused until the first of [`CacheConfig::max_messages`] (default
+//! * **Encryption materials** are cached per [`EncryptKey`] (tenant, and a digest the
+//!   caller derives from purpose, key set, algorithm suite and encryption context) and
+//!   reused until the first of [`CacheConfig::max_messages`] (default
 //!   5,000,000), [`CacheConfig::max_age`] (default 24 h) or [`CacheConfig::max_bytes`];
 //!   then the caller generates a fresh data key.
 //! * **Decryption materials** are cached per [`DecryptKey`] (tenant and a digest of the
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use keyhold_core::{Clock, Purpose, TenantId};
+use keyhold_core::{Clock, TenantId};
 
 const SHARDS: usize = 32;
 
@@ -59,15 +59,14 @@ impl Default for CacheConfig {
     }
 }
 
-/// Where encryption materials may be reused.
+/// Where encryption materials may be reused: the tenant, and a collision-resistant digest
+/// of everything else that must match for reuse (purpose, key set, suite, context).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EncryptKey {
     /// The tenant.
     pub tenant: TenantId,
-    /// The purpose.
-    pub purpose: Purpose,
-    /// Everything else that must match for reuse: key set, suite, context.
-    pub partition: Vec<u8>,
+    /// Digest of purpose, key set, suite and context.
+    pub id: [u8; 32],
 }
 
 /// Which unwrapped data key: the tenant and a digest of the encrypted data key and the
@@ -169,7 +168,9 @@ impl<K: Hash + Eq + Clone + Tenanted, V> Sharded<K, V> {
     }
 
     fn stats(&self) -> (u64, u64) {
-        self.shards.iter().fold((0, 0), |(h, m), s| (h + s.hits.load(Ordering::Relaxed), m + s.misses.load(Ordering::Relaxed)))
+        self.shards
+            .iter()
+            .fold((0, 0), |(h, m), s| (h + s.hits.load(Ordering::Relaxed), m + s.misses.load(Ordering::Relaxed)))
     }
 }
 
@@ -201,12 +202,7 @@ pub struct MaterialsCache<E, D> {
 impl<E, D> MaterialsCache<E, D> {
     /// An empty cache.
     pub fn new(config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            encrypt: Sharded::new(config.max_entries),
-            decrypt: Sharded::new(config.max_entries),
-            config,
-            clock,
-        }
+        Self { encrypt: Sharded::new(config.max_entries), decrypt: Sharded::new(config.max_entries), config, clock }
     }
 
     /// The limits in force.
@@ -249,7 +245,8 @@ impl<E, D> MaterialsCache<E, D> {
 
     /// Caches an unwrapped data key.
     pub fn put_decrypt(&self, key: DecryptKey, value: Arc<D>) {
-        let entry = Entry { value, created_ms: self.clock.now_millis(), messages: AtomicU64::new(0), bytes: AtomicU64::new(0) };
+        let entry =
+            Entry { value, created_ms: self.clock.now_millis(), messages: AtomicU64::new(0), bytes: AtomicU64::new(0) };
         self.decrypt.put(key, entry);
     }
 

@@ -11,7 +11,7 @@ fn tenant(t: &str) -> TenantId {
 }
 
 fn ekey(t: &str) -> EncryptKey {
-    EncryptKey { tenant: tenant(t), purpose: Purpose::parse("p").unwrap(), partition: vec![1] }
+    EncryptKey { tenant: tenant(t), id: [1; 32] }
 }
 
 fn dkey(t: &str, n: u8) -> DecryptKey {

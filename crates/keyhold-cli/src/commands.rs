@@ -46,7 +46,15 @@ fn local_kms(dir: &std::path::Path, cmd: LocalCmd) -> Result<()> {
         LocalCmd::ListKeys => {
             writeln!(out, "{:<36} {:<16} {:<16} {:>8}  CREATED", "KEY", "REGION", "STATE", "VERSIONS")?;
             for d in kms.list_keys()? {
-                writeln!(out, "{:<36} {:<16} {:<16} {:>8}  {}", d.key, d.region, d.state.name(), d.material_versions, time(d.created_ms))?;
+                writeln!(
+                    out,
+                    "{:<36} {:<16} {:<16} {:>8}  {}",
+                    d.key,
+                    d.region,
+                    d.state.name(),
+                    d.material_versions,
+                    time(d.created_ms)
+                )?;
             }
         }
         LocalCmd::DescribeKey { key } => print_description(&mut out, &kms.describe_key(&key_ref(&key)?)?)?,
@@ -75,8 +83,8 @@ fn print_description(out: &mut impl Write, d: &KeyDescription) -> Result<()> {
         "MaterialVersions": d.material_versions,
         "Description": d.description,
     });
-    if let KeyState::PendingDeletion { deletion_at_ms } = d.state {
-        v["DeletionDate"] = serde_json::Value::String(time(deletion_at_ms));
+    if let (KeyState::PendingDeletion { deletion_at_ms }, Some(obj)) = (d.state, v.as_object_mut()) {
+        obj.insert("DeletionDate".into(), serde_json::Value::String(time(deletion_at_ms)));
     }
     writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())
@@ -127,7 +135,8 @@ fn decrypt(dir: &std::path::Path, args: DecryptArgs) -> Result<()> {
     // The tenant check happens inside, before any key is used or any byte is written.
     let body = runtime()?.block_on(service.body_decryptor(&tenant, header))?;
     let bar = progress(input_size(), args.quiet);
-    decrypt_stream(body, leftover, &mut stdin, std::io::stdout().lock(), |n| bar.set_position(n)).context("decrypting")?;
+    decrypt_stream(body, leftover, &mut stdin, std::io::stdout().lock(), |n| bar.set_position(n))
+        .context("decrypting")?;
     bar.finish_and_clear();
     Ok(())
 }
@@ -145,7 +154,8 @@ fn progress(size: Option<u64>, quiet: bool) -> ProgressBar {
     match size {
         Some(n) if interactive && n >= PROGRESS_THRESHOLD => {
             let bar = ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            if let Ok(style) = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            {
                 bar.set_style(style);
             }
             bar

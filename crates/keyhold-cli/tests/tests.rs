@@ -50,7 +50,19 @@ fn encrypt_then_decrypt_through_pipes() {
     let plaintext: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
     let ct = ok(keyhold(
         dir.path(),
-        &["encrypt", "--key", &k1, "--key", &k2, "--tenant", "acme", "--purpose", "billing", "--context", "table=users"],
+        &[
+            "encrypt",
+            "--key",
+            &k1,
+            "--key",
+            &k2,
+            "--tenant",
+            "acme",
+            "--purpose",
+            "billing",
+            "--context",
+            "table=users",
+        ],
         &plaintext,
     ));
     assert_eq!(ct[0], 2, "format version 2");
@@ -78,14 +90,16 @@ fn disabled_and_deleted_keys_say_so() {
     let k = create_key(dir.path(), "eu-central-1");
     let ct = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p"], b"secret"));
     ok(keyhold(dir.path(), &["local-kms", "disable-key", &k], b""));
-    for args in [&["decrypt", "--tenant", "acme"][..], &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p"]] {
+    for args in [&["decrypt", "--tenant", "acme"][..], &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p"]]
+    {
         let out = keyhold(dir.path(), args, &ct);
         assert_eq!(out.status.code(), Some(1));
         assert!(out.stdout.is_empty());
         assert!(stderr(&out).contains(&format!("key {k} is disabled")), "{}", stderr(&out));
     }
     ok(keyhold(dir.path(), &["local-kms", "enable-key", &k], b""));
-    let d = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "schedule-key-deletion", &k, "--days", "7"], b""))).unwrap();
+    let d = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "schedule-key-deletion", &k, "--days", "7"], b"")))
+        .unwrap();
     assert!(d.contains("\"KeyState\": \"PendingDeletion\"") && d.contains("DeletionDate"), "{d}");
     let out = keyhold(dir.path(), &["decrypt", "--tenant", "acme"], &ct);
     assert!(stderr(&out).contains("pending deletion"), "{}", stderr(&out));
@@ -101,11 +115,18 @@ fn rotation_and_listing() {
     let old = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "t", "--purpose", "p"], b"before"));
     let d = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "rotate-key", &k], b""))).unwrap();
     assert!(d.contains("\"MaterialVersions\": 2"), "{d}");
-    let new = ok(keyhold(dir.path(), &["encrypt", "--key", &k, "--tenant", "t", "--purpose", "p", "--suite", "0x0578"], b"after"));
+    let new = ok(keyhold(
+        dir.path(),
+        &["encrypt", "--key", &k, "--tenant", "t", "--purpose", "p", "--suite", "0x0578"],
+        b"after",
+    ));
     assert_eq!(ok(keyhold(dir.path(), &["decrypt", "--tenant", "t"], &old)), b"before");
     assert_eq!(ok(keyhold(dir.path(), &["decrypt", "--tenant", "t"], &new)), b"after");
     let list = String::from_utf8(ok(keyhold(dir.path(), &["local-kms", "list-keys"], b""))).unwrap();
-    assert!(list.lines().nth(1).unwrap().starts_with(&k) && list.contains("ap-southeast-2") && list.contains("Enabled"), "{list}");
+    assert!(
+        list.lines().nth(1).unwrap().starts_with(&k) && list.contains("ap-southeast-2") && list.contains("Enabled"),
+        "{list}"
+    );
 }
 
 #[test]
@@ -116,9 +137,17 @@ fn bad_input_is_named() {
         (&["decrypt", "--tenant", "acme"], b"not a message", "unsupported message format version"),
         (&["decrypt", "--tenant", "acme"], b"", "truncated"),
         (&["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--context", "tenant=x"], b"", "reserved"),
-        (&["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--context", "novalue"], b"", "expected KEY=VALUE"),
+        (
+            &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--context", "novalue"],
+            b"",
+            "expected KEY=VALUE",
+        ),
         (&["encrypt", "--key", &k, "--tenant", "a b", "--purpose", "p"], b"", "invalid --tenant"),
-        (&["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--suite", "0x0178"], b"", "cannot be used to encrypt"),
+        (
+            &["encrypt", "--key", &k, "--tenant", "acme", "--purpose", "p", "--suite", "0x0178"],
+            b"",
+            "cannot be used to encrypt",
+        ),
         (&["encrypt", "--key", "lk-missing", "--tenant", "acme", "--purpose", "p"], b"", "does not exist"),
         (&["local-kms", "create-key", "--region", "EU"], b"", "invalid --region"),
         (&["local-kms", "schedule-key-deletion", &k, "--days", "3"], b"", "7 to 30 days"),
@@ -137,4 +166,66 @@ fn bad_input_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(stderr(&out).contains("failed authentication"), "{}", stderr(&out));
+}
+
+/// Peak resident set size of a running process in KiB, from /proc (0 once it exited).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn streaming_keeps_memory_bounded() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let k = create_key(dir.path(), "eu-central-1");
+    let spawn = |args: &[&str], stdin: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_keyhold"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut enc = spawn(&["encrypt", "--quiet", "--key", &k, "--tenant", "t", "--purpose", "p"], Stdio::piped());
+    let mut dec = spawn(&["decrypt", "--quiet", "--tenant", "t"], Stdio::from(enc.stdout.take().unwrap()));
+    let total: usize = 128 << 20;
+    let mut input = enc.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![0x5au8; 1 << 20];
+        for _ in 0..(total >> 20) {
+            input.write_all(&chunk).unwrap();
+        }
+    });
+    let mut output = dec.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut n, mut all_5a) = (0usize, true);
+        loop {
+            let r = output.read(&mut buf).unwrap();
+            if r == 0 {
+                break (n, all_5a);
+            }
+            all_5a &= buf[..r].iter().all(|&b| b == 0x5a);
+            n += r;
+        }
+    });
+    let (mut enc_peak, mut dec_peak) = (0, 0);
+    while !reader.is_finished() {
+        enc_peak = enc_peak.max(peak_rss_kib(enc.id()));
+        dec_peak = dec_peak.max(peak_rss_kib(dec.id()));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    writer.join().unwrap();
+    assert_eq!(reader.join().unwrap(), (total, true));
+    assert!(enc.wait().unwrap().success() && dec.wait().unwrap().success());
+    assert!(enc_peak > 0 && dec_peak > 0, "no memory reading was taken");
+    // 128 MiB went through; each process stays far below that.
+    assert!(enc_peak < 32 * 1024 && dec_peak < 32 * 1024, "peak RSS: encrypt {enc_peak} KiB, decrypt {dec_peak} KiB");
 }

@@ -157,10 +157,7 @@ mod tests {
         let mut ctx = EncryptionContext::new();
         ctx.insert("b", "xy");
         ctx.insert("a", "");
-        assert_eq!(
-            ctx.to_bytes().unwrap(),
-            [0, 2, 0, 1, b'a', 0, 0, 0, 1, b'b', 0, 2, b'x', b'y']
-        );
+        assert_eq!(ctx.to_bytes().unwrap(), [0, 2, 0, 1, b'a', 0, 0, 0, 1, b'b', 0, 2, b'x', b'y']);
         let mut big = EncryptionContext::new();
         big.insert("k", "v".repeat(70_000));
         assert!(matches!(big.to_bytes(), Err(ContextError::TooLarge(_))));

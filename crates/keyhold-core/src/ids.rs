@@ -131,9 +131,13 @@ impl TenantId {
 impl Purpose {
     /// Parses a purpose.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        check("purpose", s, 64, "lowercase ASCII letters, digits and -_. (starting with a letter or digit)", |i, c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && matches!(c, '-' | '_' | '.'))
-        })?;
+        check(
+            "purpose",
+            s,
+            64,
+            "lowercase ASCII letters, digits and -_. (starting with a letter or digit)",
+            |i, c| c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && matches!(c, '-' | '_' | '.')),
+        )?;
         Ok(Self(s.to_owned()))
     }
 }
@@ -152,9 +156,7 @@ impl KeyRef {
     /// Parses a key reference. Leading or trailing whitespace is an error, not trimmed:
     /// a pasted ARN with a stray space is a common onboarding mistake and should be named.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        check("key reference", s, 2048, "printable ASCII without whitespace", |_, c| {
-            c.is_ascii_graphic()
-        })?;
+        check("key reference", s, 2048, "printable ASCII without whitespace", |_, c| c.is_ascii_graphic())?;
         Ok(Self(s.to_owned()))
     }
 }

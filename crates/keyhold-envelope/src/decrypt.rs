@@ -41,16 +41,50 @@ pub struct Decrypted {
 
 /// Decrypts a complete message whose header was read with [`read_header`], using the data
 /// key the caller unwrapped from one of its encrypted data keys.
-pub fn decrypt(header: Header, data_key: &DataKey, message: &[u8], config: &DecryptConfig) -> Result<Decrypted, DecryptError> {
+pub fn decrypt(
+    header: Header,
+    data_key: &DataKey,
+    message: &[u8],
+    config: &DecryptConfig,
+) -> Result<Decrypted, DecryptError> {
+    let mut plaintext = Vec::new();
+    let header = decrypt_into(header, data_key, message, config, &mut plaintext)?;
+    Ok(Decrypted { header, plaintext })
+}
+
+/// As [`decrypt`], appending the plaintext to `out` (which callers may reuse). On error
+/// `out` is left as it was.
+pub fn decrypt_into(
+    header: Header,
+    data_key: &DataKey,
+    message: &[u8],
+    config: &DecryptConfig,
+    out: &mut Vec<u8>,
+) -> Result<Header, DecryptError> {
+    let start = out.len();
+    let result = decrypt_body(header, data_key, message, config, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn decrypt_body(
+    header: Header,
+    data_key: &DataKey,
+    message: &[u8],
+    config: &DecryptConfig,
+    out: &mut Vec<u8>,
+) -> Result<Header, DecryptError> {
     let body = message.get(header.len..).ok_or(DecryptError::InvalidState)?;
     let mut dec = BodyDecryptor::new(header, data_key, config)?;
-    let mut plaintext = Vec::with_capacity(body.len());
-    let consumed = dec.process(body, &mut plaintext)?;
+    out.reserve(body.len());
+    let consumed = dec.process(body, out)?;
     dec.finish()?;
     if consumed != body.len() {
         return Err(DecryptError::TrailingBytes(body.len() - consumed));
     }
-    Ok(Decrypted { header: dec.header, plaintext })
+    Ok(dec.header)
 }
 
 impl std::fmt::Debug for Decrypted {
@@ -89,11 +123,12 @@ impl BodyDecryptor {
         if data_key.len() != suite.data_key_len() {
             return Err(DecryptError::DataKeyLength { expected: suite.data_key_len(), found: data_key.len() });
         }
-        let derived = keys::derive(suite, data_key, &header.message_id).map_err(|_| DecryptError::CommitmentMismatch)?;
-        if let (Some(expected), Some(found)) = (header.commitment, derived.commitment) {
-            if !bool::from(expected.ct_eq(&found)) {
-                return Err(DecryptError::CommitmentMismatch);
-            }
+        let derived =
+            keys::derive(suite, data_key, &header.message_id).map_err(|_| DecryptError::CommitmentMismatch)?;
+        if let (Some(expected), Some(found)) = (header.commitment, derived.commitment)
+            && !bool::from(expected.ct_eq(&found))
+        {
+            return Err(DecryptError::CommitmentMismatch);
         }
         derived
             .key
@@ -191,7 +226,9 @@ impl BodyDecryptor {
         let len = if is_final {
             let len = r.u32("final frame")?;
             if len > self.header.frame_length {
-                return Err(DecryptError::FinalFrameTooLong { found: len, frame_length: self.header.frame_length }.into());
+                return Err(
+                    DecryptError::FinalFrameTooLong { found: len, frame_length: self.header.frame_length }.into()
+                );
             }
             len
         } else {
@@ -219,7 +256,8 @@ impl BodyDecryptor {
         if len > self.max_non_framed {
             return Err(DecryptError::ContentTooLong { found: len, max: self.max_non_framed }.into());
         }
-        let ciphertext = r.take(usize::try_from(len).map_err(|_| Stop::Incomplete("non-framed body"))?, "non-framed body")?;
+        let ciphertext =
+            r.take(usize::try_from(len).map_err(|_| Stop::Incomplete("non-framed body"))?, "non-framed body")?;
         let tag = r.take(TAG_LEN, "non-framed body")?;
         keys::body_aad(&mut self.aad, &self.header.message_id, BodyKind::SingleBlock, 1, len);
         self.open(iv, ciphertext, tag, out).map_err(|()| DecryptError::FrameAuthFailed(1))?;

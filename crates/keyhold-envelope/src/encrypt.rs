@@ -100,6 +100,30 @@ fn push_u16_prefixed(out: &mut Vec<u8>, bytes: &[u8], field: &'static str) -> Re
     Ok(())
 }
 
+/// A message id: 32 bytes that must never repeat under one data key (they salt the
+/// derivation of each message's content key). Draw them from a CSPRNG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageId(pub [u8; 32]);
+
+impl MessageId {
+    /// A fresh random id.
+    pub fn random(rng: &dyn SecureRandom) -> Result<Self, EncryptError> {
+        let mut id = [0u8; 32];
+        rng.fill(&mut id).map_err(|_| EncryptError::Crypto("random message id"))?;
+        Ok(Self(id))
+    }
+}
+
+/// The exact length of the message [`encrypt`] writes for `plaintext_len` bytes, not
+/// counting the signature footer of signing suites (whose DER length varies by a byte or
+/// two).
+pub fn ciphertext_len(materials: &EncryptionMaterials, config: &EncryptConfig, plaintext_len: usize) -> usize {
+    let frame = usize::try_from(config.frame_length).unwrap_or(usize::MAX).max(1);
+    let regular = plaintext_len.saturating_sub(1) / frame;
+    let header = 1 + 2 + 32 + materials.header_middle.len() + 1 + 4 + 32 + TAG_LEN;
+    header + regular * (4 + IV_LEN + TAG_LEN) + (8 + IV_LEN + 4 + TAG_LEN) + plaintext_len
+}
+
 /// Encrypts `plaintext` into one message.
 pub fn encrypt(
     materials: &EncryptionMaterials,
@@ -107,17 +131,24 @@ pub fn encrypt(
     rng: &dyn SecureRandom,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, EncryptError> {
-    let frame = usize::try_from(config.frame_length).unwrap_or(usize::MAX).max(1);
-    let frames = plaintext.len() / frame + 1;
-    let capacity = 1 + 2 + 32 + materials.header_middle.len() + 5 + 32 + TAG_LEN
-        + plaintext.len()
-        + frames.saturating_mul(4 + IV_LEN + TAG_LEN)
-        + 8
-        + if materials.suite.is_signing() { 2 + 104 } else { 0 };
-    let mut out = Vec::with_capacity(capacity);
-    let mut enc = Encryptor::new(materials, config, rng, &mut out)?;
-    enc.seal_all(plaintext, &mut out)?;
+    let mut out = Vec::new();
+    encrypt_into(materials, config, MessageId::random(rng)?, plaintext, &mut out)?;
     Ok(out)
+}
+
+/// Encrypts `plaintext` into one message appended to `out`, with a message id the caller
+/// drew (so that ids can be fetched from the CSPRNG in bulk, and `out` reused).
+pub fn encrypt_into(
+    materials: &EncryptionMaterials,
+    config: &EncryptConfig,
+    message_id: MessageId,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EncryptError> {
+    let footer = if materials.suite.is_signing() { 2 + 104 } else { 0 };
+    out.reserve(ciphertext_len(materials, config, plaintext.len()) + footer);
+    let mut enc = Encryptor::with_message_id(materials, config, message_id, out)?;
+    enc.seal_all(plaintext, out)
 }
 
 /// A message being written, frame by frame. Holds back at most one frame of plaintext,
@@ -135,15 +166,30 @@ pub struct Encryptor<M: Borrow<EncryptionMaterials>> {
 }
 
 impl<M: Borrow<EncryptionMaterials>> Encryptor<M> {
-    /// Starts a message and appends its header to `out`.
-    pub fn new(materials: M, config: &EncryptConfig, rng: &dyn SecureRandom, out: &mut Vec<u8>) -> Result<Self, EncryptError> {
+    /// Starts a message with a random message id and appends its header to `out`.
+    pub fn new(
+        materials: M,
+        config: &EncryptConfig,
+        rng: &dyn SecureRandom,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, EncryptError> {
+        Self::with_message_id(materials, config, MessageId::random(rng)?, out)
+    }
+
+    /// Starts a message with the given message id and appends its header to `out`.
+    pub fn with_message_id(
+        materials: M,
+        config: &EncryptConfig,
+        message_id: MessageId,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, EncryptError> {
         if config.frame_length == 0 {
             return Err(EncryptError::InvalidFrameLength);
         }
         let m = materials.borrow();
-        let mut message_id = [0u8; 32];
-        rng.fill(&mut message_id).map_err(|_| EncryptError::Crypto("random message id"))?;
-        let derived = keys::derive(m.suite, &m.data_key, &message_id).map_err(|_| EncryptError::Crypto("key derivation"))?;
+        let MessageId(message_id) = message_id;
+        let derived =
+            keys::derive(m.suite, &m.data_key, &message_id).map_err(|_| EncryptError::Crypto("key derivation"))?;
         let commitment = derived.commitment.ok_or(EncryptError::SuiteNotForEncryption(m.suite.id()))?;
 
         let start = out.len();
@@ -255,15 +301,15 @@ impl<M: Borrow<EncryptionMaterials>> Encryptor<M> {
             let len = u32::try_from(plaintext.len()).map_err(|_| EncryptError::InvalidFrameLength)?;
             out.extend_from_slice(&len.to_be_bytes());
         }
+        // Encrypt straight from the caller's plaintext into the output: ciphertext and
+        // tag are written side by side, as the frame lays them out, with no extra copy.
         let content_start = out.len();
-        out.extend_from_slice(plaintext);
+        out.resize(content_start + plaintext.len() + TAG_LEN, 0);
         keys::body_aad(&mut self.aad, &self.message_id, kind, seq, plaintext.len() as u64);
         let content = out.get_mut(content_start..).ok_or(EncryptError::Crypto("frame offset"))?;
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(keys::nonce(iv), keys::aad(&self.aad), content)
+        self.key
+            .seal_in_place_scatter(keys::nonce(iv), keys::aad(&self.aad), &mut [], plaintext, content)
             .map_err(|_| EncryptError::Crypto("frame encryption"))?;
-        out.extend_from_slice(tag.as_ref());
         if let Some(h) = self.hasher.as_mut() {
             h.update(out.get(start..).unwrap_or_default());
         }

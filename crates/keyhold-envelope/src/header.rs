@@ -36,6 +36,8 @@ pub struct Header {
     pub(crate) auth_tag: [u8; TAG_LEN],
     /// The serialized header body: the AAD of the header authentication tag.
     pub(crate) body: Vec<u8>,
+    /// Where the serialized encryption context lies within `body`.
+    pub(crate) context_range: std::ops::Range<usize>,
     /// Length of the whole header, body and authentication.
     pub(crate) len: usize,
 }
@@ -91,6 +93,12 @@ impl Header {
         &self.context
     }
 
+    /// The encryption context as serialized in the header (the bytes a raw AES wrapping
+    /// key authenticates, and what a cache may key on without re-serializing).
+    pub fn context_bytes(&self) -> &[u8] {
+        self.body.get(self.context_range.clone()).unwrap_or_default()
+    }
+
     /// The encrypted data keys, in header order.
     pub fn encrypted_data_keys(&self) -> &[EncryptedDataKey] {
         &self.edks
@@ -139,6 +147,7 @@ fn parse(input: &[u8], config: &DecryptConfig) -> Result<Header, Stop> {
     }
     let message_id = r.take(if version == 1 { 16 } else { 32 }, "message id")?.to_vec();
     let aad = r.u16_prefixed("encryption context")?;
+    let context_range = r.position() - aad.len()..r.position();
     let context = parse_context(aad)?;
     match (suite.is_signing(), context.get(PUBLIC_KEY_CONTEXT_KEY).is_some()) {
         (true, false) => return Err(DecryptError::MissingPublicKey.into()),
@@ -202,6 +211,7 @@ fn parse(input: &[u8], config: &DecryptConfig) -> Result<Header, Stop> {
         auth_iv,
         auth_tag,
         body,
+        context_range,
         len,
     })
 }
@@ -223,8 +233,7 @@ fn parse_context(aad: &[u8]) -> Result<EncryptionContext, DecryptError> {
         let key = r.u16_prefixed("key").map_err(overrun)?;
         let value = r.u16_prefixed("value").map_err(overrun)?;
         let key = std::str::from_utf8(key).map_err(|_| DecryptError::MalformedContext("a key is not UTF-8"))?;
-        let value =
-            std::str::from_utf8(value).map_err(|_| DecryptError::MalformedContext("a value is not UTF-8"))?;
+        let value = std::str::from_utf8(value).map_err(|_| DecryptError::MalformedContext("a value is not UTF-8"))?;
         if ctx.get(key).is_some() {
             return Err(DecryptError::MalformedContext("a key appears twice"));
         }

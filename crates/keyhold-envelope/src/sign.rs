@@ -25,7 +25,8 @@ impl SigningKey {
     /// Generates a key for `suite`. Fails for suites that do not sign.
     pub fn generate(suite: AlgorithmSuite) -> Result<Self, EncryptError> {
         let signing = suite.signing().ok_or(EncryptError::SigningKeyMismatch)?;
-        let pair = EcdsaKeyPair::generate(signing.signing()).map_err(|_| EncryptError::Crypto("ECDSA key generation"))?;
+        let pair =
+            EcdsaKeyPair::generate(signing.signing()).map_err(|_| EncryptError::Crypto("ECDSA key generation"))?;
         let compressed: EcPublicKeyCompressedBin<'static> =
             pair.public_key().as_be_bytes().map_err(|_| EncryptError::Crypto("public key encoding"))?;
         let public_key = STANDARD.encode(compressed.as_ref());

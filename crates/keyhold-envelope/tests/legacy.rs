@@ -89,14 +89,15 @@ pub fn v1_message(opts: &V1, plaintext: &[u8]) -> (Vec<u8>, DataKey) {
     };
     let seal = |iv: [u8; 12], aad: Vec<u8>, data: &[u8]| {
         let mut buf = data.to_vec();
-        let tag = content_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut buf).unwrap();
+        let tag =
+            content_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut buf).unwrap();
         buf.extend_from_slice(tag.as_ref());
         buf
     };
     if opts.framed {
         let fl = opts.frame_length as usize;
         let mut chunks: Vec<&[u8]> = plaintext.chunks(fl).collect();
-        let last = if plaintext.len() % fl == 0 { &[][..] } else { chunks.pop().unwrap() };
+        let last = if plaintext.len().is_multiple_of(fl) { &[][..] } else { chunks.pop().unwrap() };
         let mut seq = 1u32;
         for c in chunks {
             let mut iv = [0u8; 12];
@@ -118,7 +119,11 @@ pub fn v1_message(opts: &V1, plaintext: &[u8]) -> (Vec<u8>, DataKey) {
         rng.fill(&mut iv).unwrap();
         msg.extend_from_slice(&iv);
         msg.extend_from_slice(&(plaintext.len() as u64).to_be_bytes());
-        msg.extend_from_slice(&seal(iv, body_aad("AWSKMSEncryptionClient Single Block", 1, plaintext.len() as u64), plaintext));
+        msg.extend_from_slice(&seal(
+            iv,
+            body_aad("AWSKMSEncryptionClient Single Block", 1, plaintext.len() as u64),
+            plaintext,
+        ));
     }
     if let Some(s) = signer {
         let sig = s.sign(&rng, &msg).unwrap();
@@ -134,7 +139,8 @@ fn every_v1_suite_framed_and_non_framed() {
         for framed in [true, false] {
             for len in [0usize, 1, 100, 1000] {
                 let pt = pattern(len);
-                let opts = V1 { suite, framed, frame_length: 100, context: context(&[("k", "v")]), public_key_override: None };
+                let opts =
+                    V1 { suite, framed, frame_length: 100, context: context(&[("k", "v")]), public_key_override: None };
                 let (msg, key) = v1_message(&opts, &pt);
                 assert_eq!(open(&key, &msg).unwrap(), pt, "suite {suite} framed {framed} len {len}");
             }
@@ -144,7 +150,13 @@ fn every_v1_suite_framed_and_non_framed() {
 
 #[test]
 fn v1_refused_when_commitment_required() {
-    let opts = V1 { suite: AlgorithmSuite::AES_256_GCM_HKDF_SHA384_ECDSA_P384, framed: true, frame_length: 64, context: context(&[]), public_key_override: None };
+    let opts = V1 {
+        suite: AlgorithmSuite::AES_256_GCM_HKDF_SHA384_ECDSA_P384,
+        framed: true,
+        frame_length: 64,
+        context: context(&[]),
+        public_key_override: None,
+    };
     let (msg, key) = v1_message(&opts, b"legacy");
     let strict = DecryptConfig { require_commitment: true, ..DecryptConfig::default() };
     assert_eq!(open_with(&key, &msg, &strict).unwrap_err(), DecryptError::CommitmentRequired(0x0378));

@@ -63,10 +63,22 @@ fn materials_are_checked() {
     assert!(matches!(r, Err(EncryptError::SigningKeyMismatch)));
     // Key whose public half is not in the context.
     let k = SigningKey::generate(suite).unwrap();
-    let r = EncryptionMaterials::new(suite, random_key(32), context(&[("aws-crypto-public-key", "AAAA")]), vec![edk("a")], Some(k));
+    let r = EncryptionMaterials::new(
+        suite,
+        random_key(32),
+        context(&[("aws-crypto-public-key", "AAAA")]),
+        vec![edk("a")],
+        Some(k),
+    );
     assert!(matches!(r, Err(EncryptError::SigningKeyMismatch)));
     // Legacy suites are read-only.
-    let r = EncryptionMaterials::new(AlgorithmSuite::AES_256_GCM_HKDF_SHA256, random_key(32), context(&[]), vec![edk("a")], None);
+    let r = EncryptionMaterials::new(
+        AlgorithmSuite::AES_256_GCM_HKDF_SHA256,
+        random_key(32),
+        context(&[]),
+        vec![edk("a")],
+        None,
+    );
     assert!(matches!(r, Err(EncryptError::SuiteNotForEncryption(0x0178))));
     // Short data key, no EDKs, oversized fields.
     let d = AlgorithmSuite::default();
@@ -74,14 +86,59 @@ fn materials_are_checked() {
         EncryptionMaterials::new(d, random_key(16), context(&[]), vec![edk("a")], None),
         Err(EncryptError::DataKeyLength { expected: 32, found: 16 })
     ));
-    assert!(matches!(EncryptionMaterials::new(d, random_key(32), context(&[]), vec![], None), Err(EncryptError::NoEncryptedDataKeys)));
+    assert!(matches!(
+        EncryptionMaterials::new(d, random_key(32), context(&[]), vec![], None),
+        Err(EncryptError::NoEncryptedDataKeys)
+    ));
     let mut big = edk("a");
     big.ciphertext = vec![0; 70_000];
-    assert!(matches!(EncryptionMaterials::new(d, random_key(32), context(&[]), vec![big], None), Err(EncryptError::FieldTooLong { .. })));
+    assert!(matches!(
+        EncryptionMaterials::new(d, random_key(32), context(&[]), vec![big], None),
+        Err(EncryptError::FieldTooLong { .. })
+    ));
     let huge = context(&[("k", &"v".repeat(66_000))]);
-    assert!(matches!(EncryptionMaterials::new(d, random_key(32), huge, vec![edk("a")], None), Err(EncryptError::ContextTooLarge(_))));
+    assert!(matches!(
+        EncryptionMaterials::new(d, random_key(32), huge, vec![edk("a")], None),
+        Err(EncryptError::ContextTooLarge(_))
+    ));
     // Zero frame length.
     let (m, _) = materials(d, context(&[]));
-    let r = keyhold_envelope::encrypt(&m, &EncryptConfig { frame_length: 0 }, &aws_lc_rs::rand::SystemRandom::new(), b"");
+    let r =
+        keyhold_envelope::encrypt(&m, &EncryptConfig { frame_length: 0 }, &aws_lc_rs::rand::SystemRandom::new(), b"");
     assert_eq!(r.unwrap_err(), EncryptError::InvalidFrameLength);
+}
+
+#[test]
+fn ciphertext_len_is_exact_and_into_variants_append() {
+    use keyhold_envelope::{MessageId, ciphertext_len, decrypt_into, encrypt_into};
+    let (m, key) = materials(AlgorithmSuite::default(), context(&[("k", "v")]));
+    for frame in [1u32, 16, 4096] {
+        for len in [0usize, 1, 15, 16, 17, 4096, 10_000] {
+            let cfg = EncryptConfig { frame_length: frame };
+            let mut out = b"prefix".to_vec();
+            encrypt_into(&m, &cfg, MessageId([9; 32]), &pattern(len), &mut out).unwrap();
+            assert_eq!(&out[..6], b"prefix");
+            assert_eq!(out.len() - 6, ciphertext_len(&m, &cfg, len), "frame {frame} len {len}");
+            let msg = &out[6..];
+            let mut pt = b"keep".to_vec();
+            decrypt_into(
+                read_header(msg, &DecryptConfig::default()).unwrap(),
+                &key,
+                msg,
+                &DecryptConfig::default(),
+                &mut pt,
+            )
+            .unwrap();
+            assert_eq!(&pt[..4], b"keep");
+            assert_eq!(&pt[4..], &pattern(len)[..]);
+        }
+    }
+    // On failure the output buffer is left as it was.
+    let mut msg = seal(&m, 16, &pattern(100));
+    let n = msg.len();
+    msg[n - 1] ^= 1;
+    let mut pt = b"keep".to_vec();
+    let header = read_header(&msg, &DecryptConfig::default()).unwrap();
+    assert!(decrypt_into(header, &key, &msg, &DecryptConfig::default(), &mut pt).is_err());
+    assert_eq!(pt, b"keep");
 }

@@ -3,7 +3,7 @@
 use aws_lc_rs::rand::SystemRandom;
 use keyhold_envelope::stream::{StreamError, decrypt_stream, encrypt_stream, read_header_from};
 use keyhold_envelope::{
-    AlgorithmSuite, BodyDecryptor, DecryptConfig, DecryptError, EncryptConfig, Encryptor, HeaderParse, Header,
+    AlgorithmSuite, BodyDecryptor, DecryptConfig, DecryptError, EncryptConfig, Encryptor, Header, HeaderParse,
 };
 
 use crate::common::*;
@@ -15,7 +15,8 @@ fn encryptor_output_is_independent_of_chunking() {
         let pt = pattern(10_000);
         for chunk in [1usize, 3, 64, 999, 4096, 10_000] {
             let mut out = Vec::new();
-            let mut enc = Encryptor::new(&m, &EncryptConfig { frame_length: 128 }, &SystemRandom::new(), &mut out).unwrap();
+            let mut enc =
+                Encryptor::new(&m, &EncryptConfig { frame_length: 128 }, &SystemRandom::new(), &mut out).unwrap();
             for c in pt.chunks(chunk) {
                 enc.update(c, &mut out).unwrap();
             }
@@ -70,7 +71,8 @@ fn stream_adapters_round_trip_and_report_progress() {
     let pt = pattern(3 * 256 * 1024 + 5);
     let mut ct = Vec::new();
     let mut seen = 0;
-    let n = encrypt_stream(&m, &EncryptConfig::default(), &SystemRandom::new(), &pt[..], &mut ct, |p| seen = p).unwrap();
+    let n =
+        encrypt_stream(&m, &EncryptConfig::default(), &SystemRandom::new(), &pt[..], &mut ct, |p| seen = p).unwrap();
     assert_eq!(n, pt.len() as u64);
     assert_eq!(seen, pt.len() as u64);
 

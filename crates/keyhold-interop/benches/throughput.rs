@@ -1,1 +1,451 @@
-fn main() {}
+//! keyhold's throughput benchmark, every figure measured in the same run on the same
+//! machine so that ratios hold even on a noisy shared host:
+//!
+//! 1. per size (64 B, 1 KiB, 64 KiB, 1 MiB): raw AES-256-GCM (the physical limit),
+//!    keyhold encrypt and decrypt through the service with cached materials, and the
+//!    reference `aws-esdk` with suite 0x0478 and a raw AES keyring;
+//! 2. the per-message fixed cost and what it is made of;
+//! 3. the materials cache on 1 and 2 threads (no global lock: 2 threads should scale);
+//! 4. 1 GiB streamed through `keyhold encrypt | keyhold decrypt`, with each process's
+//!    peak RSS (set `KEYHOLD_BIN` to the release binary; `scripts/bench` does).
+//!
+//! Run: `scripts/bench` (or `cargo bench -p keyhold-interop`). `BENCH_SECONDS` sets the
+//! time per measurement (default 1.0).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "benchmark")]
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_esdk::client as esdk_client;
+use aws_esdk::material_providers::client as mpl_client;
+use aws_esdk::material_providers::types::material_providers_config::MaterialProvidersConfig;
+use aws_esdk::material_providers::types::{AesWrappingAlg, EsdkAlgorithmSuiteId};
+use aws_esdk::types::aws_encryption_sdk_config::AwsEncryptionSdkConfig;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::{digest, hkdf};
+use keyhold_cache::{CacheConfig, EncryptKey, MaterialsCache};
+use keyhold_core::{DataKey, EncryptionContext, ManualClock, Purpose, Region, SystemClock, TenantId};
+use keyhold_envelope::{EncryptConfig, MessageId};
+use keyhold_provider::KeyProvider;
+use keyhold_provider_local::{LocalKms, raw_aes};
+use keyhold_service::{EncryptParams, Keyhold, Settings};
+
+const SIZES: [(usize, &str); 4] = [(64, "64 B"), (1024, "1 KiB"), (64 << 10, "64 KiB"), (1 << 20, "1 MiB")];
+
+fn budget() -> Duration {
+    let s: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    Duration::from_secs_f64(s)
+}
+
+/// Runs `f` repeatedly for the time budget (after a short warm-up); returns ops/s.
+fn measure(mut f: impl FnMut()) -> f64 {
+    let warm = Instant::now();
+    while warm.elapsed() < budget() / 5 {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget() {
+        for _ in 0..8 {
+            f();
+        }
+        n += 8;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn fmt_rate(ops: f64, size: usize) -> String {
+    format!("{:>12.0} ops/s {:>9.1} MB/s", ops, ops * size as f64 / 1e6)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(LocalKms::open(dir.path()).unwrap());
+    let material = [0x42u8; 32];
+    let key =
+        kms.import_key(&Region::parse("eu-central-1").unwrap(), &DataKey::from_slice(&material), "bench").unwrap().key;
+    let providers: Vec<Arc<dyn KeyProvider>> = vec![kms];
+    let service = Keyhold::new(providers, Settings::default(), Arc::new(SystemClock));
+    let params = EncryptParams {
+        tenant: TenantId::parse("bench").unwrap(),
+        purpose: Purpose::parse("p").unwrap(),
+        keys: vec![key.clone()],
+        context: EncryptionContext::new(),
+        suite: Default::default(),
+    };
+    let esdk = esdk_client::Client::from_conf(AwsEncryptionSdkConfig::builder().build().unwrap()).unwrap();
+    let mpl = mpl_client::Client::from_conf(MaterialProvidersConfig::builder().build().unwrap()).unwrap();
+    let keyring = rt
+        .block_on(
+            mpl.create_raw_aes_keyring()
+                .key_name(format!("{key}:1"))
+                .key_namespace(raw_aes::NAMESPACE)
+                .wrapping_key(material.to_vec())
+                .wrapping_alg(AesWrappingAlg::AlgAes256GcmIv12Tag16)
+                .send(),
+        )
+        .unwrap();
+    let ctx = HashMap::from([("tenant".to_owned(), "bench".to_owned()), ("purpose".to_owned(), "p".to_owned())]);
+
+    println!("keyhold throughput benchmark ({} s per figure)\n", budget().as_secs_f64());
+    println!("## 1. Throughput by message size (suite 0x0478, frame 4096, one key)\n");
+    println!("| size | operation | rate | vs aws-esdk | vs raw AES-GCM |");
+    println!("|---|---|---|---|---|");
+    let raw_key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).unwrap());
+    for (size, label) in SIZES {
+        let pt = vec![0xabu8; size];
+        let mut buf = pt.clone();
+        let raw_seal = measure(|| {
+            buf.truncate(size);
+            let tag = raw_key
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut buf)
+                .unwrap();
+            buf.extend_from_slice(tag.as_ref());
+            black_box(&buf);
+        });
+        let sealed = buf.clone();
+        let mut work = sealed.clone();
+        let raw_open = measure(|| {
+            work.copy_from_slice(&sealed);
+            black_box(raw_key.open_in_place(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut work).unwrap());
+        });
+        // keyhold with cached materials, writing into a reused buffer as a server would.
+        let mut out = Vec::new();
+        let ours_enc = measure(|| {
+            out.clear();
+            rt.block_on(service.encrypt_into(&params, &pt, &mut out)).unwrap();
+            black_box(&out);
+        });
+        let ct = rt.block_on(service.encrypt(&params, &pt)).unwrap();
+        let ours_dec = measure(|| {
+            out.clear();
+            black_box(rt.block_on(service.decrypt_into(&params.tenant, &ct, &mut out)).unwrap());
+        });
+        let esdk_enc = measure(|| {
+            let out = rt.block_on(
+                esdk.encrypt()
+                    .plaintext(pt.clone())
+                    .keyring(keyring.clone())
+                    .encryption_context(ctx.clone())
+                    .algorithm_suite_id(EsdkAlgorithmSuiteId::AlgAes256GcmHkdfSha512CommitKey)
+                    .send(),
+            );
+            black_box(out.unwrap());
+        });
+        let esdk_ct = rt
+            .block_on(
+                esdk.encrypt()
+                    .plaintext(pt.clone())
+                    .keyring(keyring.clone())
+                    .encryption_context(ctx.clone())
+                    .algorithm_suite_id(EsdkAlgorithmSuiteId::AlgAes256GcmHkdfSha512CommitKey)
+                    .send(),
+            )
+            .unwrap()
+            .ciphertext
+            .unwrap();
+        let esdk_dec = measure(|| {
+            black_box(rt.block_on(esdk.decrypt().ciphertext(esdk_ct.clone()).keyring(keyring.clone()).send()).unwrap());
+        });
+        println!("| {label} | raw AES-GCM seal | {} | | 1.00 |", fmt_rate(raw_seal, size));
+        println!("| {label} | raw AES-GCM open | {} | | 1.00 |", fmt_rate(raw_open, size));
+        println!(
+            "| {label} | keyhold encrypt | {} | {:.1}x | {:.2} |",
+            fmt_rate(ours_enc, size),
+            ours_enc / esdk_enc,
+            ours_enc / raw_seal
+        );
+        println!(
+            "| {label} | keyhold decrypt | {} | {:.1}x | {:.2} |",
+            fmt_rate(ours_dec, size),
+            ours_dec / esdk_dec,
+            ours_dec / raw_open
+        );
+        println!("| {label} | aws-esdk encrypt | {} | 1.0x | {:.3} |", fmt_rate(esdk_enc, size), esdk_enc / raw_seal);
+        println!("| {label} | aws-esdk decrypt | {} | 1.0x | {:.3} |", fmt_rate(esdk_dec, size), esdk_dec / raw_open);
+        let rt_ratio = (1.0 / (1.0 / ours_enc + 1.0 / ours_dec)) / (1.0 / (1.0 / raw_seal + 1.0 / raw_open));
+        println!("| {label} | keyhold encrypt+decrypt vs raw seal+open | | | {rt_ratio:.2} |");
+    }
+    large_frames(&rt, &dir, &params, &raw_key);
+
+    fixed_cost(&rt, &service, &params);
+    cache_scaling();
+    stream_gib();
+}
+
+/// 1 MiB messages: how much of raw AES-GCM the framing itself leaves (one AES-GCM call per
+/// frame), and keyhold with the default 4 KiB frames and with 64 KiB frames.
+fn large_frames(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, params: &EncryptParams, raw_key: &LessSafeKey) {
+    println!("\n## 1b. 1 MiB messages by frame length\n");
+    let size = 1usize << 20;
+    let pt = vec![0xabu8; size];
+    let mut buf = pt.clone();
+    let raw_one = measure(|| {
+        let _ = black_box(
+            raw_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut buf).unwrap(),
+        );
+    });
+    println!(
+        "| frame length | raw AES-GCM, one call per frame | keyhold encrypt | keyhold decrypt | encrypt vs raw one call | decrypt vs raw one call | encrypt vs raw same framing |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for frame in [4096usize, 65536] {
+        let raw_framed = measure(|| {
+            for (i, c) in buf.chunks_mut(frame).enumerate() {
+                let mut iv = [0u8; 12];
+                iv[8..].copy_from_slice(&(i as u32).to_be_bytes());
+                let _ = black_box(
+                    raw_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), c).unwrap(),
+                );
+            }
+        });
+        let kms = Arc::new(LocalKms::open(dir.path()).unwrap());
+        let providers: Vec<Arc<dyn KeyProvider>> = vec![kms];
+        let settings = Settings { encrypt: EncryptConfig { frame_length: frame as u32 }, ..Settings::default() };
+        let service = Keyhold::new(providers, settings, Arc::new(SystemClock));
+        let mut out = Vec::new();
+        let enc = measure(|| {
+            out.clear();
+            rt.block_on(service.encrypt_into(params, &pt, &mut out)).unwrap();
+            black_box(&out);
+        });
+        let ct = rt.block_on(service.encrypt(params, &pt)).unwrap();
+        let dec = measure(|| {
+            out.clear();
+            black_box(rt.block_on(service.decrypt_into(&params.tenant, &ct, &mut out)).unwrap());
+        });
+        println!(
+            "| {frame} | {:.0} MB/s | {:.0} MB/s | {:.0} MB/s | {:.2} | {:.2} | {:.2} |",
+            raw_framed * size as f64 / 1e6,
+            enc * size as f64 / 1e6,
+            dec * size as f64 / 1e6,
+            enc / raw_one,
+            dec / raw_one,
+            enc / raw_framed
+        );
+    }
+    println!("\nraw AES-GCM, one call for the whole MiB: {:.0} MB/s", raw_one * size as f64 / 1e6);
+}
+
+/// Where the time of a 0-byte message goes.
+fn fixed_cost(rt: &tokio::runtime::Runtime, service: &Keyhold, params: &EncryptParams) {
+    println!("\n## 2. Per-message fixed cost (0-byte plaintext)\n");
+    let rng = SystemRandom::new();
+    let per = |ops: f64| 1e9 / ops;
+    let mut buf = Vec::new();
+    let total_enc = per(measure(|| {
+        buf.clear();
+        rt.block_on(service.encrypt_into(params, b"", &mut buf)).unwrap();
+        black_box(&buf);
+    }));
+    let ct = rt.block_on(service.encrypt(params, b"")).unwrap();
+    let total_dec = per(measure(|| {
+        buf.clear();
+        black_box(rt.block_on(service.decrypt_into(&params.tenant, &ct, &mut buf)).unwrap());
+    }));
+    let materials = rt.block_on(service.encryption_materials(params, 0)).unwrap();
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    let envelope_only = per(measure(|| {
+        n += 1;
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        out.clear();
+        keyhold_envelope::encrypt_into(&materials, &EncryptConfig::default(), MessageId(id), b"", &mut out).unwrap();
+        black_box(&out);
+    }));
+    let mut id = [0u8; 32];
+    let random_single = per(measure(|| {
+        rng.fill(&mut id).unwrap();
+        black_box(&id);
+    }));
+    let mut batch = vec![0u8; 128 * 32];
+    let random = per(measure(|| {
+        rng.fill(&mut batch).unwrap();
+        black_box(&batch);
+    })) / 128.0;
+    let derive = per(measure(|| {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA512, &id).extract(&[9; 32]);
+        let info: [&[u8]; 2] = [&[4, 0x78], b"DERIVEKEY"];
+        let key = UnboundKey::from(prk.expand(&info, &AES_256_GCM).unwrap());
+        let mut commit = [0u8; 32];
+        let cinfo: [&[u8]; 1] = [b"COMMITKEY"];
+        prk.expand(&cinfo, hkdf::HKDF_SHA512).unwrap().fill(&mut commit[..]).ok();
+        black_box((LessSafeKey::new(key), commit));
+    }));
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[3; 32]).unwrap());
+    let header = vec![1u8; 160];
+    let tag = per(measure(|| {
+        let _ = black_box(
+            key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&header), &mut []).unwrap(),
+        );
+    }));
+    let mut frame = vec![0u8; 0];
+    let final_frame = per(measure(|| {
+        frame.clear();
+        let _ = black_box(
+            key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&header[..78]), &mut frame)
+                .unwrap(),
+        );
+    }));
+    let sha = per(measure(|| {
+        black_box(digest::digest(&digest::SHA256, &header));
+    }));
+    println!("| component | ns per message |");
+    println!("|---|---|");
+    println!("| keyhold encrypt, total (service: cache key, cache lookup, message id, envelope) | {total_enc:.0} |");
+    println!(
+        "| . message id: 32 random bytes, drawn 128 at a time (one at a time: {random_single:.0}) | {random:.0} |"
+    );
+    println!("| . envelope::encrypt_into with materials and id in hand | {envelope_only:.0} |");
+    println!("| . . HKDF-SHA512 extract + 2 expands + AES key schedule | {derive:.0} |");
+    println!("| . . header authentication tag (AES-GCM over ~160 B) | {tag:.0} |");
+    println!("| . . final frame seal (empty content, 78 B AAD) | {final_frame:.0} |");
+    println!(
+        "| . . remainder: header serialization, allocation | {:.0} |",
+        (envelope_only - derive - tag - final_frame).max(0.0)
+    );
+    println!(
+        "| . service: SHA-256 cache key, cache lookup, async call | {:.0} |",
+        (total_enc - envelope_only - random).max(0.0)
+    );
+    println!(
+        "| keyhold decrypt, total (header parse, tenant check, SHA-256 cache key, lookup, derive, verify) | {total_dec:.0} |"
+    );
+    println!("| . SHA-256 of the cache key input (~160 B) | {sha:.0} |");
+}
+
+/// Encryption-cache hits on one thread, then on two, for the same key and for two keys.
+fn cache_scaling() {
+    println!("\n## 3. Materials cache, encryption hits per second\n");
+    let cache: Arc<MaterialsCache<u64, u64>> = Arc::new(MaterialsCache::new(
+        CacheConfig { max_messages: u64::MAX, ..CacheConfig::default() },
+        Arc::new(ManualClock::new(1)),
+    ));
+    let key = |t: &str| EncryptKey { tenant: TenantId::parse(t).unwrap(), id: [1; 32] };
+    cache.put_encrypt(key("a"), Arc::new(1), 0);
+    cache.put_encrypt(key("b"), Arc::new(2), 0);
+    let run = |keys: Vec<&'static str>| -> f64 {
+        let handles: Vec<_> = keys
+            .into_iter()
+            .map(|t| {
+                let cache = cache.clone();
+                let k = key(t);
+                std::thread::spawn(move || {
+                    measure(|| {
+                        black_box(cache.get_encrypt(&k, 1024).unwrap());
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    };
+    let one = run(vec!["a"]);
+    let two_same = run(vec!["a", "a"]);
+    let two_distinct = run(vec!["a", "b"]);
+    println!("| threads | keys | hits/s | vs 1 thread |");
+    println!("|---|---|---|---|");
+    println!("| 1 | 1 | {one:.0} | 1.00 |");
+    println!("| 2 | same key | {two_same:.0} | {:.2} |", two_same / one);
+    println!("| 2 | two tenants | {two_distinct:.0} | {:.2} |", two_distinct / one);
+}
+
+/// 1 GiB through `keyhold encrypt | keyhold decrypt`, with peak RSS of both processes.
+fn stream_gib() {
+    println!("\n## 4. Streaming 1 GiB through the CLI\n");
+    let Ok(bin) = std::env::var("KEYHOLD_BIN") else {
+        println!("(skipped: set KEYHOLD_BIN to the release keyhold binary; scripts/bench does)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["local-kms", "create-key", "--region", "eu-central-1"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut enc = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["encrypt", "--quiet", "--key", &key, "--tenant", "t", "--purpose", "p"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut dec = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["decrypt", "--quiet", "--tenant", "t"])
+        .stdin(enc.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (enc_pid, dec_pid) = (enc.id(), dec.id());
+    let total: u64 = 1 << 30;
+    let mut input = enc.stdin.take().unwrap();
+    let start = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let chunk: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+        for _ in 0..(total >> 20) {
+            input.write_all(&chunk).unwrap();
+        }
+    });
+    let mut output = dec.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        let mut hasher = digest::Context::new(&digest::SHA256);
+        loop {
+            let r = output.read(&mut buf).unwrap();
+            if r == 0 {
+                break;
+            }
+            hasher.update(&buf[..r]);
+            n += r as u64;
+        }
+        (n, hasher.finish())
+    });
+    let (mut enc_peak, mut dec_peak) = (0u64, 0u64);
+    while !reader.is_finished() {
+        enc_peak = enc_peak.max(hwm_kib(enc_pid));
+        dec_peak = dec_peak.max(hwm_kib(dec_pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.join().unwrap();
+    let (n, got) = reader.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(enc.wait().unwrap().success() && dec.wait().unwrap().success());
+    let mut expect = digest::Context::new(&digest::SHA256);
+    let chunk: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    for _ in 0..(total >> 20) {
+        expect.update(&chunk);
+    }
+    assert_eq!(n, total, "decrypted byte count");
+    assert_eq!(got.as_ref(), expect.finish().as_ref(), "decrypted bytes differ");
+    println!("| bytes | seconds | MB/s (end to end) | encrypt peak RSS | decrypt peak RSS |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {total} | {secs:.2} | {:.0} | {:.1} MiB | {:.1} MiB |",
+        total as f64 / secs / 1e6,
+        enc_peak as f64 / 1024.0,
+        dec_peak as f64 / 1024.0
+    );
+}
+
+/// Peak resident set size of a process, from /proc (0 once it has exited).
+fn hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

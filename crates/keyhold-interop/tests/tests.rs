@@ -16,7 +16,9 @@ use aws_esdk::material_providers::types::{AesWrappingAlg, EsdkAlgorithmSuiteId a
 use aws_esdk::types::aws_encryption_sdk_config::AwsEncryptionSdkConfig;
 use aws_lc_rs::rand::SystemRandom;
 use keyhold_core::{DataKey, EncryptionContext, KeyRef, Purpose, Region, SystemClock, TenantId};
-use keyhold_envelope::{AlgorithmSuite, DecryptConfig, EncryptConfig, EncryptionMaterials, PUBLIC_KEY_CONTEXT_KEY, SigningKey};
+use keyhold_envelope::{
+    AlgorithmSuite, DecryptConfig, EncryptConfig, EncryptionMaterials, PUBLIC_KEY_CONTEXT_KEY, SigningKey,
+};
 use keyhold_provider::KeyProvider;
 use keyhold_provider_local::{LocalKms, raw_aes};
 use keyhold_service::{EncryptParams, Keyhold, Settings};
@@ -59,10 +61,14 @@ async fn raw_aes_keyring(name: &str, material: &[u8; 32]) -> aws_esdk::material_
 }
 
 fn esdk(policy: EsdkCommitmentPolicy) -> esdk_client::Client {
-    esdk_client::Client::from_conf(AwsEncryptionSdkConfig::builder().commitment_policy(policy).build().unwrap()).unwrap()
+    esdk_client::Client::from_conf(AwsEncryptionSdkConfig::builder().commitment_policy(policy).build().unwrap())
+        .unwrap()
 }
 
-async fn esdk_decrypt(keyring: aws_esdk::material_providers::types::keyring::KeyringRef, ct: &[u8]) -> (Vec<u8>, HashMap<String, String>) {
+async fn esdk_decrypt(
+    keyring: aws_esdk::material_providers::types::keyring::KeyringRef,
+    ct: &[u8],
+) -> (Vec<u8>, HashMap<String, String>) {
     let out = esdk(EsdkCommitmentPolicy::RequireEncryptAllowDecrypt)
         .decrypt()
         .ciphertext(ct.to_vec())
@@ -179,7 +185,8 @@ async fn aws_esdk_writes_keyhold_reads_every_suite() {
     let f = fixture();
     let (key, material) = &f.keys[0];
     let tenant = TenantId::parse("acme").unwrap();
-    let context = HashMap::from([("tenant".to_owned(), "acme".to_owned()), ("purpose".to_owned(), "billing".to_owned())]);
+    let context =
+        HashMap::from([("tenant".to_owned(), "acme".to_owned()), ("purpose".to_owned(), "billing".to_owned())]);
     for suite in AlgorithmSuite::ALL {
         for len in SIZES {
             let pt = plaintext(len);
@@ -198,11 +205,17 @@ async fn aws_esdk_writes_keyhold_reads_without_context_and_small_frames() {
     let material = [0x55u8; 32];
     let wrapping = DataKey::from_slice(&material);
     let cfg = DecryptConfig::default();
-    for suite in [AlgorithmSuite::default(), AlgorithmSuite::AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384, AlgorithmSuite::AES_256_GCM_HKDF_SHA384_ECDSA_P384] {
+    for suite in [
+        AlgorithmSuite::default(),
+        AlgorithmSuite::AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384,
+        AlgorithmSuite::AES_256_GCM_HKDF_SHA384_ECDSA_P384,
+    ] {
         for frame in [1i64, 100, 4096] {
             for len in [0usize, 1, frame as usize, 3 * frame as usize, 1000] {
                 let pt = plaintext(len);
-                let ct = esdk_encrypt(suite, raw_aes_keyring("interop-key", &material).await, HashMap::new(), frame, &pt).await;
+                let ct =
+                    esdk_encrypt(suite, raw_aes_keyring("interop-key", &material).await, HashMap::new(), frame, &pt)
+                        .await;
                 let header = keyhold_envelope::read_header(&ct, &cfg).unwrap();
                 assert_eq!(header.frame_length() as i64, frame);
                 let edk = &header.encrypted_data_keys()[0];

@@ -80,14 +80,28 @@ impl LocalKms {
 
     /// Creates a key from material the key owner supplies (32 bytes), as AWS KMS imports
     /// key material into a key of origin EXTERNAL.
-    pub fn import_key(&self, region: &Region, material: &DataKey, description: &str) -> Result<KeyDescription, ProviderError> {
+    pub fn import_key(
+        &self,
+        region: &Region,
+        material: &DataKey,
+        description: &str,
+    ) -> Result<KeyDescription, ProviderError> {
         if material.len() != 32 {
-            return Err(ProviderError::InvalidRequest(format!("imported key material must be 32 bytes, not {}", material.len())));
+            return Err(ProviderError::InvalidRequest(format!(
+                "imported key material must be 32 bytes, not {}",
+                material.len()
+            )));
         }
         self.add_key(region, description, material, Origin::External)
     }
 
-    fn add_key(&self, region: &Region, description: &str, material: &DataKey, origin: Origin) -> Result<KeyDescription, ProviderError> {
+    fn add_key(
+        &self,
+        region: &Region,
+        description: &str,
+        material: &DataKey,
+        origin: Origin,
+    ) -> Result<KeyDescription, ProviderError> {
         let mut raw = [0u8; 16];
         self.rng.fill(&mut raw).map_err(|_| unavailable("randomness unavailable"))?;
         let id = format!("lk-{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
@@ -230,10 +244,10 @@ impl LocalKms {
     fn load(&self) -> Result<Arc<StoreFile>, ProviderError> {
         let stamp = self.files.stamp()?;
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let (Some(stamp), Some((cached, store))) = (stamp, cache.as_ref()) {
-            if *cached == stamp {
-                return Ok(store.clone());
-            }
+        if let (Some(stamp), Some((cached, store))) = (stamp, cache.as_ref())
+            && *cached == stamp
+        {
+            return Ok(store.clone());
         }
         let store = Arc::new(self.files.read()?);
         // Stamp taken before the read: if the file changed in between, the next load
@@ -302,7 +316,12 @@ impl KeyProvider for LocalKms {
         Ok((dk, edk))
     }
 
-    async fn wrap(&self, key: &KeyRef, data_key: &DataKey, context: &EncryptionContext) -> Result<EncryptedDataKey, ProviderError> {
+    async fn wrap(
+        &self,
+        key: &KeyRef,
+        data_key: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<EncryptedDataKey, ProviderError> {
         let (name, material) = self.material(key, None)?;
         raw_aes::wrap(&name, &material, data_key, context, &self.rng).map_err(|e| match e {
             raw_aes::RawAesError::ContextTooLarge => ProviderError::InvalidRequest(e.to_string()),
@@ -311,7 +330,8 @@ impl KeyProvider for LocalKms {
     }
 
     async fn unwrap(&self, edk: &EncryptedDataKey, context: &EncryptionContext) -> Result<DataKey, ProviderError> {
-        let invalid = |reason: &str| ProviderError::InvalidRequest(format!("not a local-provider encrypted data key: {reason}"));
+        let invalid =
+            |reason: &str| ProviderError::InvalidRequest(format!("not a local-provider encrypted data key: {reason}"));
         if edk.provider_id != raw_aes::NAMESPACE {
             return Err(invalid("wrong provider id"));
         }

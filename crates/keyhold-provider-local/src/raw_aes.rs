@@ -66,7 +66,11 @@ pub fn key_name(provider_info: &[u8]) -> Result<&str, RawAesError> {
 }
 
 /// Unwraps an encrypted data key written by [`wrap`].
-pub fn unwrap(wrapping_key: &DataKey, edk: &EncryptedDataKey, context: &EncryptionContext) -> Result<DataKey, RawAesError> {
+pub fn unwrap(
+    wrapping_key: &DataKey,
+    edk: &EncryptedDataKey,
+    context: &EncryptionContext,
+) -> Result<DataKey, RawAesError> {
     let (_, iv) = split_info(&edk.provider_info)?;
     let aad = context.to_bytes().map_err(|_| RawAesError::ContextTooLarge)?;
     let key = aes_key(wrapping_key)?;

@@ -107,7 +107,12 @@ impl Files {
             path: master_path.clone(),
             reason: "master key is not 32 bytes".into(),
         })?;
-        Ok(Self { keys: dir.join("keys.json"), lock: dir.join("keys.lock"), dir: dir.to_owned(), master: LessSafeKey::new(master) })
+        Ok(Self {
+            keys: dir.join("keys.json"),
+            lock: dir.join("keys.lock"),
+            dir: dir.to_owned(),
+            master: LessSafeKey::new(master),
+        })
     }
 
     /// The current file's identity, or `None` if there is no keystore yet.
@@ -126,13 +131,18 @@ impl Files {
     pub(crate) fn read(&self) -> Result<StoreFile, StoreError> {
         let bytes = match fs::read(&self.keys) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoreFile { format: 1, keys: Vec::new() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StoreFile { format: 1, keys: Vec::new() });
+            }
             Err(e) => return Err(io("read", &self.keys)(e)),
         };
         let file: StoreFile = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Corrupt { path: self.keys.clone(), reason: e.to_string() })?;
         if file.format != 1 {
-            return Err(StoreError::Corrupt { path: self.keys.clone(), reason: format!("unknown format {}", file.format) });
+            return Err(StoreError::Corrupt {
+                path: self.keys.clone(),
+                reason: format!("unknown format {}", file.format),
+            });
         }
         Ok(file)
     }
@@ -177,7 +187,13 @@ impl Files {
     }
 
     /// Seals key material for storage, bound to the key id and version.
-    pub(crate) fn seal(&self, id: &str, version: u32, material: &DataKey, rng: &dyn SecureRandom) -> Result<String, StoreError> {
+    pub(crate) fn seal(
+        &self,
+        id: &str,
+        version: u32,
+        material: &DataKey,
+        rng: &dyn SecureRandom,
+    ) -> Result<String, StoreError> {
         let mut iv = [0u8; 12];
         rng.fill(&mut iv).map_err(|_| self.corrupt("randomness unavailable"))?;
         let mut buf = material.expose().to_vec();
@@ -193,7 +209,9 @@ impl Files {
 
     /// Opens sealed key material.
     pub(crate) fn unseal(&self, id: &str, version: &StoredVersion) -> Result<DataKey, StoreError> {
-        let bytes = zeroize::Zeroizing::new(STANDARD.decode(&version.sealed).map_err(|_| self.corrupt("sealed material is not base64"))?);
+        let bytes = zeroize::Zeroizing::new(
+            STANDARD.decode(&version.sealed).map_err(|_| self.corrupt("sealed material is not base64"))?,
+        );
         if bytes.len() != 12 + 32 + 16 {
             return Err(self.corrupt("sealed material has the wrong length"));
         }
@@ -202,7 +220,13 @@ impl Files {
         let iv: [u8; 12] = iv.try_into().map_err(|_| self.corrupt("bad IV"))?;
         let mut out = zeroize::Zeroizing::new([0u8; 32]);
         self.master
-            .open_separate_gather(Nonce::assume_unique_for_key(iv), Aad::from(seal_aad(id, version.version)), ct, tag, out.as_mut())
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(seal_aad(id, version.version)),
+                ct,
+                tag,
+                out.as_mut(),
+            )
             .map_err(|_| self.corrupt("sealed material does not authenticate under the master key"))?;
         Ok(DataKey::from_slice(out.as_ref()))
     }
@@ -223,12 +247,20 @@ fn load_or_create_master(path: &Path, rng: &dyn SecureRandom) -> Result<DataKey,
         return Ok(k);
     }
     let mut key = zeroize::Zeroizing::new([0u8; 32]);
-    rng.fill(key.as_mut()).map_err(|_| StoreError::Corrupt { path: path.to_owned(), reason: "randomness unavailable".into() })?;
+    rng.fill(key.as_mut())
+        .map_err(|_| StoreError::Corrupt { path: path.to_owned(), reason: "randomness unavailable".into() })?;
     let mut suffix = [0u8; 8];
-    rng.fill(&mut suffix).map_err(|_| StoreError::Corrupt { path: path.to_owned(), reason: "randomness unavailable".into() })?;
+    rng.fill(&mut suffix)
+        .map_err(|_| StoreError::Corrupt { path: path.to_owned(), reason: "randomness unavailable".into() })?;
     let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = path.with_extension(format!("tmp.{suffix}"));
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).map_err(io("create", &tmp))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
     f.write_all(key.as_ref()).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("sync", &tmp))?;
     let linked = fs::hard_link(&tmp, path);
@@ -247,7 +279,10 @@ fn read_master(path: &Path) -> Result<Option<DataKey>, StoreError> {
         Ok(bytes) => {
             let bytes = zeroize::Zeroizing::new(bytes);
             if bytes.len() != 32 {
-                return Err(StoreError::Corrupt { path: path.to_owned(), reason: format!("master key is {} bytes, not 32", bytes.len()) });
+                return Err(StoreError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("master key is {} bytes, not 32", bytes.len()),
+                });
             }
             Ok(Some(DataKey::from_slice(&bytes)))
         }

@@ -135,7 +135,10 @@ async fn rotation_keeps_old_data_keys_readable() {
     let d = kms.rotate_key(&key).unwrap();
     assert_eq!(d.material_versions, 2);
     let (dk2, edk2) = kms.generate_data_key(&key, 32, &ctx("t")).await.unwrap();
-    assert_ne!(edk1.provider_info[..edk1.provider_info.len() - 20], edk2.provider_info[..edk2.provider_info.len() - 20]);
+    assert_ne!(
+        edk1.provider_info[..edk1.provider_info.len() - 20],
+        edk2.provider_info[..edk2.provider_info.len() - 20]
+    );
     assert!(kms.unwrap(&edk1, &ctx("t")).await.unwrap().ct_eq(&dk1));
     assert!(kms.unwrap(&edk2, &ctx("t")).await.unwrap().ct_eq(&dk2));
     assert_eq!(kms.key_for(&edk2), Some(key.clone()));
@@ -191,7 +194,9 @@ fn corrupt_master_key_is_reported() {
     std::fs::create_dir_all(dir.path().join("local-kms")).unwrap();
     std::fs::write(dir.path().join("local-kms/master.key"), b"short").unwrap();
     match LocalKms::open(dir.path()) {
-        Err(e @ ProviderError::Unavailable { .. }) => assert!(e.to_string().contains("master key is 5 bytes"), "{e}"),
+        Err(e @ ProviderError::Unavailable { .. }) => {
+            assert!(e.to_string().contains("master key is 5 bytes"), "{e}")
+        }
         Err(other) => panic!("wrong error {other}"),
         Ok(_) => panic!("opened with a corrupt master key"),
     }

@@ -136,7 +136,9 @@ async fn all_refuse(
     for (op, err) in results {
         match err {
             Some(e) if ok(&e) && e.class() == ErrorClass::Revoked => {}
-            Some(e) => return Err(format!("{op} on a {state} key failed with the wrong error: {e}")),
+            Some(e) => {
+                return Err(format!("{op} on a {state} key failed with the wrong error: {e}"));
+            }
             None => return Err(format!("{op} on a {state} key succeeded")),
         }
     }
@@ -181,7 +183,9 @@ pub async fn missing_keys_are_not_found(h: &dyn ConformanceHarness) -> Outcome {
     let missing = h.missing_key();
     match p.generate_data_key(&missing, 32, &ctx()).await {
         Err(ProviderError::KeyNotFound { .. }) => {}
-        other => return Err(format!("generate_data_key on a missing key gave {:?}", other.err())),
+        other => {
+            return Err(format!("generate_data_key on a missing key gave {:?}", other.err()));
+        }
     }
     match p.describe(&missing).await {
         Err(ProviderError::KeyNotFound { .. }) => Ok(()),

@@ -97,8 +97,12 @@ pub trait KeyProvider: Send + Sync {
     ) -> Result<(DataKey, EncryptedDataKey), ProviderError>;
 
     /// Wraps an existing data key under `key`, bound to `context`.
-    async fn wrap(&self, key: &KeyRef, data_key: &DataKey, context: &EncryptionContext)
-    -> Result<EncryptedDataKey, ProviderError>;
+    async fn wrap(
+        &self,
+        key: &KeyRef,
+        data_key: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<EncryptedDataKey, ProviderError>;
 
     /// Unwraps `edk`, which must have been bound to `context`.
     async fn unwrap(&self, edk: &EncryptedDataKey, context: &EncryptionContext) -> Result<DataKey, ProviderError>;

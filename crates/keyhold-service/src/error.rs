@@ -43,6 +43,9 @@ pub enum ServiceError {
         #[source]
         source: ProviderError,
     },
+    /// The system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Randomness,
     /// The message could not be written.
     #[error(transparent)]
     Encrypt(#[from] EncryptError),

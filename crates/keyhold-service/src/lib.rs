@@ -22,17 +22,18 @@
 
 mod error;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use keyhold_cache::{CacheConfig, CacheStats, DecryptKey, EncryptKey, MaterialsCache};
 use keyhold_core::{
     Clock, DataKey, EncryptedDataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY,
     TenantId,
 };
 use keyhold_envelope::{
-    AlgorithmSuite, BodyDecryptor, DecryptConfig, Decrypted, EncryptConfig, EncryptionMaterials, Header,
+    AlgorithmSuite, BodyDecryptor, DecryptConfig, Decrypted, EncryptConfig, EncryptionMaterials, Header, MessageId,
     PUBLIC_KEY_CONTEXT_KEY, SigningKey,
 };
 use keyhold_provider::{ErrorClass, KeyProvider, ProviderError};
@@ -71,14 +72,13 @@ pub struct Keyhold {
     providers: Vec<Arc<dyn KeyProvider>>,
     cache: MaterialsCache<EncryptionMaterials, DataKey>,
     settings: Settings,
-    rng: SystemRandom,
 }
 
 impl Keyhold {
     /// A service over `providers` (each key reference is served by the first provider that
     /// accepts it).
     pub fn new(providers: Vec<Arc<dyn KeyProvider>>, settings: Settings, clock: Arc<dyn Clock>) -> Self {
-        Self { providers, cache: MaterialsCache::new(settings.cache, clock), settings, rng: SystemRandom::new() }
+        Self { providers, cache: MaterialsCache::new(settings.cache, clock), settings }
     }
 
     /// The settings in force.
@@ -99,8 +99,21 @@ impl Keyhold {
     /// Encrypts one message held in memory. At most one provider call per key of the set
     /// is made per data-key lifetime (see the crate docs on context and the cache).
     pub async fn encrypt(&self, params: &EncryptParams, plaintext: &[u8]) -> Result<Vec<u8>, ServiceError> {
+        let mut out = Vec::new();
+        self.encrypt_into(params, plaintext, &mut out).await?;
+        Ok(out)
+    }
+
+    /// As [`Keyhold::encrypt`], appending the message to `out` (which callers may reuse).
+    pub async fn encrypt_into(
+        &self,
+        params: &EncryptParams,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ServiceError> {
         let materials = self.encryption_materials(params, plaintext.len() as u64).await?;
-        Ok(keyhold_envelope::encrypt(&materials, &self.settings.encrypt, &self.rng, plaintext)?)
+        let id = message_id()?;
+        Ok(keyhold_envelope::encrypt_into(&materials, &self.settings.encrypt, id, plaintext, out)?)
     }
 
     /// Encryption materials for a message of `plaintext_len` bytes (for streaming callers,
@@ -114,24 +127,19 @@ impl Keyhold {
         if !params.suite.is_committing() {
             return Err(ServiceError::UnsupportedSuite(params.suite));
         }
-        let mut context = params.context.clone();
         for (k, _) in params.context.iter() {
             if k == RESERVED_TENANT_KEY || k == RESERVED_PURPOSE_KEY || k.starts_with("aws-crypto-") {
                 return Err(ServiceError::ReservedContextKey(k.to_owned()));
             }
         }
-        context.insert(RESERVED_TENANT_KEY, params.tenant.as_str());
-        context.insert(RESERVED_PURPOSE_KEY, params.purpose.as_str());
-
-        let cache_key = EncryptKey {
-            tenant: params.tenant.clone(),
-            purpose: params.purpose.clone(),
-            partition: partition(&params.keys, params.suite, &context)?,
-        };
+        let cache_key = EncryptKey { tenant: params.tenant.clone(), id: partition_digest(params) };
         if let Some(m) = self.cache.get_encrypt(&cache_key, plaintext_len) {
             return Ok(m);
         }
 
+        let mut context = params.context.clone();
+        context.insert(RESERVED_TENANT_KEY, params.tenant.as_str());
+        context.insert(RESERVED_PURPOSE_KEY, params.purpose.as_str());
         let signing = if params.suite.is_signing() {
             let key = SigningKey::generate(params.suite)?;
             context.insert(PUBLIC_KEY_CONTEXT_KEY, key.public_key());
@@ -161,9 +169,22 @@ impl Keyhold {
 
     /// Decrypts one message held in memory, refusing it unless it belongs to `tenant`.
     pub async fn decrypt(&self, tenant: &TenantId, message: &[u8]) -> Result<Decrypted, ServiceError> {
+        let mut plaintext = Vec::new();
+        let header = self.decrypt_into(tenant, message, &mut plaintext).await?;
+        Ok(Decrypted { header, plaintext })
+    }
+
+    /// As [`Keyhold::decrypt`], appending the plaintext to `out` (which callers may reuse)
+    /// and returning the authenticated header.
+    pub async fn decrypt_into(
+        &self,
+        tenant: &TenantId,
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Header, ServiceError> {
         let header = keyhold_envelope::read_header(message, &self.settings.decrypt)?;
         let key = self.data_key(tenant, &header).await?;
-        Ok(keyhold_envelope::decrypt(header, &key, message, &self.settings.decrypt)?)
+        Ok(keyhold_envelope::decrypt_into(header, &key, message, &self.settings.decrypt, out)?)
     }
 
     /// Checks a parsed header's tenant and returns a body decryptor (for streaming
@@ -177,13 +198,13 @@ impl Keyhold {
     pub async fn data_key(&self, tenant: &TenantId, header: &Header) -> Result<Arc<DataKey>, ServiceError> {
         check_tenant(tenant, header)?;
         let context = header.context();
-        let context_bytes = context.to_bytes().map_err(|_| ServiceError::MalformedContext)?;
+        let context_bytes = header.context_bytes();
         let mut last_error = None;
         for edk in header.encrypted_data_keys() {
             let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(edk).map(|k| (p, k))) else {
                 continue;
             };
-            let cache_key = DecryptKey { tenant: tenant.clone(), id: edk_digest(edk, &context_bytes) };
+            let cache_key = DecryptKey { tenant: tenant.clone(), id: edk_digest(edk, context_bytes) };
             if let Some(k) = self.cache.get_decrypt(&cache_key) {
                 return Ok(k);
             }
@@ -233,15 +254,48 @@ pub fn check_tenant(tenant: &TenantId, header: &Header) -> Result<(), ServiceErr
     }
 }
 
-fn partition(keys: &[KeyRef], suite: AlgorithmSuite, context: &EncryptionContext) -> Result<Vec<u8>, ServiceError> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&suite.id().to_be_bytes());
-    for k in keys {
-        p.extend_from_slice(&(k.as_str().len() as u32).to_be_bytes());
-        p.extend_from_slice(k.as_str().as_bytes());
+/// Everything besides the tenant that must match for a data key to be reused, hashed
+/// without allocating: purpose, suite, key set and caller context, each length-prefixed.
+fn partition_digest(params: &EncryptParams) -> [u8; 32] {
+    let mut d = digest::Context::new(&digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        d.update(&(bytes.len() as u64).to_be_bytes());
+        d.update(bytes);
+    };
+    field(params.purpose.as_str().as_bytes());
+    field(&params.suite.id().to_be_bytes());
+    field(&(params.keys.len() as u64).to_be_bytes());
+    for k in &params.keys {
+        field(k.as_str().as_bytes());
     }
-    p.extend_from_slice(&context.to_bytes().map_err(|_| ServiceError::MalformedContext)?);
-    Ok(p)
+    for (k, v) in params.context.iter() {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.finish().as_ref());
+    out
+}
+
+/// A fresh message id. Ids come from the system CSPRNG in batches of 128, kept per
+/// thread: one CSPRNG call costs as much as a third of a small message's encryption.
+fn message_id() -> Result<MessageId, ServiceError> {
+    const BATCH: usize = 128 * 32;
+    thread_local! {
+        static POOL: RefCell<(Box<[u8; BATCH]>, usize)> = RefCell::new((Box::new([0; BATCH]), BATCH));
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let (buf, used) = &mut *pool;
+        if *used == BATCH {
+            SystemRandom::new().fill(buf.as_mut_slice()).map_err(|_| ServiceError::Randomness)?;
+            *used = 0;
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(buf.get(*used..*used + 32).ok_or(ServiceError::Randomness)?);
+        *used += 32;
+        Ok(MessageId(id))
+    })
 }
 
 fn edk_digest(edk: &EncryptedDataKey, context_bytes: &[u8]) -> [u8; 32] {

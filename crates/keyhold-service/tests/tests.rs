@@ -30,7 +30,12 @@ impl KeyProvider for Counting {
     fn key_for(&self, edk: &EncryptedDataKey) -> Option<KeyRef> {
         self.inner.key_for(edk)
     }
-    async fn generate_data_key(&self, key: &KeyRef, len: usize, c: &EncryptionContext) -> Result<(DataKey, EncryptedDataKey), ProviderError> {
+    async fn generate_data_key(
+        &self,
+        key: &KeyRef,
+        len: usize,
+        c: &EncryptionContext,
+    ) -> Result<(DataKey, EncryptedDataKey), ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.generate_data_key(key, len, c).await
     }
@@ -98,6 +103,9 @@ async fn data_keys_are_reused_across_messages() {
     }
     // One generate (home region) and one wrap (second region) for 1000 messages.
     assert_eq!(f.counting.calls.load(Ordering::SeqCst), 2);
+    // Every message has its own message id (bytes 3..35 of a v2 header).
+    let ids: std::collections::HashSet<&[u8]> = cts.iter().map(|c| &c[3..35]).collect();
+    assert_eq!(ids.len(), cts.len());
     for ct in &cts {
         f.service.decrypt(&p.tenant, ct).await.unwrap();
     }

@@ -21,7 +21,11 @@ pub fn edk(tag: &str) -> EncryptedDataKey {
 }
 
 /// Materials for `suite` with a fresh data key and the given EDKs; returns the key too.
-pub fn materials_with(suite: AlgorithmSuite, ctx: EncryptionContext, edks: Vec<EncryptedDataKey>) -> (EncryptionMaterials, DataKey) {
+pub fn materials_with(
+    suite: AlgorithmSuite,
+    ctx: EncryptionContext,
+    edks: Vec<EncryptedDataKey>,
+) -> (EncryptionMaterials, DataKey) {
     let key = random_key(32);
     let mut ctx = ctx;
     let signing = if suite.is_signing() {
