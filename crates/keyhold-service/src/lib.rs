@@ -201,13 +201,14 @@ impl Keyhold {
         let context_bytes = header.context_bytes();
         let mut last_error = None;
         for edk in header.encrypted_data_keys() {
-            let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(edk).map(|k| (p, k))) else {
-                continue;
-            };
+            // The cache first: a hit needs no provider lookup at all.
             let cache_key = DecryptKey { tenant: tenant.clone(), id: edk_digest(edk, context_bytes) };
             if let Some(k) = self.cache.get_decrypt(&cache_key) {
                 return Ok(k);
             }
+            let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(edk).map(|k| (p, k))) else {
+                continue;
+            };
             match provider.unwrap(edk, context).await {
                 Ok(dk) => {
                     let dk = Arc::new(dk);
