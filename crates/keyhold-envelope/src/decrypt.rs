@@ -108,7 +108,6 @@ pub struct BodyDecryptor {
     key: aws_lc_rs::aead::LessSafeKey,
     state: State,
     expected_seq: u32,
-    aad: Vec<u8>,
     hasher: Option<digest::Context>,
     verifier: Option<ParsedPublicKey>,
     max_non_framed: u64,
@@ -149,13 +148,10 @@ impl BodyDecryptor {
             }
             None => (None, None),
         };
-        let mut aad = Vec::with_capacity(header.message_id.len() + 48);
-        aad.extend_from_slice(&header.message_id);
         Ok(Self {
             key: derived.key,
             state: State::Body,
             expected_seq: 1,
-            aad,
             hasher,
             verifier,
             max_non_framed: config.max_non_framed_length.min(NON_FRAMED_FORMAT_MAX),
@@ -237,8 +233,8 @@ impl BodyDecryptor {
         let field = if is_final { "final frame" } else { "body frame" };
         let ciphertext = r.take(usize::try_from(len).map_err(|_| Stop::Incomplete(field))?, field)?;
         let tag = r.take(TAG_LEN, field)?;
-        keys::body_aad(&mut self.aad, &self.header.message_id, kind, seq, u64::from(len));
-        self.open(iv, ciphertext, tag, out).map_err(|()| DecryptError::FrameAuthFailed(seq))?;
+        let aad = keys::BodyAad::new(&self.header.message_id, kind, seq, u64::from(len));
+        self.open(iv, &aad, ciphertext, tag, out).map_err(|()| DecryptError::FrameAuthFailed(seq))?;
         let used = r.position();
         self.hash(rest.get(..used).unwrap_or_default());
         if is_final {
@@ -259,8 +255,8 @@ impl BodyDecryptor {
         let ciphertext =
             r.take(usize::try_from(len).map_err(|_| Stop::Incomplete("non-framed body"))?, "non-framed body")?;
         let tag = r.take(TAG_LEN, "non-framed body")?;
-        keys::body_aad(&mut self.aad, &self.header.message_id, BodyKind::SingleBlock, 1, len);
-        self.open(iv, ciphertext, tag, out).map_err(|()| DecryptError::FrameAuthFailed(1))?;
+        let aad = keys::BodyAad::new(&self.header.message_id, BodyKind::SingleBlock, 1, len);
+        self.open(iv, &aad, ciphertext, tag, out).map_err(|()| DecryptError::FrameAuthFailed(1))?;
         let used = r.position();
         self.hash(rest.get(..used).unwrap_or_default());
         self.end_body();
@@ -278,11 +274,19 @@ impl BodyDecryptor {
         Ok(r.position())
     }
 
-    fn open(&self, iv: [u8; IV_LEN], ciphertext: &[u8], tag: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
+    fn open(
+        &self,
+        iv: [u8; IV_LEN],
+        aad: &keys::BodyAad,
+        ciphertext: &[u8],
+        tag: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ()> {
         let start = out.len();
         out.resize(start + ciphertext.len(), 0);
         let dst = out.get_mut(start..).ok_or(())?;
-        let ok = self.key.open_separate_gather(keys::nonce(iv), keys::aad(&self.aad), ciphertext, tag, dst).is_ok();
+        let ok =
+            self.key.open_separate_gather(keys::nonce(iv), keys::aad(aad.as_slice()), ciphertext, tag, dst).is_ok();
         if !ok {
             // Never leave unauthenticated plaintext in the caller's buffer.
             out.truncate(start);

@@ -160,7 +160,6 @@ pub struct Encryptor<M: Borrow<EncryptionMaterials>> {
     frame_length: usize,
     next_seq: u32,
     pending: Vec<u8>,
-    aad: Vec<u8>,
     hasher: Option<digest::Context>,
     finished: bool,
 }
@@ -217,15 +216,12 @@ impl<M: Borrow<EncryptionMaterials>> Encryptor<M> {
             }
             None => None,
         };
-        let mut aad = Vec::with_capacity(32 + 40 + 12);
-        aad.extend_from_slice(&message_id);
         Ok(Self {
             key: derived.key,
             message_id,
             frame_length: usize::try_from(config.frame_length).unwrap_or(usize::MAX),
             next_seq: 1,
             pending: Vec::new(),
-            aad,
             hasher,
             finished: false,
             materials,
@@ -305,10 +301,10 @@ impl<M: Borrow<EncryptionMaterials>> Encryptor<M> {
         // tag are written side by side, as the frame lays them out, with no extra copy.
         let content_start = out.len();
         out.resize(content_start + plaintext.len() + TAG_LEN, 0);
-        keys::body_aad(&mut self.aad, &self.message_id, kind, seq, plaintext.len() as u64);
+        let aad = keys::BodyAad::new(&self.message_id, kind, seq, plaintext.len() as u64);
         let content = out.get_mut(content_start..).ok_or(EncryptError::Crypto("frame offset"))?;
         self.key
-            .seal_in_place_scatter(keys::nonce(iv), keys::aad(&self.aad), &mut [], plaintext, content)
+            .seal_in_place_scatter(keys::nonce(iv), keys::aad(aad.as_slice()), &mut [], plaintext, content)
             .map_err(|_| EncryptError::Crypto("frame encryption"))?;
         if let Some(h) = self.hasher.as_mut() {
             h.update(out.get(start..).unwrap_or_default());

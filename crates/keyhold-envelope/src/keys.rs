@@ -52,10 +52,10 @@ impl Hmac512 {
         if key.len() > 128 {
             return Err(());
         }
-        let mut block = Zeroizing::new([0u8; 128]);
-        let mut state = |pad: u8| {
-            for (b, k) in block.iter_mut().zip(key.iter().chain(std::iter::repeat(&0))) {
-                *b = k ^ pad;
+        let state = |pad: u8| {
+            let mut block = Zeroizing::new([pad; 128]);
+            for (b, k) in block.iter_mut().zip(key) {
+                *b ^= k;
             }
             let mut ctx = digest::Context::new(&digest::SHA512);
             ctx.update(block.as_ref());
@@ -119,18 +119,33 @@ pub(crate) enum BodyKind {
     SingleBlock,
 }
 
-/// Writes the body AAD (message id, content string, sequence number, content length)
-/// into `buf`, reusing its allocation.
-pub(crate) fn body_aad(buf: &mut Vec<u8>, message_id: &[u8], kind: BodyKind, seq: u32, len: u64) {
-    buf.clear();
-    buf.extend_from_slice(message_id);
-    buf.extend_from_slice(match kind {
-        BodyKind::Regular => b"AWSKMSEncryptionClient Frame".as_slice(),
-        BodyKind::Final => b"AWSKMSEncryptionClient Final Frame".as_slice(),
-        BodyKind::SingleBlock => b"AWSKMSEncryptionClient Single Block".as_slice(),
-    });
-    buf.extend_from_slice(&seq.to_be_bytes());
-    buf.extend_from_slice(&len.to_be_bytes());
+/// The body AAD (message id, content string, sequence number, content length), built on
+/// the stack: at most 32 + 35 + 4 + 8 bytes.
+pub(crate) struct BodyAad {
+    buf: [u8; 80],
+    len: usize,
+}
+
+impl BodyAad {
+    pub(crate) fn new(message_id: &[u8], kind: BodyKind, seq: u32, len: u64) -> Self {
+        let label: &[u8] = match kind {
+            BodyKind::Regular => b"AWSKMSEncryptionClient Frame",
+            BodyKind::Final => b"AWSKMSEncryptionClient Final Frame",
+            BodyKind::SingleBlock => b"AWSKMSEncryptionClient Single Block",
+        };
+        let mut aad = Self { buf: [0; 80], len: 0 };
+        for part in [message_id, label, &seq.to_be_bytes(), &len.to_be_bytes()] {
+            if let Some(dst) = aad.buf.get_mut(aad.len..aad.len + part.len()) {
+                dst.copy_from_slice(part);
+                aad.len += part.len();
+            }
+        }
+        aad
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
 }
 
 pub(crate) fn aad(bytes: &[u8]) -> aead::Aad<&[u8]> {
