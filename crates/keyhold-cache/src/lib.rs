@@ -102,6 +102,9 @@ struct Entry<V> {
     bytes: AtomicU64,
 }
 
+/// One independently locked part of a cache. Aligned to two cache lines so that threads
+/// working on different shards never contend for the same line (false sharing).
+#[repr(align(128))]
 struct Shard<K, V> {
     map: RwLock<HashMap<K, Entry<V>>>,
     hits: AtomicU64,
