@@ -72,6 +72,33 @@ fn run<F: Future>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output {
     }
 }
 
+/// Measures several operations in alternating 25 ms slices for the time budget each, so
+/// that a machine slowing down or speeding up mid-run affects all of them alike and their
+/// ratios stay meaningful. Returns ops/s per operation.
+fn measure_interleaved(fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let slice = Duration::from_millis(25);
+    for f in fs.iter_mut() {
+        let t = Instant::now();
+        while t.elapsed() < slice * 4 {
+            f();
+        }
+    }
+    let mut ops = vec![0u64; fs.len()];
+    let mut spent = vec![Duration::ZERO; fs.len()];
+    let rounds = (budget().as_secs_f64() / slice.as_secs_f64()).ceil().max(1.0) as usize;
+    for _ in 0..rounds {
+        for (i, f) in fs.iter_mut().enumerate() {
+            let t = Instant::now();
+            while t.elapsed() < slice {
+                f();
+                ops[i] += 1;
+            }
+            spent[i] += t.elapsed();
+        }
+    }
+    ops.iter().zip(&spent).map(|(&n, t)| n as f64 / t.as_secs_f64()).collect()
+}
+
 fn fmt_rate(ops: f64, size: usize) -> String {
     format!("{:>12.0} ops/s {:>9.1} MB/s", ops, ops * size as f64 / 1e6)
 }
@@ -114,45 +141,14 @@ fn main() {
     for (size, label) in SIZES {
         let pt = vec![0xabu8; size];
         let mut buf = pt.clone();
-        let raw_seal = measure(|| {
-            buf.truncate(size);
-            let tag = raw_key
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut buf)
-                .unwrap();
-            buf.extend_from_slice(tag.as_ref());
-            black_box(&buf);
-        });
+        let tag =
+            raw_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut buf).unwrap();
+        buf.extend_from_slice(tag.as_ref());
         let sealed = buf.clone();
         let mut work = sealed.clone();
-        let raw_open = measure(|| {
-            work.copy_from_slice(&sealed);
-            black_box(raw_key.open_in_place(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut work).unwrap());
-        });
-        // keyhold with cached materials, writing into a reused buffer as a server would.
-        let mut out = Vec::new();
-        let ours_enc = measure(|| {
-            out.clear();
-            run(&rt, service.encrypt_into(&params, &pt, &mut out)).unwrap();
-            black_box(&out);
-        });
         let ct = rt.block_on(service.encrypt(&params, &pt)).unwrap();
-        let ours_dec = measure(|| {
-            out.clear();
-            black_box(run(&rt, service.decrypt_into(&params.tenant, &ct, &mut out)).unwrap());
-        });
-        let esdk_enc = measure(|| {
-            let out = rt.block_on(
-                esdk.encrypt()
-                    .plaintext(pt.clone())
-                    .keyring(keyring.clone())
-                    .encryption_context(ctx.clone())
-                    .algorithm_suite_id(EsdkAlgorithmSuiteId::AlgAes256GcmHkdfSha512CommitKey)
-                    .send(),
-            );
-            black_box(out.unwrap());
-        });
-        let esdk_ct = rt
-            .block_on(
+        let esdk_encrypt = || {
+            rt.block_on(
                 esdk.encrypt()
                     .plaintext(pt.clone())
                     .keyring(keyring.clone())
@@ -161,11 +157,44 @@ fn main() {
                     .send(),
             )
             .unwrap()
-            .ciphertext
-            .unwrap();
-        let esdk_dec = measure(|| {
-            black_box(rt.block_on(esdk.decrypt().ciphertext(esdk_ct.clone()).keyring(keyring.clone()).send()).unwrap());
-        });
+        };
+        let esdk_ct = esdk_encrypt().ciphertext.unwrap();
+        // keyhold with cached materials, writing into a reused buffer as a server would.
+        let (mut out_enc, mut out_dec) = (Vec::new(), Vec::new());
+        let rates = measure_interleaved(&mut [
+            &mut || {
+                buf.truncate(size);
+                let tag = raw_key
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut buf)
+                    .unwrap();
+                buf.extend_from_slice(tag.as_ref());
+                black_box(&buf);
+            },
+            &mut || {
+                work.copy_from_slice(&sealed);
+                black_box(
+                    raw_key.open_in_place(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut work).unwrap(),
+                );
+            },
+            &mut || {
+                out_enc.clear();
+                run(&rt, service.encrypt_into(&params, &pt, &mut out_enc)).unwrap();
+                black_box(&out_enc);
+            },
+            &mut || {
+                out_dec.clear();
+                black_box(run(&rt, service.decrypt_into(&params.tenant, &ct, &mut out_dec)).unwrap());
+            },
+            &mut || {
+                black_box(esdk_encrypt());
+            },
+            &mut || {
+                black_box(
+                    rt.block_on(esdk.decrypt().ciphertext(esdk_ct.clone()).keyring(keyring.clone()).send()).unwrap(),
+                );
+            },
+        ]);
+        let [raw_seal, raw_open, ours_enc, ours_dec, esdk_enc, esdk_dec] = rates[..] else { unreachable!() };
         println!("| {label} | raw AES-GCM seal | {} | | 1.00 |", fmt_rate(raw_seal, size));
         println!("| {label} | raw AES-GCM open | {} | | 1.00 |", fmt_rate(raw_open, size));
         println!(
@@ -198,44 +227,46 @@ fn large_frames(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, params: &
     println!("\n## 1b. 1 MiB messages by frame length\n");
     let size = 1usize << 20;
     let pt = vec![0xabu8; size];
-    let mut buf = pt.clone();
-    let raw_one = measure(|| {
-        let _ = black_box(
-            raw_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut buf).unwrap(),
-        );
-    });
     println!(
         "| frame length | raw AES-GCM, one call per frame | keyhold encrypt | keyhold decrypt | encrypt vs raw one call | decrypt vs raw one call | encrypt vs raw same framing |"
     );
     println!("|---|---|---|---|---|---|---|");
     for frame in [4096usize, 65536] {
-        let raw_framed = measure(|| {
-            for (i, c) in buf.chunks_mut(frame).enumerate() {
-                let mut iv = [0u8; 12];
-                iv[8..].copy_from_slice(&(i as u32).to_be_bytes());
-                let _ = black_box(
-                    raw_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), c).unwrap(),
-                );
-            }
-        });
         let kms = Arc::new(LocalKms::open(dir.path()).unwrap());
         let providers: Vec<Arc<dyn KeyProvider>> = vec![kms];
         let settings = Settings { encrypt: EncryptConfig { frame_length: frame as u32 }, ..Settings::default() };
         let service = Keyhold::new(providers, settings, Arc::new(SystemClock));
-        let mut out = Vec::new();
-        let enc = measure(|| {
-            out.clear();
-            run(rt, service.encrypt_into(params, &pt, &mut out)).unwrap();
-            black_box(&out);
-        });
         let ct = rt.block_on(service.encrypt(params, &pt)).unwrap();
-        let dec = measure(|| {
-            out.clear();
-            black_box(run(rt, service.decrypt_into(&params.tenant, &ct, &mut out)).unwrap());
-        });
+        let (mut one, mut framed) = (pt.clone(), pt.clone());
+        let (mut out_enc, mut out_dec) = (Vec::new(), Vec::new());
+        let rates = measure_interleaved(&mut [
+            &mut || {
+                let nonce = Nonce::assume_unique_for_key([1; 12]);
+                let _ = black_box(raw_key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut one).unwrap());
+            },
+            &mut || {
+                for (i, c) in framed.chunks_mut(frame).enumerate() {
+                    let mut iv = [0u8; 12];
+                    iv[8..].copy_from_slice(&(i as u32).to_be_bytes());
+                    let nonce = Nonce::assume_unique_for_key(iv);
+                    let _ = black_box(raw_key.seal_in_place_separate_tag(nonce, Aad::empty(), c).unwrap());
+                }
+            },
+            &mut || {
+                out_enc.clear();
+                run(rt, service.encrypt_into(params, &pt, &mut out_enc)).unwrap();
+                black_box(&out_enc);
+            },
+            &mut || {
+                out_dec.clear();
+                black_box(run(rt, service.decrypt_into(&params.tenant, &ct, &mut out_dec)).unwrap());
+            },
+        ]);
+        let [raw_one, raw_framed, enc, dec] = rates[..] else { unreachable!() };
         println!(
-            "| {frame} | {:.0} MB/s | {:.0} MB/s | {:.0} MB/s | {:.2} | {:.2} | {:.2} |",
+            "| {frame} | {:.0} MB/s (one call for the MiB: {:.0}) | {:.0} MB/s | {:.0} MB/s | {:.2} | {:.2} | {:.2} |",
             raw_framed * size as f64 / 1e6,
+            raw_one * size as f64 / 1e6,
             enc * size as f64 / 1e6,
             dec * size as f64 / 1e6,
             enc / raw_one,
@@ -243,106 +274,117 @@ fn large_frames(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, params: &
             enc / raw_framed
         );
     }
-    println!("\nraw AES-GCM, one call for the whole MiB: {:.0} MB/s", raw_one * size as f64 / 1e6);
 }
 
 /// Where the time of a 0-byte message goes.
 fn fixed_cost(rt: &tokio::runtime::Runtime, service: &Keyhold, params: &EncryptParams) {
     println!("\n## 2. Per-message fixed cost (0-byte plaintext)\n");
     let rng = SystemRandom::new();
-    let per = |ops: f64| 1e9 / ops;
-    let mut buf = Vec::new();
-    let total_enc = per(measure(|| {
-        buf.clear();
-        run(rt, service.encrypt_into(params, b"", &mut buf)).unwrap();
-        black_box(&buf);
-    }));
     let ct = rt.block_on(service.encrypt(params, b"")).unwrap();
-    let total_dec = per(measure(|| {
-        buf.clear();
-        black_box(run(rt, service.decrypt_into(&params.tenant, &ct, &mut buf)).unwrap());
-    }));
     let materials = rt.block_on(service.encryption_materials(params, 0)).unwrap();
-    let mut out = Vec::new();
+    let (mut enc_buf, mut dec_buf, mut env_buf) = (Vec::new(), Vec::new(), Vec::new());
     let mut n = 0u64;
-    let envelope_only = per(measure(|| {
-        n += 1;
-        let mut id = [0u8; 32];
-        id[..8].copy_from_slice(&n.to_be_bytes());
-        out.clear();
-        keyhold_envelope::encrypt_into(&materials, &EncryptConfig::default(), MessageId(id), b"", &mut out).unwrap();
-        black_box(&out);
-    }));
-    let mut id = [0u8; 32];
-    let random_single = per(measure(|| {
-        rng.fill(&mut id).unwrap();
-        black_box(&id);
-    }));
-    let mut batch = vec![0u8; 128 * 32];
-    let random = per(measure(|| {
-        rng.fill(&mut batch).unwrap();
-        black_box(&batch);
-    })) / 128.0;
-    let derive = per(measure(|| {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA512, &id).extract(&[9; 32]);
-        let info: [&[u8]; 2] = [&[4, 0x78], b"DERIVEKEY"];
-        let key = UnboundKey::from(prk.expand(&info, &AES_256_GCM).unwrap());
-        let mut commit = [0u8; 32];
-        let cinfo: [&[u8]; 1] = [b"COMMITKEY"];
-        prk.expand(&cinfo, hkdf::HKDF_SHA512).unwrap().fill(&mut commit[..]).ok();
-        black_box((LessSafeKey::new(key), commit));
-    }));
+    let (mut id, mut batch) = ([0u8; 32], vec![0u8; 128 * 32]);
     let ten_blocks = vec![5u8; 10 * 128 - 17];
-    let sha512_floor = per(measure(|| {
-        black_box(digest::digest(&digest::SHA512, &ten_blocks));
-    }));
-    let key_schedule = per(measure(|| {
-        black_box(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[3; 32]).unwrap()));
-    }));
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[3; 32]).unwrap());
     let header = vec![1u8; 160];
-    let tag = per(measure(|| {
-        let _ = black_box(
-            key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&header), &mut []).unwrap(),
-        );
-    }));
-    let mut frame = vec![0u8; 0];
-    let final_frame = per(measure(|| {
-        frame.clear();
-        let _ = black_box(
-            key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&header[..78]), &mut frame)
-                .unwrap(),
-        );
-    }));
-    let sha = per(measure(|| {
-        black_box(digest::digest(&digest::SHA256, &header));
-    }));
+    let cache_input = vec![2u8; 160];
+    let rates = measure_interleaved(&mut [
+        &mut || {
+            enc_buf.clear();
+            run(rt, service.encrypt_into(params, b"", &mut enc_buf)).unwrap();
+            black_box(&enc_buf);
+        },
+        &mut || {
+            dec_buf.clear();
+            black_box(run(rt, service.decrypt_into(&params.tenant, &ct, &mut dec_buf)).unwrap());
+        },
+        &mut || {
+            n += 1;
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&n.to_be_bytes());
+            env_buf.clear();
+            keyhold_envelope::encrypt_into(&materials, &EncryptConfig::default(), MessageId(id), b"", &mut env_buf)
+                .unwrap();
+            black_box(&env_buf);
+        },
+        &mut || {
+            rng.fill(&mut id).unwrap();
+            black_box(&id);
+        },
+        &mut || {
+            rng.fill(&mut batch).unwrap();
+            black_box(&batch);
+        },
+        &mut || {
+            black_box(digest::digest(&digest::SHA512, &ten_blocks));
+        },
+        &mut || {
+            black_box(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[3; 32]).unwrap()));
+        },
+        &mut || {
+            let nonce = Nonce::assume_unique_for_key([0; 12]);
+            let _ = black_box(key.seal_in_place_separate_tag(nonce, Aad::from(&header), &mut []).unwrap());
+        },
+        &mut || {
+            let nonce = Nonce::assume_unique_for_key([0; 12]);
+            let _ = black_box(key.seal_in_place_separate_tag(nonce, Aad::from(&header[..78]), &mut []).unwrap());
+        },
+        &mut || {
+            let prk = hkdf::Salt::new(hkdf::HKDF_SHA512, &[7; 32]).extract(&[9; 32]);
+            let info: [&[u8]; 2] = [&[4, 0x78], b"DERIVEKEY"];
+            let key = UnboundKey::from(prk.expand(&info, &AES_256_GCM).unwrap());
+            let mut commit = [0u8; 32];
+            let cinfo: [&[u8]; 1] = [b"COMMITKEY"];
+            prk.expand(&cinfo, hkdf::HKDF_SHA512).unwrap().fill(&mut commit[..]).ok();
+            black_box((LessSafeKey::new(key), commit));
+        },
+        &mut || {
+            black_box(digest::digest(&digest::SHA256, &cache_input));
+        },
+    ]);
+    let ns: Vec<f64> = rates.iter().map(|r| 1e9 / r).collect();
+    let [
+        total_enc,
+        total_dec,
+        envelope,
+        random_single,
+        random_batch,
+        sha512_floor,
+        key_schedule,
+        tag,
+        final_frame,
+        derive_api,
+        sha256,
+    ] = ns[..]
+    else {
+        unreachable!()
+    };
+    let random = random_batch / 128.0;
     println!("| component | ns per message |");
     println!("|---|---|");
     println!("| keyhold encrypt, total (service: cache key, cache lookup, message id, envelope) | {total_enc:.0} |");
     println!(
         "| . message id: 32 random bytes, drawn 128 at a time (one at a time: {random_single:.0}) | {random:.0} |"
     );
-    println!("| . envelope::encrypt_into with materials and id in hand | {envelope_only:.0} |");
+    println!("| . envelope::encrypt_into with materials and id in hand | {envelope:.0} |");
     println!("| . . HKDF-SHA512 floor: 10 SHA-512 compressions (3 HMACs, pads computed once) | {sha512_floor:.0} |");
     println!("| . . AES-256-GCM key schedule for the message's content key | {key_schedule:.0} |");
     println!("| . . header authentication tag (AES-GCM over ~160 B) | {tag:.0} |");
     println!("| . . final frame seal (empty content, 78 B AAD) | {final_frame:.0} |");
     println!(
         "| . . remainder: HMAC bookkeeping, header serialization | {:.0} |",
-        (envelope_only - sha512_floor - key_schedule - tag - final_frame).max(0.0)
-    );
-    println!(
-        "| (for comparison: the same derivation through the aws_lc_rs::hkdf API, with key schedule) | {derive:.0} |"
+        (envelope - sha512_floor - key_schedule - tag - final_frame).max(0.0)
     );
     println!(
         "| . service: SHA-256 cache key, cache lookup, async call | {:.0} |",
-        (total_enc - envelope_only - random).max(0.0)
+        (total_enc - envelope - random).max(0.0)
     );
     println!(
-        "| keyhold decrypt, total (header parse, tenant check, SHA-256 cache key, lookup, derive, verify) | {total_dec:.0} |"
+        "| keyhold decrypt, total (header parse, tenant check, cache key, lookup, derive, verify) | {total_dec:.0} |"
     );
-    println!("| . SHA-256 of the cache key input (~160 B) | {sha:.0} |");
+    println!("| . SHA-256 of the cache key input (~160 B) | {sha256:.0} |");
+    println!("| for comparison: the same HKDF through the aws_lc_rs::hkdf API, with key schedule | {derive_api:.0} |");
 }
 
 /// Encryption-cache hits on one thread, then on two, for the same key and for two keys.

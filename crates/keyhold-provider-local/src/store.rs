@@ -172,15 +172,7 @@ impl Files {
         let json = serde_json::to_vec_pretty(store)
             .map_err(|e| StoreError::Corrupt { path: self.keys.clone(), reason: e.to_string() })?;
         let tmp = self.dir.join("keys.json.tmp");
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(&json).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
+        write_private(&tmp, &json)?;
         fs::rename(&tmp, &self.keys).map_err(io("replace", &self.keys))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("sync", &self.dir))?;
         Ok(())
@@ -254,15 +246,7 @@ fn load_or_create_master(path: &Path, rng: &dyn SecureRandom) -> Result<DataKey,
         .map_err(|_| StoreError::Corrupt { path: path.to_owned(), reason: "randomness unavailable".into() })?;
     let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = path.with_extension(format!("tmp.{suffix}"));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    f.write_all(key.as_ref()).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("sync", &tmp))?;
+    write_private(&tmp, key.as_ref())?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -272,6 +256,19 @@ fn load_or_create_master(path: &Path, rng: &dyn SecureRandom) -> Result<DataKey,
         }
         Err(e) => Err(io("create", path)(e)),
     }
+}
+
+/// Writes `bytes` to a new file readable by its owner only, and syncs it.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(bytes).map_err(io("write", path))?;
+    f.sync_all().map_err(io("sync", path))
 }
 
 fn read_master(path: &Path) -> Result<Option<DataKey>, StoreError> {
