@@ -1,7 +1,7 @@
 //! Content-key derivation (identity, HKDF, committing HKDF), nonces and body AAD.
 
 use aws_lc_rs::aead::{self, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::{digest, hkdf};
+use aws_lc_rs::hkdf;
 use keyhold_core::DataKey;
 use zeroize::Zeroizing;
 
@@ -12,68 +12,6 @@ use crate::suite::{AlgorithmSuite, Kdf};
 pub(crate) struct ContentKey {
     pub(crate) key: LessSafeKey,
     pub(crate) commitment: Option<[u8; 32]>,
-}
-
-/// HKDF-SHA512 for the committing suites: extract with the message id as salt, then
-/// expand once for the content key (`suite id || "DERIVEKEY"`) and once for the
-/// commitment key (`"COMMITKEY"`), 32 bytes each, so each is a single HMAC block `T(1)`.
-///
-/// Written on SHA-512 contexts rather than `aws_lc_rs::hkdf` because this is the largest
-/// fixed cost of every message: computing the PRK's inner and outer pad states once and
-/// cloning them for both expansions saves a third of the time of the general API (see
-/// the benchmark's fixed-cost table). Equivalence with RFC 5869 is tested below and by
-/// every interoperability test.
-fn committing_hkdf(
-    suite_id: &[u8; 2],
-    data_key: &DataKey,
-    message_id: &[u8],
-) -> Result<(Zeroizing<[u8; 32]>, [u8; 32]), ()> {
-    let prk = Hmac512::new(message_id)?.sign(&[data_key.expose()]);
-    let expand = Hmac512::new(prk.as_ref())?;
-    let key = expand.clone().sign(&[suite_id, b"DERIVEKEY", &[1]]);
-    let commit = expand.sign(&[b"COMMITKEY", &[1]]);
-    let mut key_out = Zeroizing::new([0u8; 32]);
-    key_out.copy_from_slice(key.as_ref().get(..32).ok_or(())?);
-    let mut commit_out = [0u8; 32];
-    commit_out.copy_from_slice(commit.as_ref().get(..32).ok_or(())?);
-    Ok((key_out, commit_out))
-}
-
-/// HMAC-SHA512 with its pad states computed once. Keys must be at most one block (128
-/// bytes); the message id (32) and the PRK (64) are.
-#[derive(Clone)]
-struct Hmac512 {
-    inner: digest::Context,
-    outer: digest::Context,
-}
-
-impl Hmac512 {
-    fn new(key: &[u8]) -> Result<Self, ()> {
-        if key.len() > 128 {
-            return Err(());
-        }
-        let state = |pad: u8| {
-            let mut block = Zeroizing::new([pad; 128]);
-            for (b, k) in block.iter_mut().zip(key) {
-                *b ^= k;
-            }
-            let mut ctx = digest::Context::new(&digest::SHA512);
-            ctx.update(block.as_ref());
-            ctx
-        };
-        let inner = state(0x36);
-        let outer = state(0x5c);
-        Ok(Self { inner, outer })
-    }
-
-    fn sign(self, parts: &[&[u8]]) -> digest::Digest {
-        let Self { mut inner, mut outer } = self;
-        for p in parts {
-            inner.update(p);
-        }
-        outer.update(inner.finish().as_ref());
-        outer.finish()
-    }
 }
 
 /// Derives the content key. The caller has checked the data key length.
@@ -98,6 +36,112 @@ pub(crate) fn derive(suite: AlgorithmSuite, data_key: &DataKey, message_id: &[u8
         }
     };
     Ok(ContentKey { key: LessSafeKey::new(unbound), commitment })
+}
+
+/// HKDF-SHA512 for the committing suites: extract with the message id as salt, then
+/// expand once for the content key (`suite id || "DERIVEKEY"`) and once for the
+/// commitment key (`"COMMITKEY"`), 32 bytes each, so each is the first HMAC block `T(1)`.
+///
+/// This is the largest fixed cost of every message, so it is written on the SHA-512
+/// compression function itself: exactly ten compressions (two pad blocks and two final
+/// blocks for the extract, two pad blocks for the PRK shared by both expansions, and two
+/// final blocks per expansion), with no digest-context setup per HMAC. Equivalence with
+/// RFC 5869 is tested below and by every interoperability test.
+fn committing_hkdf(
+    suite_id: &[u8; 2],
+    data_key: &DataKey,
+    message_id: &[u8],
+) -> Result<(Zeroizing<[u8; 32]>, [u8; 32]), ()> {
+    let prk = Hmac512::new(message_id)?.sign(&[data_key.expose()])?;
+    let expand = Hmac512::new(prk.as_ref())?;
+    let key = expand.clone().sign(&[suite_id, b"DERIVEKEY", &[1]])?;
+    let commit = expand.sign(&[b"COMMITKEY", &[1]])?;
+    let mut key_out = Zeroizing::new([0u8; 32]);
+    key_out.copy_from_slice(key.get(..32).ok_or(())?);
+    let mut commit_out = [0u8; 32];
+    commit_out.copy_from_slice(commit.get(..32).ok_or(())?);
+    Ok((key_out, commit_out))
+}
+
+/// SHA-512's initial state (FIPS 180-4, 5.3.5).
+const SHA512_IV: [u64; 8] = [
+    0x6a09e667f3bcc908,
+    0xbb67ae8584caa73b,
+    0x3c6ef372fe94f82b,
+    0xa54ff53a5f1d36f1,
+    0x510e527fade682d1,
+    0x9b05688c2b3e6c1f,
+    0x1f83d9abfb41bd6b,
+    0x5be0cd19137e2179,
+];
+
+/// HMAC-SHA512 over the raw compression function, for keys of at most one block (the
+/// message id is 32 bytes, the PRK 64) and messages that fit one final block (at most
+/// 111 bytes; here 32 at most). The pad states are computed once per key.
+#[derive(Clone)]
+struct Hmac512 {
+    inner: Zeroizing<[u64; 8]>,
+    outer: Zeroizing<[u64; 8]>,
+}
+
+impl Hmac512 {
+    fn new(key: &[u8]) -> Result<Self, ()> {
+        if key.len() > 128 {
+            return Err(());
+        }
+        let state = |pad: u8| {
+            let mut block = Zeroizing::new([pad; 128]);
+            for (b, k) in block.iter_mut().zip(key) {
+                *b ^= k;
+            }
+            let mut state = Zeroizing::new(SHA512_IV);
+            compress(&mut state, &block);
+            state
+        };
+        Ok(Self { inner: state(0x36), outer: state(0x5c) })
+    }
+
+    /// The MAC of the concatenated `parts`.
+    fn sign(self, parts: &[&[u8]]) -> Result<Zeroizing<[u8; 64]>, ()> {
+        let Self { mut inner, mut outer } = self;
+        let mut block = Zeroizing::new([0u8; 128]);
+        let mut len = 0;
+        for p in parts {
+            block.get_mut(len..len + p.len()).ok_or(())?.copy_from_slice(p);
+            len += p.len();
+        }
+        final_block(&mut inner, &mut block, len)?;
+        let inner_hash = to_bytes(&inner);
+        *block = [0; 128];
+        block.get_mut(..64).ok_or(())?.copy_from_slice(inner_hash.as_ref());
+        final_block(&mut outer, &mut block, 64)?;
+        Ok(to_bytes(&outer))
+    }
+}
+
+/// Pads the last block of a message that is one key block (128 bytes) plus `len` bytes
+/// long, and compresses it.
+fn final_block(state: &mut [u64; 8], block: &mut [u8; 128], len: usize) -> Result<(), ()> {
+    if len > 111 {
+        return Err(());
+    }
+    *block.get_mut(len).ok_or(())? = 0x80;
+    let bits = ((128 + len) as u128) * 8;
+    block.get_mut(112..).ok_or(())?.copy_from_slice(&bits.to_be_bytes());
+    compress(state, block);
+    Ok(())
+}
+
+fn compress(state: &mut [u64; 8], block: &[u8; 128]) {
+    sha2::compress512(state, &[(*block).into()]);
+}
+
+fn to_bytes(state: &[u64; 8]) -> Zeroizing<[u8; 64]> {
+    let mut out = Zeroizing::new([0u8; 64]);
+    for (chunk, word) in out.chunks_exact_mut(8).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 /// The IV the SDKs use for frame `seq`: the sequence number, big-endian, left-padded.
