@@ -3,7 +3,7 @@
 use aws_lc_rs::aead::{self, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::hkdf;
 use keyhold_core::DataKey;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::header::IV_LEN;
 use crate::suite::{AlgorithmSuite, Kdf};
@@ -52,15 +52,42 @@ fn committing_hkdf(
     data_key: &DataKey,
     message_id: &[u8],
 ) -> Result<(Zeroizing<[u8; 32]>, [u8; 32]), ()> {
-    let prk = Hmac512::new(message_id)?.sign(&[data_key.expose()])?;
-    let expand = Hmac512::new(prk.as_ref())?;
-    let key = expand.clone().sign(&[suite_id, b"DERIVEKEY", &[1]])?;
-    let commit = expand.sign(&[b"COMMITKEY", &[1]])?;
-    let mut key_out = Zeroizing::new([0u8; 32]);
-    key_out.copy_from_slice(key.get(..32).ok_or(())?);
-    let mut commit_out = [0u8; 32];
-    commit_out.copy_from_slice(commit.get(..32).ok_or(())?);
-    Ok((key_out, commit_out))
+    // One scratch block, one set of chaining states and one PRK, each wiped once on drop:
+    // zeroizing is done with volatile writes, so fewer, larger buffers cost less.
+    let mut scratch = Zeroizing::new(Scratch { block: [0; 128], states: [[0; 8]; 4], prk: [0; 64] });
+    let Scratch { block, states, prk } = &mut *scratch;
+    let [inner, outer, expand_inner, expand_outer] = states;
+
+    // Extract: PRK = HMAC(message id, data key).
+    pads(message_id, inner, outer, block)?;
+    mac(inner, outer, &[data_key.expose()], block)?;
+    store(outer, prk);
+
+    // Expand: T(1) = HMAC(PRK, info || 0x01), once per output, the PRK pads computed once.
+    pads(prk.as_slice(), expand_inner, expand_outer, block)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    let mut commit = [0u8; 32];
+    for (info, out) in [
+        (&[suite_id.as_slice(), b"DERIVEKEY", &[1]], key.as_mut_slice()),
+        (&[b"COMMITKEY".as_slice(), &[1], &[]], &mut commit[..]),
+    ] {
+        *inner = *expand_inner;
+        *outer = *expand_outer;
+        mac(inner, outer, info, block)?;
+        let mut full = [0u8; 64];
+        store(outer, &mut full);
+        out.copy_from_slice(full.get(..32).ok_or(())?);
+        full.zeroize();
+    }
+    Ok((key, commit))
+}
+
+/// Scratch space of [`committing_hkdf`], wiped on drop.
+#[derive(Zeroize)]
+struct Scratch {
+    block: [u8; 128],
+    states: [[u64; 8]; 4],
+    prk: [u8; 64],
 }
 
 /// SHA-512's initial state (FIPS 180-4, 5.3.5).
@@ -75,48 +102,38 @@ const SHA512_IV: [u64; 8] = [
     0x5be0cd19137e2179,
 ];
 
-/// HMAC-SHA512 over the raw compression function, for keys of at most one block (the
-/// message id is 32 bytes, the PRK 64) and messages that fit one final block (at most
-/// 111 bytes; here 32 at most). The pad states are computed once per key.
-#[derive(Clone)]
-struct Hmac512 {
-    inner: Zeroizing<[u64; 8]>,
-    outer: Zeroizing<[u64; 8]>,
+/// HMAC-SHA512 pad states for a key of at most one block (the message id is 32 bytes,
+/// the PRK 64).
+fn pads(key: &[u8], inner: &mut [u64; 8], outer: &mut [u64; 8], block: &mut [u8; 128]) -> Result<(), ()> {
+    if key.len() > 128 {
+        return Err(());
+    }
+    for (state, pad) in [(inner, 0x36u8), (outer, 0x5c)] {
+        block.fill(pad);
+        for (b, k) in block.iter_mut().zip(key) {
+            *b ^= k;
+        }
+        *state = SHA512_IV;
+        compress(state, block);
+    }
+    Ok(())
 }
 
-impl Hmac512 {
-    fn new(key: &[u8]) -> Result<Self, ()> {
-        if key.len() > 128 {
-            return Err(());
-        }
-        let state = |pad: u8| {
-            let mut block = Zeroizing::new([pad; 128]);
-            for (b, k) in block.iter_mut().zip(key) {
-                *b ^= k;
-            }
-            let mut state = Zeroizing::new(SHA512_IV);
-            compress(&mut state, &block);
-            state
-        };
-        Ok(Self { inner: state(0x36), outer: state(0x5c) })
+/// Finishes HMAC-SHA512 from its pad states over `parts` (at most 111 bytes in all, so
+/// one final block each for the inner and the outer hash); the MAC is left in `outer`.
+fn mac(inner: &mut [u64; 8], outer: &mut [u64; 8], parts: &[&[u8]], block: &mut [u8; 128]) -> Result<(), ()> {
+    block.fill(0);
+    let mut len = 0;
+    for p in parts {
+        block.get_mut(len..len + p.len()).ok_or(())?.copy_from_slice(p);
+        len += p.len();
     }
-
-    /// The MAC of the concatenated `parts`.
-    fn sign(self, parts: &[&[u8]]) -> Result<Zeroizing<[u8; 64]>, ()> {
-        let Self { mut inner, mut outer } = self;
-        let mut block = Zeroizing::new([0u8; 128]);
-        let mut len = 0;
-        for p in parts {
-            block.get_mut(len..len + p.len()).ok_or(())?.copy_from_slice(p);
-            len += p.len();
-        }
-        final_block(&mut inner, &mut block, len)?;
-        let inner_hash = to_bytes(&inner);
-        *block = [0; 128];
-        block.get_mut(..64).ok_or(())?.copy_from_slice(inner_hash.as_ref());
-        final_block(&mut outer, &mut block, 64)?;
-        Ok(to_bytes(&outer))
-    }
+    final_block(inner, block, len)?;
+    block.fill(0);
+    let (hash, _) = block.split_at_mut(64);
+    let hash: &mut [u8; 64] = hash.try_into().map_err(drop)?;
+    store(inner, hash);
+    final_block(outer, block, 64)
 }
 
 /// Pads the last block of a message that is one key block (128 bytes) plus `len` bytes
@@ -132,16 +149,15 @@ fn final_block(state: &mut [u64; 8], block: &mut [u8; 128], len: usize) -> Resul
     Ok(())
 }
 
-fn compress(state: &mut [u64; 8], block: &[u8; 128]) {
-    sha2::compress512(state, &[(*block).into()]);
-}
-
-fn to_bytes(state: &[u64; 8]) -> Zeroizing<[u8; 64]> {
-    let mut out = Zeroizing::new([0u8; 64]);
+/// Writes a chaining state out as the big-endian digest.
+fn store(state: &[u64; 8], out: &mut [u8; 64]) {
     for (chunk, word) in out.chunks_exact_mut(8).zip(state) {
         chunk.copy_from_slice(&word.to_be_bytes());
     }
-    out
+}
+
+fn compress(state: &mut [u64; 8], block: &[u8; 128]) {
+    sha2::compress512(state, &[(*block).into()]);
 }
 
 /// The IV the SDKs use for frame `seq`: the sequence number, big-endian, left-padded.
