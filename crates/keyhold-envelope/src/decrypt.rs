@@ -123,7 +123,7 @@ impl BodyDecryptor {
             return Err(DecryptError::DataKeyLength { expected: suite.data_key_len(), found: data_key.len() });
         }
         let derived =
-            keys::derive(suite, data_key, &header.message_id).map_err(|_| DecryptError::CommitmentMismatch)?;
+            keys::derive(suite, data_key, header.message_id()).map_err(|_| DecryptError::CommitmentMismatch)?;
         if let (Some(expected), Some(found)) = (header.commitment, derived.commitment)
             && !bool::from(expected.ct_eq(&found))
         {
@@ -136,7 +136,7 @@ impl BodyDecryptor {
 
         let (hasher, verifier) = match suite.signing() {
             Some(s) => {
-                let pk = header.context.get(PUBLIC_KEY_CONTEXT_KEY).ok_or(DecryptError::MissingPublicKey)?;
+                let pk = header.context_value(PUBLIC_KEY_CONTEXT_KEY).ok_or(DecryptError::MissingPublicKey)?;
                 let verifier = sign::verifier(s, pk)?;
                 let mut h = digest::Context::new(s.digest());
                 h.update(&header.body);
@@ -233,7 +233,7 @@ impl BodyDecryptor {
         let field = if is_final { "final frame" } else { "body frame" };
         let ciphertext = r.take(usize::try_from(len).map_err(|_| Stop::Incomplete(field))?, field)?;
         let tag = r.take(TAG_LEN, field)?;
-        let aad = keys::BodyAad::new(&self.header.message_id, kind, seq, u64::from(len));
+        let aad = keys::BodyAad::new(self.header.message_id(), kind, seq, u64::from(len));
         self.open(iv, &aad, ciphertext, tag, out).map_err(|()| DecryptError::FrameAuthFailed(seq))?;
         let used = r.position();
         self.hash(rest.get(..used).unwrap_or_default());
@@ -255,7 +255,7 @@ impl BodyDecryptor {
         let ciphertext =
             r.take(usize::try_from(len).map_err(|_| Stop::Incomplete("non-framed body"))?, "non-framed body")?;
         let tag = r.take(TAG_LEN, "non-framed body")?;
-        let aad = keys::BodyAad::new(&self.header.message_id, BodyKind::SingleBlock, 1, len);
+        let aad = keys::BodyAad::new(self.header.message_id(), BodyKind::SingleBlock, 1, len);
         self.open(iv, &aad, ciphertext, tag, out).map_err(|()| DecryptError::FrameAuthFailed(1))?;
         let used = r.position();
         self.hash(rest.get(..used).unwrap_or_default());

@@ -1,6 +1,8 @@
 //! The message header: parsing (v1 and v2) with every structural check the format
 //! prescribes, and serialization of the v2 header keyhold writes.
 
+use std::sync::OnceLock;
+
 use keyhold_core::{EncryptedDataKey, EncryptionContext};
 
 use crate::config::DecryptConfig;
@@ -26,9 +28,15 @@ pub(crate) const CONTENT_FRAMED: u8 = 0x02;
 pub struct Header {
     pub(crate) version: u8,
     pub(crate) suite: AlgorithmSuite,
-    pub(crate) message_id: Vec<u8>,
-    pub(crate) context: EncryptionContext,
-    pub(crate) edks: Vec<EncryptedDataKey>,
+    pub(crate) message_id: [u8; 32],
+    pub(crate) message_id_len: usize,
+    /// Where the encrypted-data-key entries lie within `body`, and how many there are.
+    edk_range: std::ops::Range<usize>,
+    edk_count: u16,
+    /// The owned forms of the context and the encrypted data keys, built on first use:
+    /// the hot path (a cache hit) reads the validated bytes in place and never needs them.
+    context: OnceLock<EncryptionContext>,
+    edks: OnceLock<Vec<EncryptedDataKey>>,
     pub(crate) framed: bool,
     pub(crate) frame_length: u32,
     pub(crate) commitment: Option<[u8; 32]>,
@@ -40,6 +48,28 @@ pub struct Header {
     pub(crate) context_range: std::ops::Range<usize>,
     /// Length of the whole header, body and authentication.
     pub(crate) len: usize,
+}
+
+/// An encrypted data key as it lies in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdkRef<'a> {
+    /// Key provider id.
+    pub provider_id: &'a str,
+    /// Key provider information.
+    pub provider_info: &'a [u8],
+    /// The wrapped data key.
+    pub ciphertext: &'a [u8],
+}
+
+impl EdkRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> EncryptedDataKey {
+        EncryptedDataKey {
+            provider_id: self.provider_id.to_owned(),
+            provider_info: self.provider_info.to_vec(),
+            ciphertext: self.ciphertext.to_vec(),
+        }
+    }
 }
 
 /// The outcome of offering bytes to the header parser.
@@ -55,8 +85,8 @@ impl std::fmt::Debug for Header {
         f.debug_struct("Header")
             .field("version", &self.version)
             .field("suite", &self.suite)
-            .field("context", &self.context)
-            .field("encrypted_data_keys", &self.edks.len())
+            .field("context", self.context())
+            .field("encrypted_data_keys", &self.edk_count)
             .field("frame_length", &self.frame_length)
             .finish_non_exhaustive()
     }
@@ -84,13 +114,24 @@ impl Header {
 
     /// The message id (16 bytes in v1, 32 in v2).
     pub fn message_id(&self) -> &[u8] {
-        &self.message_id
+        self.message_id.get(..self.message_id_len).unwrap_or_default()
     }
 
     /// The encryption context as stored, including `aws-crypto-public-key` for signing
     /// suites.
     pub fn context(&self) -> &EncryptionContext {
-        &self.context
+        self.context.get_or_init(|| {
+            let mut ctx = EncryptionContext::new();
+            for (k, v) in context_pairs(self.context_bytes()) {
+                ctx.insert(k, v);
+            }
+            ctx
+        })
+    }
+
+    /// One value of the encryption context, read in place without building the map.
+    pub fn context_value(&self, key: &str) -> Option<&str> {
+        context_pairs(self.context_bytes()).find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// The encryption context as serialized in the header (the bytes a raw AES wrapping
@@ -101,7 +142,27 @@ impl Header {
 
     /// The encrypted data keys, in header order.
     pub fn encrypted_data_keys(&self) -> &[EncryptedDataKey] {
-        &self.edks
+        self.edks.get_or_init(|| {
+            self.edk_refs()
+                .map(|e| EncryptedDataKey {
+                    provider_id: e.provider_id.to_owned(),
+                    provider_info: e.provider_info.to_vec(),
+                    ciphertext: e.ciphertext.to_vec(),
+                })
+                .collect()
+        })
+    }
+
+    /// The encrypted data keys, in header order, read in place.
+    pub fn edk_refs(&self) -> impl Iterator<Item = EdkRef<'_>> {
+        let mut r = Reader::new(self.body.get(self.edk_range.clone()).unwrap_or_default());
+        (0..self.edk_count).map_while(move |_| {
+            // Validated when the header was parsed, so these reads cannot fail.
+            let provider_id = std::str::from_utf8(r.u16_prefixed("").ok()?).ok()?;
+            let provider_info = r.u16_prefixed("").ok()?;
+            let ciphertext = r.u16_prefixed("").ok()?;
+            Some(EdkRef { provider_id, provider_info, ciphertext })
+        })
     }
 
     /// Whether the body is framed.
@@ -145,11 +206,14 @@ fn parse(input: &[u8], config: &DecryptConfig) -> Result<Header, Stop> {
     if config.require_commitment && !suite.is_committing() {
         return Err(DecryptError::CommitmentRequired(suite_id).into());
     }
-    let message_id = r.take(if version == 1 { 16 } else { 32 }, "message id")?.to_vec();
+    let id = r.take(if version == 1 { 16 } else { 32 }, "message id")?;
+    let mut message_id = [0u8; 32];
+    message_id.get_mut(..id.len()).ok_or(Stop::Incomplete("message id"))?.copy_from_slice(id);
     let aad = r.u16_prefixed("encryption context")?;
     let context_range = r.position() - aad.len()..r.position();
-    let context = parse_context(aad)?;
-    match (suite.is_signing(), context.get(PUBLIC_KEY_CONTEXT_KEY).is_some()) {
+    validate_context(aad)?;
+    let has_public_key = context_pairs(aad).any(|(k, _)| k == PUBLIC_KEY_CONTEXT_KEY);
+    match (suite.is_signing(), has_public_key) {
         (true, false) => return Err(DecryptError::MissingPublicKey.into()),
         (false, true) => return Err(DecryptError::UnexpectedPublicKey.into()),
         _ => {}
@@ -162,14 +226,14 @@ fn parse(input: &[u8], config: &DecryptConfig) -> Result<Header, Stop> {
     if count > config.max_encrypted_data_keys {
         return Err(DecryptError::TooManyEncryptedDataKeys { count, max: config.max_encrypted_data_keys }.into());
     }
-    let mut edks = Vec::with_capacity(usize::from(count));
+    let edk_start = r.position();
     for _ in 0..count {
         let provider_id = r.u16_prefixed("encrypted data key")?;
-        let provider_id = std::str::from_utf8(provider_id).map_err(|_| DecryptError::MalformedProviderId)?;
-        let provider_info = r.u16_prefixed("encrypted data key")?.to_vec();
-        let ciphertext = r.u16_prefixed("encrypted data key")?.to_vec();
-        edks.push(EncryptedDataKey { provider_id: provider_id.to_owned(), provider_info, ciphertext });
+        std::str::from_utf8(provider_id).map_err(|_| DecryptError::MalformedProviderId)?;
+        r.u16_prefixed("encrypted data key")?;
+        r.u16_prefixed("encrypted data key")?;
     }
+    let edk_range = edk_start..r.position();
 
     let content_type = r.u8("content type")?;
     let framed = match content_type {
@@ -203,8 +267,11 @@ fn parse(input: &[u8], config: &DecryptConfig) -> Result<Header, Stop> {
         version,
         suite,
         message_id,
-        context,
-        edks,
+        message_id_len: id.len(),
+        edk_range,
+        edk_count: count,
+        context: OnceLock::new(),
+        edks: OnceLock::new(),
         framed,
         frame_length,
         commitment,
@@ -216,12 +283,11 @@ fn parse(input: &[u8], config: &DecryptConfig) -> Result<Header, Stop> {
     })
 }
 
-/// Parses the key-value pairs of the header's AAD section. The section's length was
+/// Checks the key-value pairs of the header's AAD section. The section's length was
 /// declared by the header, so running out of bytes here is malformation, not truncation.
-fn parse_context(aad: &[u8]) -> Result<EncryptionContext, DecryptError> {
-    let mut ctx = EncryptionContext::new();
+fn validate_context(aad: &[u8]) -> Result<(), DecryptError> {
     if aad.is_empty() {
-        return Ok(ctx);
+        return Ok(());
     }
     let overrun = |_| DecryptError::MalformedContext("pairs overrun the declared length");
     let mut r = Reader::new(aad);
@@ -229,18 +295,44 @@ fn parse_context(aad: &[u8]) -> Result<EncryptionContext, DecryptError> {
     if count == 0 {
         return Err(DecryptError::MalformedContext("non-empty section declares zero pairs"));
     }
-    for _ in 0..count {
+    // Duplicate keys: a linear scan for the usual handful of pairs (no allocation), a set
+    // beyond, so that a hostile header with thousands of pairs stays linear.
+    let mut few: [&[u8]; 16] = [&[]; 16];
+    let mut many = std::collections::HashSet::new();
+    for i in 0..usize::from(count) {
         let key = r.u16_prefixed("key").map_err(overrun)?;
         let value = r.u16_prefixed("value").map_err(overrun)?;
-        let key = std::str::from_utf8(key).map_err(|_| DecryptError::MalformedContext("a key is not UTF-8"))?;
-        let value = std::str::from_utf8(value).map_err(|_| DecryptError::MalformedContext("a value is not UTF-8"))?;
-        if ctx.get(key).is_some() {
+        std::str::from_utf8(key).map_err(|_| DecryptError::MalformedContext("a key is not UTF-8"))?;
+        std::str::from_utf8(value).map_err(|_| DecryptError::MalformedContext("a value is not UTF-8"))?;
+        let duplicate = if i < few.len() {
+            let seen = few.get(..i).unwrap_or_default().contains(&key);
+            if let Some(slot) = few.get_mut(i) {
+                *slot = key;
+            }
+            seen
+        } else {
+            if many.is_empty() {
+                many.extend(few.iter().copied());
+            }
+            !many.insert(key)
+        };
+        if duplicate {
             return Err(DecryptError::MalformedContext("a key appears twice"));
         }
-        ctx.insert(key, value);
     }
     if r.position() != aad.len() {
         return Err(DecryptError::MalformedContext("bytes left over after the declared pairs"));
     }
-    Ok(ctx)
+    Ok(())
+}
+
+/// The pairs of an AAD section that [`validate_context`] accepted.
+fn context_pairs(aad: &[u8]) -> impl Iterator<Item = (&str, &str)> {
+    let mut r = Reader::new(aad);
+    let count = if aad.is_empty() { 0 } else { r.u16("").unwrap_or(0) };
+    (0..count).map_while(move |_| {
+        let key = std::str::from_utf8(r.u16_prefixed("").ok()?).ok()?;
+        let value = std::str::from_utf8(r.u16_prefixed("").ok()?).ok()?;
+        Some((key, value))
+    })
 }

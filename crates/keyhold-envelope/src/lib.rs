@@ -57,7 +57,7 @@ pub use config::{DecryptConfig, EncryptConfig};
 pub use decrypt::{BodyDecryptor, Decrypted, decrypt, decrypt_into, read_header};
 pub use encrypt::{EncryptionMaterials, Encryptor, MessageId, ciphertext_len, encrypt, encrypt_into};
 pub use error::{DecryptError, EncryptError};
-pub use header::{Header, HeaderParse, PUBLIC_KEY_CONTEXT_KEY};
+pub use header::{EdkRef, Header, HeaderParse, PUBLIC_KEY_CONTEXT_KEY};
 pub use keyhold_core::{DataKey, EncryptedDataKey, EncryptionContext};
 pub use sign::SigningKey;
 pub use suite::AlgorithmSuite;

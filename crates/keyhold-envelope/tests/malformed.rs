@@ -541,3 +541,19 @@ fn every_single_bit_flip_is_detected() {
         }
     }
 }
+
+#[test]
+fn duplicate_keys_are_found_among_many_pairs() {
+    let (v2, k) = base_v2();
+    // 40 distinct keys, then a repeat of the 30th: past the small-count fast path.
+    let mut aad = vec![0u8, 41];
+    for i in 0..40u8 {
+        aad.extend_from_slice(&[0, 2, b'k', b'A' + i, 0, 0]);
+    }
+    aad.extend_from_slice(&[0, 2, b'k', b'A' + 30, 0, 0]);
+    assert_eq!(open(&k, &with_aad(&v2, &aad)).unwrap_err(), E::MalformedContext("a key appears twice"));
+    // And 40 distinct keys alone parse (the header then fails authentication, as edited).
+    aad[1] = 40;
+    aad.truncate(aad.len() - 6);
+    assert_eq!(open(&k, &with_aad(&v2, &aad)).unwrap_err(), E::HeaderAuthFailed);
+}

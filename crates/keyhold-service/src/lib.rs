@@ -29,12 +29,11 @@ use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use keyhold_cache::{CacheConfig, CacheStats, DecryptKey, EncryptKey, MaterialsCache};
 use keyhold_core::{
-    Clock, DataKey, EncryptedDataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY,
-    TenantId,
+    Clock, DataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, TenantId,
 };
 use keyhold_envelope::{
-    AlgorithmSuite, BodyDecryptor, DecryptConfig, Decrypted, EncryptConfig, EncryptionMaterials, Header, MessageId,
-    PUBLIC_KEY_CONTEXT_KEY, SigningKey,
+    AlgorithmSuite, BodyDecryptor, DecryptConfig, Decrypted, EdkRef, EncryptConfig, EncryptionMaterials, Header,
+    MessageId, PUBLIC_KEY_CONTEXT_KEY, SigningKey,
 };
 use keyhold_provider::{ErrorClass, KeyProvider, ProviderError};
 
@@ -197,19 +196,19 @@ impl Keyhold {
     /// Refuses a header that does not carry `tenant`, then unwraps its data key.
     pub async fn data_key(&self, tenant: &TenantId, header: &Header) -> Result<Arc<DataKey>, ServiceError> {
         check_tenant(tenant, header)?;
-        let context = header.context();
         let context_bytes = header.context_bytes();
         let mut last_error = None;
-        for edk in header.encrypted_data_keys() {
-            // The cache first: a hit needs no provider lookup at all.
-            let cache_key = DecryptKey { tenant: tenant.clone(), id: edk_digest(edk, context_bytes) };
+        for edk in header.edk_refs() {
+            // The cache first: a hit needs no provider lookup and no allocation but the key.
+            let cache_key = DecryptKey { tenant: tenant.clone(), id: edk_digest(&edk, context_bytes) };
             if let Some(k) = self.cache.get_decrypt(&cache_key) {
                 return Ok(k);
             }
-            let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(edk).map(|k| (p, k))) else {
+            let edk = edk.to_owned();
+            let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(&edk).map(|k| (p, k))) else {
                 continue;
             };
-            match provider.unwrap(edk, context).await {
+            match provider.unwrap(&edk, header.context()).await {
                 Ok(dk) => {
                     let dk = Arc::new(dk);
                     self.cache.put_decrypt(cache_key, dk.clone());
@@ -249,7 +248,7 @@ fn rank(e: &ProviderError) -> u8 {
 
 /// Refuses a message whose context names another tenant, or none.
 pub fn check_tenant(tenant: &TenantId, header: &Header) -> Result<(), ServiceError> {
-    match header.context().get(RESERVED_TENANT_KEY) {
+    match header.context_value(RESERVED_TENANT_KEY) {
         Some(t) if t == tenant.as_str() => Ok(()),
         found => Err(ServiceError::TenantMismatch { expected: tenant.clone(), found: found.map(str::to_owned) }),
     }
@@ -299,9 +298,9 @@ fn message_id() -> Result<MessageId, ServiceError> {
     })
 }
 
-fn edk_digest(edk: &EncryptedDataKey, context_bytes: &[u8]) -> [u8; 32] {
+fn edk_digest(edk: &EdkRef<'_>, context_bytes: &[u8]) -> [u8; 32] {
     let mut d = digest::Context::new(&digest::SHA256);
-    for field in [edk.provider_id.as_bytes(), &edk.provider_info, &edk.ciphertext, context_bytes] {
+    for field in [edk.provider_id.as_bytes(), edk.provider_info, edk.ciphertext, context_bytes] {
         d.update(&(field.len() as u64).to_be_bytes());
         d.update(field);
     }
