@@ -1,17 +1,18 @@
 //! The materials cache: reusing data keys is what makes customer-managed keys cost nothing
 //! per record.
 //!
-//! * **Encryption materials** are cached per [`EncryptKey`] (tenant, and a digest the
-//!   caller derives from purpose, key set, algorithm suite and encryption context) and
+//! * **Encryption materials** are cached per tenant and [`EntryId`] (a digest the caller
+//!   derives from tenant, purpose, key set, algorithm suite and encryption context) and
 //!   reused until the first of [`CacheConfig::max_messages`] (default
 //!   5,000,000), [`CacheConfig::max_age`] (default 24 h) or [`CacheConfig::max_bytes`];
 //!   then the caller generates a fresh data key.
-//! * **Decryption materials** are cached per [`DecryptKey`] (tenant and a digest of the
-//!   encrypted data key and context) for [`CacheConfig::decrypt_ttl`]. The TTL is one term
+//! * **Decryption materials** are cached per tenant and [`EntryId`] (a digest of the
+//!   tenant, the encrypted data key and the context) for [`CacheConfig::decrypt_ttl`]. The TTL is one term
 //!   of the revocation bound: after a tenant revokes its key, a node that has not yet been
 //!   told can go on decrypting from cache for at most this long.
 //!
-//! Both are partitioned by tenant in their key types, bounded in size (the oldest entry of
+//! Both are partitioned by tenant: every lookup names its tenant and an entry is only
+//! returned to the tenant it was stored for. Both are bounded in size (the oldest entry of
 //! a shard is evicted), and flushed per tenant with [`MaterialsCache::flush_tenant`].
 //! Values are held as `Arc<V>`: dropping the last reference drops the value, and key types
 //! zeroize on drop, so an evicted data key is wiped as soon as no request still uses it.
@@ -59,43 +60,14 @@ impl Default for CacheConfig {
     }
 }
 
-/// Where encryption materials may be reused: the tenant, and a collision-resistant digest
-/// of everything else that must match for reuse (purpose, key set, suite, context).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EncryptKey {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// Digest of purpose, key set, suite and context.
-    pub id: [u8; 32],
-}
-
-/// Which unwrapped data key: the tenant and a digest of the encrypted data key and the
-/// encryption context it was unwrapped under.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DecryptKey {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// Digest of encrypted data key and context.
-    pub id: [u8; 32],
-}
-
-trait Tenanted {
-    fn tenant(&self) -> &TenantId;
-}
-
-impl Tenanted for EncryptKey {
-    fn tenant(&self) -> &TenantId {
-        &self.tenant
-    }
-}
-
-impl Tenanted for DecryptKey {
-    fn tenant(&self) -> &TenantId {
-        &self.tenant
-    }
-}
+/// The identity of a cache entry: a collision-resistant digest, computed by the caller,
+/// of everything that must match for reuse, the tenant included. The tenant is also kept
+/// in the entry and compared on every hit, so an entry can only ever be returned to the
+/// tenant it was stored for.
+pub type EntryId = [u8; 32];
 
 struct Entry<V> {
+    tenant: TenantId,
     value: Arc<V>,
     created_ms: u64,
     messages: AtomicU64,
@@ -117,7 +89,7 @@ struct Sharded<K, V> {
     per_shard: usize,
 }
 
-impl<K: Hash + Eq + Clone + Tenanted, V> Sharded<K, V> {
+impl<K: Hash + Eq + Clone, V> Sharded<K, V> {
     fn new(max_entries: usize) -> Self {
         let shards = (0..SHARDS)
             .map(|_| Shard { map: RwLock::new(HashMap::new()), hits: AtomicU64::new(0), misses: AtomicU64::new(0) })
@@ -132,11 +104,11 @@ impl<K: Hash + Eq + Clone + Tenanted, V> Sharded<K, V> {
         &self.shards[i]
     }
 
-    fn get(&self, key: &K, usable: impl FnOnce(&Entry<V>) -> bool) -> Option<Arc<V>> {
+    fn get(&self, tenant: &TenantId, key: &K, usable: impl FnOnce(&Entry<V>) -> bool) -> Option<Arc<V>> {
         let shard = self.shard(key);
         let found = {
             let map = shard.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.get(key).filter(|e| usable(e)).map(|e| e.value.clone())
+            map.get(key).filter(|e| e.tenant == *tenant && usable(e)).map(|e| e.value.clone())
         };
         let counter = if found.is_some() { &shard.hits } else { &shard.misses };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -198,8 +170,8 @@ pub struct CacheStats {
 pub struct MaterialsCache<E, D> {
     config: CacheConfig,
     clock: Arc<dyn Clock>,
-    encrypt: Sharded<EncryptKey, E>,
-    decrypt: Sharded<DecryptKey, D>,
+    encrypt: Sharded<EntryId, E>,
+    decrypt: Sharded<EntryId, D>,
 }
 
 impl<E, D> MaterialsCache<E, D> {
@@ -215,10 +187,10 @@ impl<E, D> MaterialsCache<E, D> {
 
     /// Materials to encrypt one message of `plaintext_len` bytes, if a cached data key may
     /// still be used for it. The message is counted against the key's limits.
-    pub fn get_encrypt(&self, key: &EncryptKey, plaintext_len: u64) -> Option<Arc<E>> {
+    pub fn get_encrypt(&self, tenant: &TenantId, id: &EntryId, plaintext_len: u64) -> Option<Arc<E>> {
         let now = self.clock.now_millis();
         let max_age = duration_ms(self.config.max_age);
-        self.encrypt.get(key, |e| {
+        self.encrypt.get(tenant, id, |e| {
             if now.saturating_sub(e.created_ms) >= max_age {
                 return false;
             }
@@ -229,33 +201,39 @@ impl<E, D> MaterialsCache<E, D> {
     }
 
     /// Caches fresh encryption materials, counting the message they are first used for.
-    pub fn put_encrypt(&self, key: EncryptKey, value: Arc<E>, plaintext_len: u64) {
+    pub fn put_encrypt(&self, tenant: TenantId, id: EntryId, value: Arc<E>, plaintext_len: u64) {
         let entry = Entry {
+            tenant,
             value,
             created_ms: self.clock.now_millis(),
             messages: AtomicU64::new(1),
             bytes: AtomicU64::new(plaintext_len),
         };
-        self.encrypt.put(key, entry);
+        self.encrypt.put(id, entry);
     }
 
     /// A cached unwrapped data key, if younger than the decrypt TTL.
-    pub fn get_decrypt(&self, key: &DecryptKey) -> Option<Arc<D>> {
+    pub fn get_decrypt(&self, tenant: &TenantId, id: &EntryId) -> Option<Arc<D>> {
         let now = self.clock.now_millis();
         let ttl = duration_ms(self.config.decrypt_ttl);
-        self.decrypt.get(key, |e| now.saturating_sub(e.created_ms) < ttl)
+        self.decrypt.get(tenant, id, |e| now.saturating_sub(e.created_ms) < ttl)
     }
 
     /// Caches an unwrapped data key.
-    pub fn put_decrypt(&self, key: DecryptKey, value: Arc<D>) {
-        let entry =
-            Entry { value, created_ms: self.clock.now_millis(), messages: AtomicU64::new(0), bytes: AtomicU64::new(0) };
-        self.decrypt.put(key, entry);
+    pub fn put_decrypt(&self, tenant: TenantId, id: EntryId, value: Arc<D>) {
+        let entry = Entry {
+            tenant,
+            value,
+            created_ms: self.clock.now_millis(),
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        };
+        self.decrypt.put(id, entry);
     }
 
     /// Drops every entry of `tenant` from both caches; returns how many.
     pub fn flush_tenant(&self, tenant: &TenantId) -> usize {
-        self.encrypt.remove_if(|k, _| k.tenant() == tenant) + self.decrypt.remove_if(|k, _| k.tenant() == tenant)
+        self.encrypt.remove_if(|_, e| e.tenant == *tenant) + self.decrypt.remove_if(|_, e| e.tenant == *tenant)
     }
 
     /// Drops entries that can no longer be used (past their age or TTL).

@@ -29,7 +29,7 @@ use aws_esdk::types::aws_encryption_sdk_config::AwsEncryptionSdkConfig;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::{digest, hkdf};
-use keyhold_cache::{CacheConfig, EncryptKey, MaterialsCache};
+use keyhold_cache::{CacheConfig, MaterialsCache};
 use keyhold_core::{DataKey, EncryptionContext, ManualClock, Purpose, Region, SystemClock, TenantId};
 use keyhold_envelope::{EncryptConfig, MessageId};
 use keyhold_provider::KeyProvider;
@@ -394,18 +394,19 @@ fn cache_scaling() {
         CacheConfig { max_messages: u64::MAX, ..CacheConfig::default() },
         Arc::new(ManualClock::new(1)),
     ));
-    let key = |t: &str| EncryptKey { tenant: TenantId::parse(t).unwrap(), id: [1; 32] };
-    cache.put_encrypt(key("a"), Arc::new(1), 0);
-    cache.put_encrypt(key("b"), Arc::new(2), 0);
+    let id = |t: &str| [t.as_bytes()[0]; 32];
+    let tenant = |t: &str| TenantId::parse(t).unwrap();
+    cache.put_encrypt(tenant("a"), id("a"), Arc::new(1), 0);
+    cache.put_encrypt(tenant("b"), id("b"), Arc::new(2), 0);
     let run = |keys: Vec<&'static str>| -> f64 {
         let handles: Vec<_> = keys
             .into_iter()
             .map(|t| {
                 let cache = cache.clone();
-                let k = key(t);
+                let (t, k) = (tenant(t), id(t));
                 std::thread::spawn(move || {
                     measure(|| {
-                        black_box(cache.get_encrypt(&k, 1024).unwrap());
+                        black_box(cache.get_encrypt(&t, &k, 1024).unwrap());
                     })
                 })
             })

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use keyhold_cache::{CacheConfig, CacheStats, DecryptKey, EncryptKey, MaterialsCache};
+use keyhold_cache::{CacheConfig, CacheStats, MaterialsCache};
 use keyhold_core::{
     Clock, DataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, TenantId,
 };
@@ -131,8 +131,8 @@ impl Keyhold {
                 return Err(ServiceError::ReservedContextKey(k.to_owned()));
             }
         }
-        let cache_key = EncryptKey { tenant: params.tenant.clone(), id: partition_digest(params) };
-        if let Some(m) = self.cache.get_encrypt(&cache_key, plaintext_len) {
+        let entry_id = partition_digest(params);
+        if let Some(m) = self.cache.get_encrypt(&params.tenant, &entry_id, plaintext_len) {
             return Ok(m);
         }
 
@@ -162,7 +162,7 @@ impl Keyhold {
             edks.push(edk);
         }
         let materials = Arc::new(EncryptionMaterials::new(params.suite, data_key, context, edks, signing)?);
-        self.cache.put_encrypt(cache_key, materials.clone(), plaintext_len);
+        self.cache.put_encrypt(params.tenant.clone(), entry_id, materials.clone(), plaintext_len);
         Ok(materials)
     }
 
@@ -200,8 +200,8 @@ impl Keyhold {
         let mut last_error = None;
         for edk in header.edk_refs() {
             // The cache first: a hit needs no provider lookup and no allocation but the key.
-            let cache_key = DecryptKey { tenant: tenant.clone(), id: edk_digest(&edk, context_bytes) };
-            if let Some(k) = self.cache.get_decrypt(&cache_key) {
+            let entry_id = edk_digest(tenant, &edk, context_bytes);
+            if let Some(k) = self.cache.get_decrypt(tenant, &entry_id) {
                 return Ok(k);
             }
             let edk = edk.to_owned();
@@ -211,7 +211,7 @@ impl Keyhold {
             match provider.unwrap(&edk, header.context()).await {
                 Ok(dk) => {
                     let dk = Arc::new(dk);
-                    self.cache.put_decrypt(cache_key, dk.clone());
+                    self.cache.put_decrypt(tenant.clone(), entry_id, dk.clone());
                     return Ok(dk);
                 }
                 // Try the next region's key; remember the most telling failure.
@@ -254,14 +254,15 @@ pub fn check_tenant(tenant: &TenantId, header: &Header) -> Result<(), ServiceErr
     }
 }
 
-/// Everything besides the tenant that must match for a data key to be reused, hashed
-/// without allocating: purpose, suite, key set and caller context, each length-prefixed.
+/// Everything that must match for a data key to be reused, hashed without allocating:
+/// tenant, purpose, suite, key set and caller context, each length-prefixed.
 fn partition_digest(params: &EncryptParams) -> [u8; 32] {
     let mut d = digest::Context::new(&digest::SHA256);
     let mut field = |bytes: &[u8]| {
         d.update(&(bytes.len() as u64).to_be_bytes());
         d.update(bytes);
     };
+    field(params.tenant.as_str().as_bytes());
     field(params.purpose.as_str().as_bytes());
     field(&params.suite.id().to_be_bytes());
     field(&(params.keys.len() as u64).to_be_bytes());
@@ -298,9 +299,13 @@ fn message_id() -> Result<MessageId, ServiceError> {
     })
 }
 
-fn edk_digest(edk: &EdkRef<'_>, context_bytes: &[u8]) -> [u8; 32] {
+/// The decryption cache entry of an encrypted data key: tenant, the key, and the context it
+/// was bound to, each length-prefixed.
+fn edk_digest(tenant: &TenantId, edk: &EdkRef<'_>, context_bytes: &[u8]) -> [u8; 32] {
     let mut d = digest::Context::new(&digest::SHA256);
-    for field in [edk.provider_id.as_bytes(), edk.provider_info, edk.ciphertext, context_bytes] {
+    for field in
+        [tenant.as_str().as_bytes(), edk.provider_id.as_bytes(), edk.provider_info, edk.ciphertext, context_bytes]
+    {
         d.update(&(field.len() as u64).to_be_bytes());
         d.update(field);
     }
