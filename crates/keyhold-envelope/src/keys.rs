@@ -52,32 +52,46 @@ fn committing_hkdf(
     data_key: &DataKey,
     message_id: &[u8],
 ) -> Result<(Zeroizing<[u8; 32]>, [u8; 32]), ()> {
-    // One scratch block, one set of chaining states and one PRK, each wiped once on drop:
-    // zeroizing is done with volatile writes, so fewer, larger buffers cost less.
-    let mut scratch = Zeroizing::new(Scratch { block: [0; 128], states: [[0; 8]; 4], prk: [0; 64] });
-    let Scratch { block, states, prk } = &mut *scratch;
+    // One scratch block and one set of chaining states, each wiped once on drop: zeroizing
+    // is done with volatile writes, so fewer buffers cost less.
+    let mut scratch = Zeroizing::new(Scratch { block: [0; 128], states: [[0; 8]; 4] });
+    let Scratch { block, states } = &mut *scratch;
     let [inner, outer, expand_inner, expand_outer] = states;
 
-    // Extract: PRK = HMAC(message id, data key).
-    pads(message_id, inner, outer, block)?;
+    // Extract: PRK = HMAC(message id, data key); the PRK is left in `outer`.
+    for (state, pad) in [(&mut *inner, 0x36u8), (&mut *outer, 0x5c)] {
+        block.fill(pad);
+        for (b, k) in block.iter_mut().zip(message_id) {
+            *b ^= k;
+        }
+        *state = SHA512_IV;
+        compress(state, block);
+    }
     mac(inner, outer, &[data_key.expose()], block)?;
-    store(outer, prk);
 
-    // Expand: T(1) = HMAC(PRK, info || 0x01), once per output, the PRK pads computed once.
-    pads(prk.as_slice(), expand_inner, expand_outer, block)?;
+    // Expand: T(1) = HMAC(PRK, info || 0x01) for each output; the PRK's pad states are
+    // computed once, straight from its chaining state.
+    for (state, pad) in [(&mut *expand_inner, 0x36u8), (&mut *expand_outer, 0x5c)] {
+        block.fill(pad);
+        for (chunk, word) in block.chunks_exact_mut(8).zip(outer.iter()) {
+            for (b, w) in chunk.iter_mut().zip(word.to_be_bytes()) {
+                *b ^= w;
+            }
+        }
+        *state = SHA512_IV;
+        compress(state, block);
+    }
     let mut key = Zeroizing::new([0u8; 32]);
     let mut commit = [0u8; 32];
-    for (info, out) in [
-        (&[suite_id.as_slice(), b"DERIVEKEY", &[1]], key.as_mut_slice()),
-        (&[b"COMMITKEY".as_slice(), &[1], &[]], &mut commit[..]),
-    ] {
+    let infos: [(&[&[u8]], &mut [u8; 32]); 2] =
+        [(&[suite_id, b"DERIVEKEY", &[1]], &mut key), (&[b"COMMITKEY", &[1]], &mut commit)];
+    for (info, out) in infos {
         *inner = *expand_inner;
         *outer = *expand_outer;
         mac(inner, outer, info, block)?;
-        let mut full = [0u8; 64];
-        store(outer, &mut full);
-        out.copy_from_slice(full.get(..32).ok_or(())?);
-        full.zeroize();
+        for (chunk, word) in out.chunks_exact_mut(8).zip(outer.iter()) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
     }
     Ok((key, commit))
 }
@@ -87,7 +101,6 @@ fn committing_hkdf(
 struct Scratch {
     block: [u8; 128],
     states: [[u64; 8]; 4],
-    prk: [u8; 64],
 }
 
 /// SHA-512's initial state (FIPS 180-4, 5.3.5).
@@ -102,23 +115,6 @@ const SHA512_IV: [u64; 8] = [
     0x5be0cd19137e2179,
 ];
 
-/// HMAC-SHA512 pad states for a key of at most one block (the message id is 32 bytes,
-/// the PRK 64).
-fn pads(key: &[u8], inner: &mut [u64; 8], outer: &mut [u64; 8], block: &mut [u8; 128]) -> Result<(), ()> {
-    if key.len() > 128 {
-        return Err(());
-    }
-    for (state, pad) in [(inner, 0x36u8), (outer, 0x5c)] {
-        block.fill(pad);
-        for (b, k) in block.iter_mut().zip(key) {
-            *b ^= k;
-        }
-        *state = SHA512_IV;
-        compress(state, block);
-    }
-    Ok(())
-}
-
 /// Finishes HMAC-SHA512 from its pad states over `parts` (at most 111 bytes in all, so
 /// one final block each for the inner and the outer hash); the MAC is left in `outer`.
 fn mac(inner: &mut [u64; 8], outer: &mut [u64; 8], parts: &[&[u8]], block: &mut [u8; 128]) -> Result<(), ()> {
@@ -130,9 +126,9 @@ fn mac(inner: &mut [u64; 8], outer: &mut [u64; 8], parts: &[&[u8]], block: &mut 
     }
     final_block(inner, block, len)?;
     block.fill(0);
-    let (hash, _) = block.split_at_mut(64);
-    let hash: &mut [u8; 64] = hash.try_into().map_err(drop)?;
-    store(inner, hash);
+    for (chunk, word) in block.chunks_exact_mut(8).zip(inner.iter()) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
     final_block(outer, block, 64)
 }
 
@@ -147,13 +143,6 @@ fn final_block(state: &mut [u64; 8], block: &mut [u8; 128], len: usize) -> Resul
     block.get_mut(112..).ok_or(())?.copy_from_slice(&bits.to_be_bytes());
     compress(state, block);
     Ok(())
-}
-
-/// Writes a chaining state out as the big-endian digest.
-fn store(state: &[u64; 8], out: &mut [u8; 64]) {
-    for (chunk, word) in out.chunks_exact_mut(8).zip(state) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
 }
 
 fn compress(state: &mut [u64; 8], block: &[u8; 128]) {
