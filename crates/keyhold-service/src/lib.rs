@@ -259,13 +259,14 @@ pub fn check_tenant(tenant: &TenantId, header: &Header) -> Result<(), ServiceErr
 fn partition_digest(params: &EncryptParams) -> [u8; 32] {
     let mut d = digest::Context::new(&digest::SHA256);
     let mut field = |bytes: &[u8]| {
-        d.update(&(bytes.len() as u64).to_be_bytes());
+        // Every field is far shorter than 4 GiB (ids, key references, a 64 KiB context).
+        d.update(&(bytes.len() as u32).to_be_bytes());
         d.update(bytes);
     };
     field(params.tenant.as_str().as_bytes());
     field(params.purpose.as_str().as_bytes());
     field(&params.suite.id().to_be_bytes());
-    field(&(params.keys.len() as u64).to_be_bytes());
+    field(&(params.keys.len() as u32).to_be_bytes());
     for k in &params.keys {
         field(k.as_str().as_bytes());
     }
@@ -306,7 +307,7 @@ fn edk_digest(tenant: &TenantId, edk: &EdkRef<'_>, context_bytes: &[u8]) -> [u8;
     for field in
         [tenant.as_str().as_bytes(), edk.provider_id.as_bytes(), edk.provider_info, edk.ciphertext, context_bytes]
     {
-        d.update(&(field.len() as u64).to_be_bytes());
+        d.update(&(field.len() as u32).to_be_bytes());
         d.update(field);
     }
     let mut out = [0u8; 32];
