@@ -14,8 +14,8 @@
 //! Both are partitioned by tenant: every lookup names its tenant and an entry is only
 //! returned to the tenant it was stored for. Both are bounded in size (the oldest entry of
 //! a shard is evicted), and flushed per tenant with [`MaterialsCache::flush_tenant`].
-//! Values are held as `Arc<V>`: dropping the last reference drops the value, and key types
-//! zeroize on drop, so an evicted data key is wiped as soon as no request still uses it.
+//! Values are held as `Arc<V>`: dropping the last reference drops the value, and data-key
+//! types zeroize on drop, so an evicted data key is wiped as soon as no request still uses it.
 //!
 //! Concurrency: entries live in independently locked shards; a hit takes one shard's read
 //! lock and updates the entry's usage with atomics. There is no global lock on the hot
