@@ -113,6 +113,11 @@ string_id!(
     Region
 );
 string_id!(
+    /// A data-residency realm (`eu`, `us`, `de`, ...): 1 to 32 characters of lowercase
+    /// ASCII letters, digits and `-`, starting with a letter.
+    RealmId
+);
+string_id!(
     /// A reference to a root key at a provider: a local key id (`lk-...`) or an AWS KMS key
     /// ARN. 1 to 2048 printable ASCII characters without whitespace.
     KeyRef
@@ -146,6 +151,16 @@ impl Region {
     /// Parses a region name.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         check("region", s, 32, "lowercase ASCII letters, digits and - (starting with a letter)", |i, c| {
+            c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || c == '-'))
+        })?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl RealmId {
+    /// Parses a realm id.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        check("realm", s, 32, "lowercase ASCII letters, digits and - (starting with a letter)", |i, c| {
             c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || c == '-'))
         })?;
         Ok(Self(s.to_owned()))

@@ -7,14 +7,16 @@
 
 #![forbid(unsafe_code)]
 
+mod arn;
 mod clock;
 mod context;
 mod edk;
 mod ids;
 mod secret;
 
+pub use arn::{ArnError, KeyArn, KeyResource};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{ContextError, EncryptionContext, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY};
 pub use edk::EncryptedDataKey;
-pub use ids::{IdError, KeyRef, Purpose, Region, TenantId};
+pub use ids::{IdError, KeyRef, Purpose, RealmId, Region, TenantId};
 pub use secret::DataKey;
