@@ -9,11 +9,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyhold_core::{EncryptionContext, KeyRef, Purpose, Region, SystemClock, TenantId};
 use keyhold_envelope::stream::{decrypt_stream, encrypt_stream, read_header_from};
 use keyhold_envelope::{AlgorithmSuite, DecryptConfig, EncryptConfig};
+use keyhold_onboarding::{PolicyParams, RealmCatalog, key_policy};
 use keyhold_provider::{KeyDescription, KeyProvider, KeyState};
 use keyhold_provider_local::LocalKms;
 use keyhold_service::{EncryptParams, Keyhold, Settings};
 
-use crate::flags::{Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd};
+use crate::flags::{Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd, PolicyArgs};
 
 /// Inputs larger than this get a progress bar on a terminal.
 const PROGRESS_THRESHOLD: u64 = 8 << 20;
@@ -23,7 +24,42 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::LocalKms(cmd) => local_kms(&cli.data_dir, cmd),
         Command::Encrypt(args) => encrypt(&cli.data_dir, args),
         Command::Decrypt(args) => decrypt(&cli.data_dir, args),
+        Command::Policy(args) => policy(args),
     }
+}
+
+fn policy(args: PolicyArgs) -> Result<()> {
+    let catalog = match &args.realms_file {
+        Some(path) => {
+            let json = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            RealmCatalog::from_json(&json)?
+        }
+        None => RealmCatalog::builtin(),
+    };
+    let realm = catalog.get(&args.realm).context("invalid --realm")?;
+    let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    let params = PolicyParams {
+        tenant: &tenant,
+        platform_principal: &args.platform_principal,
+        tenant_account: args.account.as_deref(),
+    };
+    let document = key_policy(&params)?;
+    let output = match &args.region {
+        Some(r) => {
+            let region = Region::parse(r).context("invalid --region")?;
+            if !realm.regions.contains(&region) {
+                bail!(
+                    "region {region} is not in realm {} ({})",
+                    realm.id,
+                    realm.regions.iter().map(Region::as_str).collect::<Vec<_>>().join(", ")
+                );
+            }
+            document
+        }
+        None => serde_json::Value::Object(realm.regions.iter().map(|r| (r.to_string(), document.clone())).collect()),
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
 }
 
 fn open_local(dir: &std::path::Path) -> Result<LocalKms> {

@@ -26,6 +26,31 @@ pub enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt a message from standard input to standard output.
     Decrypt(DecryptArgs),
+    /// Print the key policy a tenant applies to its KMS key in each region of its realm.
+    Policy(PolicyArgs),
+}
+
+/// `keyhold policy` flags.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Tenant the key will protect.
+    #[arg(long)]
+    pub tenant: String,
+    /// The tenant's data-residency realm (eu, us, au, ca, de, in, jp, kr, sg, uk).
+    #[arg(long)]
+    pub realm: String,
+    /// IAM principal ARN keyhold runs as, e.g. arn:aws:iam::111122223333:role/keyhold.
+    #[arg(long)]
+    pub platform_principal: String,
+    /// Only this region's policy, printed bare (ready to paste); default: every region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The tenant's AWS account id; without it the policy holds a placeholder to fill in.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Replace the built-in realm catalog with this JSON file.
+    #[arg(long, env = "KEYHOLD_REALMS_FILE")]
+    pub realms_file: Option<std::path::PathBuf>,
 }
 
 /// Local key provider commands.

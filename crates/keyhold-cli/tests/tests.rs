@@ -229,3 +229,45 @@ fn streaming_keeps_memory_bounded() {
     // 128 MiB went through; each process stays far below that.
     assert!(enc_peak < 32 * 1024 && dec_peak < 32 * 1024, "peak RSS: encrypt {enc_peak} KiB, decrypt {dec_peak} KiB");
 }
+
+#[test]
+fn policy_prints_a_policy_per_region_of_the_realm() {
+    let dir = tempfile::tempdir().unwrap();
+    let role = "arn:aws:iam::999988887777:role/keyhold";
+    let out =
+        ok(keyhold(dir.path(), &["policy", "--tenant", "acme", "--realm", "eu", "--platform-principal", role], b""));
+    let all: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let regions: Vec<&String> = all.as_object().unwrap().keys().collect();
+    assert_eq!(regions, ["eu-central-1", "eu-west-1"]);
+    let one = ok(keyhold(
+        dir.path(),
+        &[
+            "policy",
+            "--tenant",
+            "acme",
+            "--realm",
+            "eu",
+            "--platform-principal",
+            role,
+            "--region",
+            "eu-west-1",
+            "--account",
+            "111122223333",
+        ],
+        b"",
+    ));
+    let p: serde_json::Value = serde_json::from_slice(&one).unwrap();
+    assert_eq!(p["Statement"][2]["Condition"]["StringEquals"]["kms:EncryptionContext:tenant"], "acme");
+    assert_eq!(p["Statement"][0]["Principal"]["AWS"], "arn:aws:iam::111122223333:root");
+    for (args, expected) in [
+        (vec!["--realm", "mars"], "unknown realm \"mars\""),
+        (vec!["--realm", "eu", "--region", "us-east-1"], "not in realm eu (eu-central-1, eu-west-1)"),
+        (vec!["--realm", "eu", "--account", "12"], "not a 12-digit AWS account id"),
+    ] {
+        let mut full = vec!["policy", "--tenant", "acme", "--platform-principal", role];
+        full.extend(args);
+        let out = keyhold(dir.path(), &full, b"");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    }
+}

@@ -1,0 +1,14 @@
+//! Everything a tenant administrator needs to connect their keys, and the checks that
+//! tell them precisely what is wrong: the realm catalog, key-set checks against a realm,
+//! and the key policy to apply in each region.
+//!
+//! Nothing here calls AWS. The live validation that needs a key provider builds on these
+//! checks in a later layer.
+
+#![forbid(unsafe_code)]
+
+pub mod policy;
+pub mod realms;
+
+pub use policy::{PolicyParams, key_policy};
+pub use realms::{KeySetError, Realm, RealmCatalog, RealmError};

@@ -1,0 +1,116 @@
+//! Tests of the realm catalog, key-set checks and key policies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
+
+use keyhold_core::TenantId;
+use keyhold_onboarding::policy::{ACCOUNT_PLACEHOLDER, PolicyError, SID_ADMIN, SID_DESCRIBE, SID_USE};
+use keyhold_onboarding::{KeySetError, PolicyParams, RealmCatalog, RealmError, key_policy};
+
+const EU1: &str = "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+const EU2: &str = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+const US1: &str = "arn:aws:kms:us-east-1:111122223333:alias/acme";
+
+#[test]
+fn builtin_catalog_matches_the_seeds() {
+    let c = RealmCatalog::builtin();
+    let ids: Vec<&str> = c.realms().iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["eu", "us", "au", "ca", "de", "in", "jp", "kr", "sg", "uk"]);
+    let regions = |id: &str| c.get(id).unwrap().regions.iter().map(|r| r.as_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(regions("eu"), ["eu-central-1", "eu-west-1"]);
+    assert_eq!(regions("us"), ["us-east-1", "us-west-2"]);
+    assert_eq!(regions("ca"), ["ca-central-1"]);
+    assert_eq!(regions("de"), ["eu-central-1"]);
+    assert_eq!(regions("uk"), ["eu-west-2"]);
+    let err = c.get("mars").unwrap_err();
+    assert!(matches!(&err, RealmError::Unknown { .. }) && err.to_string().contains("eu, us, au"), "{err}");
+}
+
+#[test]
+fn catalog_can_be_replaced_and_is_checked() {
+    let c =
+        RealmCatalog::from_json(r#"{"realms":[{"id":"ch","name":"Switzerland","regions":["eu-central-2"]}]}"#).unwrap();
+    assert_eq!(c.realms().len(), 1);
+    assert!(c.get("eu").is_err());
+    for bad in [
+        r#"{"realms":[]}"#,
+        r#"{"realms":[{"id":"x","name":"","regions":[]}]}"#,
+        r#"{"realms":[{"id":"x","name":"","regions":["eu-west-1","eu-west-1"]}]}"#,
+        r#"{"realms":[{"id":"x","name":"","regions":["a"]},{"id":"x","name":"","regions":["b"]}]}"#,
+        r#"{"realms":[{"id":"X","name":"","regions":["eu-west-1"]}]}"#,
+        "not json",
+    ] {
+        assert!(matches!(RealmCatalog::from_json(bad), Err(RealmError::Invalid(_))), "{bad}");
+    }
+}
+
+#[test]
+fn key_sets_are_checked_against_the_realm() {
+    let c = RealmCatalog::builtin();
+    let eu = c.get("eu").unwrap();
+    // Any order in, realm order out.
+    let keys = eu.check_keys(&[EU2, EU1]).unwrap();
+    assert_eq!(keys[0].as_str(), EU1);
+    assert_eq!(keys[1].as_str(), EU2);
+    let err = eu.check_keys(&[EU1, US1]).unwrap_err();
+    assert!(matches!(err, KeySetError::RegionOutsideRealm { .. }), "{err}");
+    assert!(err.to_string().contains("eu-central-1, eu-west-1"), "{err}");
+    let dup = EU1.replace("1234abcd-12ab", "9999abcd-12ab");
+    assert!(matches!(eu.check_keys(&[EU1, &dup]).unwrap_err(), KeySetError::DuplicateRegion { .. }));
+    let err = eu.check_keys(&[EU1]).unwrap_err();
+    assert_eq!(err.to_string(), "realm eu needs a key in eu-west-1 too");
+    let err = eu.check_keys(&[EU1, " arn:aws:kms:eu-west-1:111122223333:alias/x"]).unwrap_err();
+    assert!(matches!(err, KeySetError::Arn { index: 2, .. }) && err.to_string().contains("whitespace"), "{err}");
+    assert!(c.get("de").unwrap().check_keys(&[EU1]).is_ok());
+}
+
+#[test]
+fn key_policy_grants_exactly_what_is_needed() {
+    let tenant = TenantId::parse("acme").unwrap();
+    let role = "arn:aws:iam::999988887777:role/keyhold";
+    let p =
+        key_policy(&PolicyParams { tenant: &tenant, platform_principal: role, tenant_account: Some("111122223333") })
+            .unwrap();
+    let statements = p["Statement"].as_array().unwrap();
+    let sids: Vec<&str> = statements.iter().map(|s| s["Sid"].as_str().unwrap()).collect();
+    assert_eq!(sids, [SID_ADMIN, SID_DESCRIBE, SID_USE]);
+    assert_eq!(statements[0]["Principal"]["AWS"], "arn:aws:iam::111122223333:root");
+    assert_eq!(statements[0]["Action"], "kms:*");
+    assert_eq!(statements[1]["Principal"]["AWS"], role);
+    assert_eq!(statements[1]["Action"], "kms:DescribeKey");
+    assert!(statements[1].get("Condition").is_none());
+    assert_eq!(
+        statements[2]["Action"],
+        serde_json::json!(["kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*"])
+    );
+    assert_eq!(statements[2]["Condition"]["StringEquals"]["kms:EncryptionContext:tenant"], "acme");
+    // Without the tenant's account, a placeholder the tenant fills in.
+    let p = key_policy(&PolicyParams { tenant: &tenant, platform_principal: role, tenant_account: None }).unwrap();
+    assert!(p.to_string().contains(ACCOUNT_PLACEHOLDER));
+}
+
+#[test]
+fn key_policy_inputs_are_checked() {
+    let tenant = TenantId::parse("acme").unwrap();
+    for bad in [
+        "arn:aws:kms:eu-west-1:999988887777:key/x",
+        "arn:aws:iam::9999:role/k",
+        "role/keyhold",
+        "arn:aws:iam::999988887777:group/g",
+    ] {
+        let r = key_policy(&PolicyParams { tenant: &tenant, platform_principal: bad, tenant_account: None });
+        assert!(matches!(r, Err(PolicyError::BadPrincipal(_))), "{bad}");
+    }
+    let r = key_policy(&PolicyParams {
+        tenant: &tenant,
+        platform_principal: "arn:aws:iam::999988887777:root",
+        tenant_account: Some("12345"),
+    });
+    assert_eq!(r.unwrap_err(), PolicyError::BadAccount("12345".into()));
+    let cn = key_policy(&PolicyParams {
+        tenant: &tenant,
+        platform_principal: "arn:aws-cn:iam::999988887777:role/k",
+        tenant_account: Some("111122223333"),
+    })
+    .unwrap();
+    assert_eq!(cn["Statement"][0]["Principal"]["AWS"], "arn:aws-cn:iam::111122223333:root");
+}
