@@ -9,12 +9,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyhold_core::{EncryptionContext, KeyRef, Purpose, Region, SystemClock, TenantId};
 use keyhold_envelope::stream::{decrypt_stream, encrypt_stream, read_header_from};
 use keyhold_envelope::{AlgorithmSuite, DecryptConfig, EncryptConfig};
-use keyhold_onboarding::{PolicyParams, RealmCatalog, key_policy};
+use keyhold_onboarding::{PolicyParams, RealmCatalog, byok_role_template, cmk_template, key_policy};
 use keyhold_provider::{KeyDescription, KeyProvider, KeyState};
 use keyhold_provider_local::LocalKms;
 use keyhold_service::{EncryptParams, Keyhold, Settings};
 
-use crate::flags::{Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd, PolicyArgs};
+use crate::flags::{
+    Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd, PolicyArgs, TemplateArgs, TemplateKind,
+};
 
 /// Inputs larger than this get a progress bar on a terminal.
 const PROGRESS_THRESHOLD: u64 = 8 << 20;
@@ -25,17 +27,34 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Encrypt(args) => encrypt(&cli.data_dir, args),
         Command::Decrypt(args) => decrypt(&cli.data_dir, args),
         Command::Policy(args) => policy(args),
+        Command::Template(args) => template(args),
     }
 }
 
-fn policy(args: PolicyArgs) -> Result<()> {
-    let catalog = match &args.realms_file {
+fn catalog(file: Option<&std::path::Path>) -> Result<RealmCatalog> {
+    Ok(match file {
         Some(path) => {
             let json = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             RealmCatalog::from_json(&json)?
         }
         None => RealmCatalog::builtin(),
+    })
+}
+
+fn template(args: TemplateArgs) -> Result<()> {
+    let catalog = catalog(args.realms_file.as_deref())?;
+    let realm = catalog.get(&args.realm).context("invalid --realm")?;
+    let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    let document = match args.kind {
+        TemplateKind::Cmk => cmk_template(&tenant, &args.platform_principal)?,
+        TemplateKind::ByokRole => byok_role_template(&tenant, &args.platform_principal, &realm.regions)?,
     };
+    println!("{}", serde_json::to_string_pretty(&document)?);
+    Ok(())
+}
+
+fn policy(args: PolicyArgs) -> Result<()> {
+    let catalog = catalog(args.realms_file.as_deref())?;
     let realm = catalog.get(&args.realm).context("invalid --realm")?;
     let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
     let params = PolicyParams {

@@ -28,6 +28,37 @@ pub enum Command {
     Decrypt(DecryptArgs),
     /// Print the key policy a tenant applies to its KMS key in each region of its realm.
     Policy(PolicyArgs),
+    /// Print a CloudFormation template for the tenant to deploy in its AWS account.
+    Template(TemplateArgs),
+}
+
+/// Which CloudFormation template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TemplateKind {
+    /// A KMS key, its alias and its key policy (deploy in each region of the realm).
+    Cmk,
+    /// An IAM role the platform assumes with the tenant's ExternalId.
+    ByokRole,
+}
+
+/// `keyhold template` flags.
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    /// Which template.
+    #[arg(long, value_enum)]
+    pub kind: TemplateKind,
+    /// Tenant the key or role serves.
+    #[arg(long)]
+    pub tenant: String,
+    /// The tenant's data-residency realm.
+    #[arg(long)]
+    pub realm: String,
+    /// IAM principal ARN keyhold runs as.
+    #[arg(long)]
+    pub platform_principal: String,
+    /// Replace the built-in realm catalog with this JSON file.
+    #[arg(long, env = "KEYHOLD_REALMS_FILE")]
+    pub realms_file: Option<std::path::PathBuf>,
 }
 
 /// `keyhold policy` flags.

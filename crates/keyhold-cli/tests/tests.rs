@@ -271,3 +271,25 @@ fn policy_prints_a_policy_per_region_of_the_realm() {
         assert!(stderr(&out).contains(expected), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn template_prints_cloudformation() {
+    let dir = tempfile::tempdir().unwrap();
+    let role = "arn:aws:iam::999988887777:role/keyhold";
+    let common = ["--tenant", "acme", "--realm", "us", "--platform-principal", role];
+    let mut args = vec!["template", "--kind", "cmk"];
+    args.extend(common);
+    let cmk: serde_json::Value = serde_json::from_slice(&ok(keyhold(dir.path(), &args, b""))).unwrap();
+    assert_eq!(cmk["Resources"]["Key"]["Type"], "AWS::KMS::Key");
+    let mut args = vec!["template", "--kind", "byok-role"];
+    args.extend(common);
+    let role_t: serde_json::Value = serde_json::from_slice(&ok(keyhold(dir.path(), &args, b""))).unwrap();
+    assert!(role_t.to_string().contains(":kms:us-west-2:"));
+    let out = keyhold(
+        dir.path(),
+        &["template", "--kind", "cmk", "--tenant", "acme", "--realm", "us", "--platform-principal", "nope"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not an IAM principal ARN"), "{}", stderr(&out));
+}

@@ -1,6 +1,7 @@
 //! Everything a tenant administrator needs to connect their keys, and the checks that
 //! tell them precisely what is wrong: the realm catalog, key-set checks against a realm,
-//! and the key policy to apply in each region.
+//! the key policy to apply in each region, and the CloudFormation templates that create
+//! the key (CMK mode) or the role the platform assumes (BYOK mode).
 //!
 //! Nothing here calls AWS. The live validation that needs a key provider builds on these
 //! checks in a later layer.
@@ -9,6 +10,8 @@
 
 pub mod policy;
 pub mod realms;
+pub mod template;
 
 pub use policy::{PolicyParams, key_policy};
 pub use realms::{KeySetError, Realm, RealmCatalog, RealmError};
+pub use template::{byok_role_template, cmk_template, external_id};

@@ -86,7 +86,7 @@ pub fn key_policy(params: &PolicyParams<'_>) -> Result<Value, PolicyError> {
 }
 
 /// The partition of an IAM principal ARN (`arn:<partition>:iam::<account>:<root|role/..|user/..>`).
-fn principal_partition(arn: &str) -> Option<&str> {
+pub(crate) fn principal_partition(arn: &str) -> Option<&str> {
     let mut parts = arn.splitn(6, ':');
     let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) =
         (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())

@@ -114,3 +114,69 @@ fn key_policy_inputs_are_checked() {
     .unwrap();
     assert_eq!(cn["Statement"][0]["Principal"]["AWS"], "arn:aws-cn:iam::111122223333:root");
 }
+
+/// The generated templates for every realm, written to `dir`.
+fn write_templates(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let tenant = TenantId::parse("acme-corp").unwrap();
+    let role = "arn:aws:iam::999988887777:role/keyhold";
+    let mut paths = Vec::new();
+    let cmk = keyhold_onboarding::cmk_template(&tenant, role).unwrap();
+    let p = dir.join("cmk.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(&cmk).unwrap()).unwrap();
+    paths.push(p);
+    for realm in RealmCatalog::builtin().realms() {
+        let t = keyhold_onboarding::byok_role_template(&tenant, role, &realm.regions).unwrap();
+        let p = dir.join(format!("byok-{}.json", realm.id));
+        std::fs::write(&p, serde_json::to_vec_pretty(&t).unwrap()).unwrap();
+        paths.push(p);
+    }
+    paths
+}
+
+#[test]
+fn templates_carry_the_policy_and_outputs() {
+    let tenant = TenantId::parse("acme").unwrap();
+    let role = "arn:aws:iam::999988887777:role/keyhold";
+    let cmk = keyhold_onboarding::cmk_template(&tenant, role).unwrap();
+    let key = &cmk["Resources"]["Key"]["Properties"];
+    assert_eq!(key["KeySpec"], "SYMMETRIC_DEFAULT");
+    assert_eq!(key["KeyUsage"], "ENCRYPT_DECRYPT");
+    let policy_text = key["KeyPolicy"]["Fn::Sub"].as_str().unwrap();
+    let policy: serde_json::Value = serde_json::from_str(policy_text).unwrap();
+    assert_eq!(policy["Statement"][0]["Principal"]["AWS"], "arn:${AWS::Partition}:iam::${AWS::AccountId}:root");
+    assert_eq!(policy["Statement"][2]["Condition"]["StringEquals"]["kms:EncryptionContext:tenant"], "acme");
+    assert_eq!(cmk["Outputs"]["KeyArn"]["Value"]["Fn::GetAtt"], serde_json::json!(["Key", "Arn"]));
+    let eu = RealmCatalog::builtin().get("eu").unwrap().regions.clone();
+    let byok = keyhold_onboarding::byok_role_template(&tenant, role, &eu).unwrap();
+    let trust = &byok["Resources"]["Role"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0];
+    assert_eq!(trust["Condition"]["StringEquals"]["sts:ExternalId"]["Ref"], "ExternalId");
+    assert_eq!(byok["Parameters"]["ExternalId"]["Default"], "keyhold-acme");
+    assert_eq!(byok["Parameters"]["PlatformAccountId"]["Default"], "999988887777");
+    let resources =
+        &byok["Resources"]["Role"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][1]["Resource"];
+    assert_eq!(resources.as_array().unwrap().len(), 2);
+    assert!(resources.to_string().contains(":kms:eu-west-1:"));
+}
+
+/// Every generated template passes cfn-lint. The test command installs cfn-lint (pinned,
+/// in a virtualenv) and points `KEYHOLD_CFN_LINT` at it.
+#[test]
+fn templates_pass_cfn_lint() {
+    let cfn_lint = std::env::var("KEYHOLD_CFN_LINT")
+        .expect("KEYHOLD_CFN_LINT is not set: run scripts/test, which installs cfn-lint and sets it");
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_templates(dir.path());
+    let out = std::process::Command::new(&cfn_lint).args(&paths).output().expect("cfn-lint did not start");
+    assert!(
+        out.status.success(),
+        "cfn-lint found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And it does fail on a broken template, so a pass means something.
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"Resources":{"Key":{"Type":"AWS::KMS::Key","Properties":{"KeySpec":"NOPE"}}}}"#)
+        .unwrap();
+    let out = std::process::Command::new(&cfn_lint).arg(&broken).output().unwrap();
+    assert!(!out.status.success(), "cfn-lint accepted a broken template");
+}
