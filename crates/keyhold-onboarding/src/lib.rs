@@ -8,10 +8,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analysis;
+pub mod finding;
 pub mod policy;
 pub mod realms;
 pub mod template;
 
+pub use analysis::analyze_key_policy;
+pub use finding::{Finding, Severity};
 pub use policy::{PolicyParams, key_policy};
 pub use realms::{KeySetError, Realm, RealmCatalog, RealmError};
 pub use template::{byok_role_template, cmk_template, external_id};

@@ -180,3 +180,94 @@ fn templates_pass_cfn_lint() {
     let out = std::process::Command::new(&cfn_lint).arg(&broken).output().unwrap();
     assert!(!out.status.success(), "cfn-lint accepted a broken template");
 }
+
+mod analysis {
+    use keyhold_core::TenantId;
+    use keyhold_onboarding::{PolicyParams, Severity, analyze_key_policy, key_policy};
+    use serde_json::{Value, json};
+
+    const ROLE: &str = "arn:aws:iam::999988887777:role/keyhold";
+
+    fn generated() -> Value {
+        let tenant = TenantId::parse("acme").unwrap();
+        key_policy(&PolicyParams { tenant: &tenant, platform_principal: ROLE, tenant_account: Some("111122223333") })
+            .unwrap()
+    }
+
+    fn codes(policy: &Value) -> Vec<(&'static str, Severity, String)> {
+        analyze_key_policy(&policy.to_string(), &TenantId::parse("acme").unwrap(), ROLE)
+            .into_iter()
+            .map(|f| (f.code, f.severity, f.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_generated_policy_is_clean() {
+        assert!(codes(&generated()).is_empty(), "{:?}", codes(&generated()));
+    }
+
+    #[test]
+    fn each_fault_is_named() {
+        let mut p = generated();
+        p["Statement"][2]["Action"] = json!(["kms:GenerateDataKey", "kms:Encrypt", "kms:ReEncrypt*"]);
+        let found = codes(&p);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "policy_action_missing");
+        assert!(
+            found[0].2.contains("kms:Decrypt") && found[0].2.contains("KeyholdPlatformUsesKeyForTenant"),
+            "{}",
+            found[0].2
+        );
+
+        let mut p = generated();
+        p["Statement"][2]["Condition"]["StringEquals"]["kms:EncryptionContext:tenant"] = json!("globex");
+        let found = codes(&p);
+        assert!(found.iter().all(|f| f.0 == "policy_condition_other_tenant" && f.1 == Severity::Error), "{found:?}");
+        assert_eq!(found.len(), 4);
+
+        let mut p = generated();
+        p["Statement"][2].as_object_mut().unwrap().remove("Condition");
+        assert!(codes(&p).iter().all(|f| f.0 == "policy_condition_missing" && f.1 == Severity::Warning));
+
+        let mut p = generated();
+        p["Statement"].as_array_mut().unwrap().push(json!({
+            "Sid": "NoDecrypt", "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt", "Resource": "*"
+        }));
+        let found = codes(&p);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].0 == "policy_denies" && found[0].2.contains("\"NoDecrypt\""), "{}", found[0].2);
+
+        let mut p = generated();
+        p["Statement"][1]["Principal"]["AWS"] = json!("arn:aws:iam::999988887777:role/other");
+        p["Statement"][2]["Principal"]["AWS"] = json!("arn:aws:iam::999988887777:role/other");
+        assert!(codes(&p).iter().all(|f| f.0 == "policy_principal_missing"));
+
+        let mut p = generated();
+        p["Statement"].as_array_mut().unwrap().remove(0);
+        assert_eq!(codes(&p).iter().map(|f| f.0).collect::<Vec<_>>(), ["policy_no_account_admin"]);
+
+        let malformed = analyze_key_policy("{\"Statement\": [", &TenantId::parse("acme").unwrap(), ROLE);
+        assert_eq!(malformed[0].code, "policy_malformed_json");
+        assert!(malformed[0].message.contains("line 1"), "{}", malformed[0].message);
+    }
+
+    #[test]
+    fn wildcards_and_account_principals_are_understood() {
+        // One statement for everything, with the account root as principal and kms:*:
+        // DescribeKey carries no encryption context, so the condition blocks it.
+        let p = json!({"Statement": [
+            {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
+            {"Sid": "All", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::999988887777:root"}, "Action": "kms:*", "Resource": "*",
+             "Condition": {"StringLike": {"kms:EncryptionContext:tenant": "ac*"}}}
+        ]});
+        let found = codes(&p);
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), ["policy_condition_blocks_action"], "{found:?}");
+        let p = json!({"Statement": [
+            {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Allow", "Principal": {"AWS": ["999988887777"]}, "Action": ["kms:Describe*", "kms:Generate*", "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*"], "Resource": "*"}
+        ]});
+        let found = codes(&p);
+        assert!(found.iter().all(|f| f.0 == "policy_condition_missing"), "{found:?}");
+        assert_eq!(found.len(), 4);
+    }
+}
