@@ -271,3 +271,66 @@ mod analysis {
         assert_eq!(found.len(), 4);
     }
 }
+
+/// Deploys `template` to the CloudFormation endpoint the test command started (moto),
+/// through `scripts/cfn-deploy.py`, and returns what the stack created.
+fn deploy(template: &serde_json::Value, stack: &str, region: &str) -> serde_json::Value {
+    let python = std::env::var("KEYHOLD_TEST_PYTHON")
+        .expect("KEYHOLD_TEST_PYTHON is not set: run scripts/test, which installs moto and starts it");
+    assert!(std::env::var("AWS_ENDPOINT_URL").is_ok(), "AWS_ENDPOINT_URL is not set: run scripts/test");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("template.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(template).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cfn-deploy.py");
+    let out = std::process::Command::new(python).arg(script).arg(&path).arg(stack).arg(region).output().unwrap();
+    assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn cmk_template_deploys_to_a_usable_key_in_every_region() {
+    let tenant = TenantId::parse("acme-corp").unwrap();
+    let role = "arn:aws:iam::999988887777:role/keyhold";
+    let template = keyhold_onboarding::cmk_template(&tenant, role).unwrap();
+    let eu = RealmCatalog::builtin().get("eu").unwrap().clone();
+    let mut arns = Vec::new();
+    for region in &eu.regions {
+        let stack = format!("keyhold-cmk-{}-{}", region, std::process::id());
+        let got = deploy(&template, &stack, region.as_str());
+        assert_eq!(got["status"], "CREATE_COMPLETE", "{got}");
+        let arn = got["outputs"]["KeyArn"].as_str().unwrap().to_owned();
+        assert_eq!(got["key"]["KeySpec"], "SYMMETRIC_DEFAULT");
+        assert_eq!(got["key"]["KeyUsage"], "ENCRYPT_DECRYPT");
+        assert_eq!(got["key"]["KeyState"], "Enabled");
+        assert_eq!(got["key"]["Origin"], "AWS_KMS");
+        assert_eq!(got["key"]["MultiRegion"], false);
+        // CloudFormation turns the "true" parameter into a boolean; moto keeps the string.
+        assert!(got["rotation"] == true || got["rotation"] == "true", "rotation: {}", got["rotation"]);
+        assert_eq!(got["round_trip"], true);
+        // The policy as deployed: the account placeholder resolved, and the analysis finds
+        // nothing to fix.
+        let policy = &got["key_policy"];
+        let account = arn.split(':').nth(4).unwrap();
+        assert_eq!(policy["Statement"][0]["Principal"]["AWS"], format!("arn:aws:iam::{account}:root"));
+        let findings = keyhold_onboarding::analyze_key_policy(&policy.to_string(), &tenant, role);
+        assert!(findings.is_empty(), "{findings:?}");
+        arns.push(arn);
+    }
+    // The stack outputs are exactly what the realm check accepts.
+    let refs: Vec<&str> = arns.iter().map(String::as_str).collect();
+    assert_eq!(eu.check_keys(&refs).unwrap().len(), 2);
+}
+
+#[test]
+fn byok_role_template_deploys_with_the_external_id() {
+    let tenant = TenantId::parse("acme-corp").unwrap();
+    let regions = RealmCatalog::builtin().get("uk").unwrap().regions.clone();
+    let template =
+        keyhold_onboarding::byok_role_template(&tenant, "arn:aws:iam::999988887777:role/keyhold", &regions).unwrap();
+    let got = deploy(&template, &format!("keyhold-byok-{}", std::process::id()), "eu-west-2");
+    assert_eq!(got["status"], "CREATE_COMPLETE", "{got}");
+    assert_eq!(got["outputs"]["ExternalId"], "keyhold-acme-corp");
+    let trust = &got["trust_policy"]["Statement"][0];
+    assert_eq!(trust["Condition"]["StringEquals"]["sts:ExternalId"], "keyhold-acme-corp");
+    assert_eq!(trust["Principal"]["AWS"], "arn:aws:iam::999988887777:root");
+}
