@@ -9,13 +9,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyhold_core::{EncryptionContext, KeyRef, Purpose, Region, SystemClock, TenantId};
 use keyhold_envelope::stream::{decrypt_stream, encrypt_stream, read_header_from};
 use keyhold_envelope::{AlgorithmSuite, DecryptConfig, EncryptConfig};
-use keyhold_onboarding::{PolicyParams, RealmCatalog, byok_role_template, cmk_template, key_policy};
+use keyhold_onboarding::{PolicyParams, Realm, RealmCatalog, byok_role_template, cmk_template, key_policy};
 use keyhold_provider::{KeyDescription, KeyProvider, KeyState};
 use keyhold_provider_local::LocalKms;
 use keyhold_service::{EncryptParams, Keyhold, Settings};
 
 use crate::flags::{
-    Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd, PolicyArgs, TemplateArgs, TemplateKind,
+    Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd, OnboardingArgs, PolicyArgs, TemplateArgs,
+    TemplateKind,
 };
 
 /// Inputs larger than this get a progress bar on a terminal.
@@ -41,25 +42,30 @@ fn catalog(file: Option<&std::path::Path>) -> Result<RealmCatalog> {
     })
 }
 
-fn template(args: TemplateArgs) -> Result<()> {
+/// The realm and tenant the onboarding flags name.
+fn onboarding(args: &OnboardingArgs) -> Result<(Realm, TenantId)> {
     let catalog = catalog(args.realms_file.as_deref())?;
-    let realm = catalog.get(&args.realm).context("invalid --realm")?;
+    let realm = catalog.get(&args.realm).context("invalid --realm")?.clone();
     let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    Ok((realm, tenant))
+}
+
+fn template(args: TemplateArgs) -> Result<()> {
+    let (realm, tenant) = onboarding(&args.onboarding)?;
+    let principal = &args.onboarding.platform_principal;
     let document = match args.kind {
-        TemplateKind::Cmk => cmk_template(&tenant, &args.platform_principal)?,
-        TemplateKind::ByokRole => byok_role_template(&tenant, &args.platform_principal, &realm.regions)?,
+        TemplateKind::Cmk => cmk_template(&tenant, principal)?,
+        TemplateKind::ByokRole => byok_role_template(&tenant, principal, &realm.regions)?,
     };
     println!("{}", serde_json::to_string_pretty(&document)?);
     Ok(())
 }
 
 fn policy(args: PolicyArgs) -> Result<()> {
-    let catalog = catalog(args.realms_file.as_deref())?;
-    let realm = catalog.get(&args.realm).context("invalid --realm")?;
-    let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    let (realm, tenant) = onboarding(&args.onboarding)?;
     let params = PolicyParams {
         tenant: &tenant,
-        platform_principal: &args.platform_principal,
+        platform_principal: &args.onboarding.platform_principal,
         tenant_account: args.account.as_deref(),
     };
     let document = key_policy(&params)?;

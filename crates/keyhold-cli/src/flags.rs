@@ -47,24 +47,29 @@ pub struct TemplateArgs {
     /// Which template.
     #[arg(long, value_enum)]
     pub kind: TemplateKind,
-    /// Tenant the key or role serves.
-    #[arg(long)]
-    pub tenant: String,
-    /// The tenant's data-residency realm.
-    #[arg(long)]
-    pub realm: String,
-    /// IAM principal ARN keyhold runs as.
-    #[arg(long)]
-    pub platform_principal: String,
-    /// Replace the built-in realm catalog with this JSON file.
-    #[arg(long, env = "KEYHOLD_REALMS_FILE")]
-    pub realms_file: Option<std::path::PathBuf>,
+    /// Tenant, realm, platform principal, realm catalog.
+    #[command(flatten)]
+    pub onboarding: OnboardingArgs,
 }
 
 /// `keyhold policy` flags.
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// Tenant the key will protect.
+    /// Tenant, realm, platform principal, realm catalog.
+    #[command(flatten)]
+    pub onboarding: OnboardingArgs,
+    /// Only this region's policy, printed bare (ready to paste); default: every region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The tenant's AWS account id; without it the policy holds a placeholder to fill in.
+    #[arg(long)]
+    pub account: Option<String>,
+}
+
+/// Flags shared by the onboarding commands.
+#[derive(Debug, Args)]
+pub struct OnboardingArgs {
+    /// Tenant the key or role serves.
     #[arg(long)]
     pub tenant: String,
     /// The tenant's data-residency realm (eu, us, au, ca, de, in, jp, kr, sg, uk).
@@ -73,12 +78,6 @@ pub struct PolicyArgs {
     /// IAM principal ARN keyhold runs as, e.g. arn:aws:iam::111122223333:role/keyhold.
     #[arg(long)]
     pub platform_principal: String,
-    /// Only this region's policy, printed bare (ready to paste); default: every region.
-    #[arg(long)]
-    pub region: Option<String>,
-    /// The tenant's AWS account id; without it the policy holds a placeholder to fill in.
-    #[arg(long)]
-    pub account: Option<String>,
     /// Replace the built-in realm catalog with this JSON file.
     #[arg(long, env = "KEYHOLD_REALMS_FILE")]
     pub realms_file: Option<std::path::PathBuf>,
