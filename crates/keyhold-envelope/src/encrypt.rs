@@ -82,11 +82,6 @@ impl EncryptionMaterials {
     pub fn encrypted_data_keys(&self) -> &[EncryptedDataKey] {
         &self.edks
     }
-
-    /// The plaintext data key (for caches that hand it to decryption).
-    pub fn data_key(&self) -> &DataKey {
-        &self.data_key
-    }
 }
 
 fn context_size(ctx: &EncryptionContext) -> usize {
