@@ -113,7 +113,7 @@ fn local_kms(dir: &std::path::Path, cmd: LocalCmd) -> Result<()> {
                     d.key,
                     d.region,
                     d.state.name(),
-                    d.material_versions,
+                    d.material_versions.map_or_else(|| "-".to_owned(), |v| v.to_string()),
                     time(d.created_ms)
                 )?;
             }

@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use keyhold_core::{Clock, DataKey, EncryptedDataKey, EncryptionContext, KeyRef, Region, SystemClock};
-use keyhold_provider::{KeyDescription, KeyOrigin, KeyProvider, KeyState, ProviderError};
+use keyhold_provider::{
+    ENCRYPT_DECRYPT, KeyDescription, KeyOrigin, KeyProvider, KeyState, ProviderError, SYMMETRIC_DEFAULT,
+};
 
 use crate::store::{Files, Origin, Stamp, State, StoreError, StoreFile, StoredKey, StoredVersion};
 
@@ -383,7 +385,10 @@ fn describe_stored(k: &StoredKey) -> Result<KeyDescription, ProviderError> {
             Origin::Provider => KeyOrigin::Provider,
             Origin::External => KeyOrigin::External,
         },
-        material_versions: u32::try_from(k.versions.len()).unwrap_or(u32::MAX),
+        material_versions: Some(u32::try_from(k.versions.len()).unwrap_or(u32::MAX)),
         description: k.description.clone(),
+        spec: SYMMETRIC_DEFAULT.to_owned(),
+        usage: ENCRYPT_DECRYPT.to_owned(),
+        multi_region: false,
     })
 }

@@ -35,6 +35,16 @@ pub enum ProviderError {
         /// The key.
         key: KeyRef,
     },
+    /// The key is in a state that refuses cryptographic operations other than disabled or
+    /// pending deletion (AWS: `KMSInvalidStateException` for `PendingImport`,
+    /// `Unavailable`, ...).
+    #[error("key {key} is not in a usable state: {message}")]
+    KeyUnusable {
+        /// The key.
+        key: KeyRef,
+        /// The provider's explanation.
+        message: String,
+    },
     /// The key does not exist, or no longer exists (AWS: `NotFoundException`).
     #[error("key {key} does not exist")]
     KeyNotFound {
@@ -87,6 +97,7 @@ impl ProviderError {
         match self {
             ProviderError::KeyDisabled { .. }
             | ProviderError::KeyPendingDeletion { .. }
+            | ProviderError::KeyUnusable { .. }
             | ProviderError::KeyNotFound { .. }
             | ProviderError::AccessDenied { .. } => ErrorClass::Revoked,
             ProviderError::Misconfigured { .. } => ErrorClass::Misconfigured,
@@ -99,7 +110,7 @@ impl ProviderError {
     pub fn code(&self) -> &str {
         match self {
             ProviderError::KeyDisabled { .. } => "DisabledException",
-            ProviderError::KeyPendingDeletion { .. } => "KMSInvalidStateException",
+            ProviderError::KeyPendingDeletion { .. } | ProviderError::KeyUnusable { .. } => "KMSInvalidStateException",
             ProviderError::KeyNotFound { .. } => "NotFoundException",
             ProviderError::AccessDenied { .. } => "AccessDeniedException",
             ProviderError::Misconfigured { code, .. } | ProviderError::Unavailable { code, .. } => code,

@@ -32,6 +32,11 @@ pub enum KeyState {
         /// When the key material will be destroyed (ms since the Unix epoch).
         deletion_at_ms: u64,
     },
+    /// Waiting for imported key material (AWS: `PendingImport`).
+    PendingImport,
+    /// Being created or updated, or its key store is disconnected (AWS: `Creating`,
+    /// `Updating`, `Unavailable`): not usable now.
+    Unavailable,
 }
 
 impl KeyState {
@@ -41,6 +46,8 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion { .. } => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
+            KeyState::Unavailable => "Unavailable",
         }
     }
 }
@@ -53,6 +60,22 @@ pub enum KeyOrigin {
     Provider,
     /// Imported by the key owner.
     External,
+    /// Generated in the key owner's CloudHSM cluster (AWS: `AWS_CLOUDHSM`).
+    CloudHsm,
+    /// Held in an external key store outside AWS (AWS: `EXTERNAL_KEY_STORE`).
+    ExternalKeyStore,
+}
+
+impl KeyOrigin {
+    /// The AWS KMS name of the origin (`AWS_KMS` for keys the provider generated).
+    pub fn aws_name(&self) -> &'static str {
+        match self {
+            KeyOrigin::Provider => "AWS_KMS",
+            KeyOrigin::External => "EXTERNAL",
+            KeyOrigin::CloudHsm => "AWS_CLOUDHSM",
+            KeyOrigin::ExternalKeyStore => "EXTERNAL_KEY_STORE",
+        }
+    }
 }
 
 /// What a provider says about a root key.
@@ -68,10 +91,36 @@ pub struct KeyDescription {
     pub created_ms: u64,
     /// Where its material came from.
     pub origin: KeyOrigin,
-    /// How many versions of key material it has (1 + rotations).
-    pub material_versions: u32,
+    /// How many versions of key material it has (1 + rotations), where the provider says
+    /// (AWS KMS does not, in `DescribeKey`).
+    pub material_versions: Option<u32>,
     /// Free-form description given at creation.
     pub description: String,
+    /// The key spec; keyhold needs `SYMMETRIC_DEFAULT`.
+    pub spec: String,
+    /// The key usage; keyhold needs `ENCRYPT_DECRYPT`.
+    pub usage: String,
+    /// Whether it is a multi-Region key.
+    pub multi_region: bool,
+}
+
+/// The spec of the only keys keyhold can use: 256-bit AES-GCM inside the provider.
+pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+/// The usage of the only keys keyhold can use.
+pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
+
+/// Whether a key's material rotates automatically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// Automatic rotation is on, every `period_days` where the provider says.
+    Enabled {
+        /// The rotation period in days.
+        period_days: Option<u32>,
+    },
+    /// Automatic rotation is off.
+    Disabled,
+    /// The provider has no automatic rotation (the key owner rotates by hand).
+    NotSupported,
 }
 
 /// A root-key service. Implementations are `Send + Sync` and used behind
@@ -109,4 +158,22 @@ pub trait KeyProvider: Send + Sync {
 
     /// Describes `key`.
     async fn describe(&self, key: &KeyRef) -> Result<KeyDescription, ProviderError>;
+
+    /// The region `key` lives in, when the reference says so without a call (an AWS key
+    /// ARN does). Decryption tries keys of the local region first.
+    fn region_of(&self, _key: &KeyRef) -> Option<Region> {
+        None
+    }
+
+    /// Whether `key` rotates automatically.
+    async fn rotation(&self, _key: &KeyRef) -> Result<Rotation, ProviderError> {
+        Ok(Rotation::NotSupported)
+    }
+
+    /// The key's policy document, where the provider has one (`None` when it has no
+    /// policies). A caller without permission to read it gets
+    /// [`ProviderError::AccessDenied`].
+    async fn key_policy(&self, _key: &KeyRef) -> Result<Option<String>, ProviderError> {
+        Ok(None)
+    }
 }

@@ -29,7 +29,7 @@ use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use keyhold_cache::{CacheConfig, CacheStats, MaterialsCache};
 use keyhold_core::{
-    Clock, DataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, TenantId,
+    Clock, DataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, Region, TenantId,
 };
 use keyhold_envelope::{
     AlgorithmSuite, BodyDecryptor, DecryptConfig, Decrypted, EdkRef, EncryptConfig, EncryptionMaterials, Header,
@@ -71,13 +71,21 @@ pub struct Keyhold {
     providers: Vec<Arc<dyn KeyProvider>>,
     cache: MaterialsCache<EncryptionMaterials, DataKey>,
     settings: Settings,
+    local_region: Option<Region>,
 }
 
 impl Keyhold {
     /// A service over `providers` (each key reference is served by the first provider that
     /// accepts it).
     pub fn new(providers: Vec<Arc<dyn KeyProvider>>, settings: Settings, clock: Arc<dyn Clock>) -> Self {
-        Self { providers, cache: MaterialsCache::new(settings.cache, clock), settings }
+        Self { providers, cache: MaterialsCache::new(settings.cache, clock), settings, local_region: None }
+    }
+
+    /// Decryption tries the keys of `region` (where this instance runs) before the other
+    /// regions' keys of a message, and fails over to those.
+    pub fn with_local_region(mut self, region: Region) -> Self {
+        self.local_region = Some(region);
+        self
     }
 
     /// The settings in force.
@@ -197,7 +205,7 @@ impl Keyhold {
     pub async fn data_key(&self, tenant: &TenantId, header: &Header) -> Result<Arc<DataKey>, ServiceError> {
         check_tenant(tenant, header)?;
         let context_bytes = header.context_bytes();
-        let mut last_error = None;
+        let mut candidates = Vec::new();
         for edk in header.edk_refs() {
             // The cache first: a hit needs no provider lookup and no allocation but the key.
             let entry_id = edk_digest(tenant, &edk, context_bytes);
@@ -205,9 +213,16 @@ impl Keyhold {
                 return Ok(k);
             }
             let edk = edk.to_owned();
-            let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(&edk).map(|k| (p, k))) else {
-                continue;
-            };
+            if let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(&edk).map(|k| (p, k))) {
+                candidates.push((provider, key, edk, entry_id));
+            }
+        }
+        if let Some(local) = &self.local_region {
+            // Stable: the local region's keys first, the others in message order.
+            candidates.sort_by_key(|(p, k, _, _)| p.region_of(k).as_ref() != Some(local));
+        }
+        let mut last_error = None;
+        for (provider, key, edk, entry_id) in candidates {
             match provider.unwrap(&edk, header.context()).await {
                 Ok(dk) => {
                     let dk = Arc::new(dk);
