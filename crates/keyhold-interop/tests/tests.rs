@@ -3,6 +3,7 @@
 //! keyring format) decrypt with `aws-esdk` and a raw AES keyring holding the same wrapping
 //! key; messages `aws-esdk` writes decrypt with keyhold. Both committing suites, the v1
 //! suites for reading, with and without encryption context, and the size edge cases.
+//! The AWS KMS keyring format against moto is in [`kms`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
 
@@ -22,6 +23,8 @@ use keyhold_envelope::{
 use keyhold_provider::KeyProvider;
 use keyhold_provider_local::{LocalKms, raw_aes};
 use keyhold_service::{EncryptParams, Keyhold, Settings};
+
+mod kms;
 
 const SIZES: [usize; 7] = [0, 1, 100, 4095, 4096, 8192, 10_000];
 

@@ -3,8 +3,8 @@
 //! the key policy to apply in each region, and the CloudFormation templates that create
 //! the key (CMK mode) or the role the platform assumes (BYOK mode).
 //!
-//! Nothing here calls AWS. The live validation that needs a key provider builds on these
-//! checks in a later layer.
+//! Everything but [`validate`] is pure; [`validate`] calls the tenant's keys through the
+//! [`keyhold_provider::KeyProvider`]s it is given (AWS KMS, or the local provider).
 
 #![forbid(unsafe_code)]
 
@@ -13,9 +13,11 @@ pub mod finding;
 pub mod policy;
 pub mod realms;
 pub mod template;
+pub mod validate;
 
 pub use analysis::analyze_key_policy;
 pub use finding::{Finding, Severity};
 pub use policy::{PolicyParams, key_policy};
 pub use realms::{KeySetError, Realm, RealmCatalog, RealmError};
 pub use template::{byok_role_template, cmk_template, external_id};
+pub use validate::{KeyReport, Report, Validation, validate};
