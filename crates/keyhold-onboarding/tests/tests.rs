@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
 
+mod validate;
+
 use keyhold_core::TenantId;
 use keyhold_onboarding::policy::{ACCOUNT_PLACEHOLDER, PolicyError, SID_ADMIN, SID_DESCRIBE, SID_USE};
 use keyhold_onboarding::{KeySetError, PolicyParams, RealmCatalog, RealmError, key_policy};
