@@ -1,6 +1,7 @@
 //! Turns parsed flags into real objects and runs them.
 
 use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
@@ -9,27 +10,83 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyhold_core::{EncryptionContext, KeyRef, Purpose, Region, SystemClock, TenantId};
 use keyhold_envelope::stream::{decrypt_stream, encrypt_stream, read_header_from};
 use keyhold_envelope::{AlgorithmSuite, DecryptConfig, EncryptConfig};
-use keyhold_onboarding::{PolicyParams, Realm, RealmCatalog, byok_role_template, cmk_template, key_policy};
+use keyhold_onboarding::{
+    PolicyParams, Realm, RealmCatalog, Validation, byok_role_template, cmk_template, external_id, key_policy,
+};
 use keyhold_provider::{KeyDescription, KeyProvider, KeyState};
+use keyhold_provider_aws::{AssumeRole, AwsKms, AwsKmsConfig};
 use keyhold_provider_local::LocalKms;
 use keyhold_service::{EncryptParams, Keyhold, Settings};
 
 use crate::flags::{
-    Cli, Command, DecryptArgs, EncryptArgs, LocalKms as LocalCmd, OnboardingArgs, PolicyArgs, TemplateArgs,
-    TemplateKind,
+    AwsArgs, Cli, Command, DecryptArgs, EncryptArgs, Format, LocalKms as LocalCmd, OnboardingArgs, PolicyArgs,
+    TemplateArgs, TemplateKind, ValidateArgs,
 };
 
 /// Inputs larger than this get a progress bar on a terminal.
 const PROGRESS_THRESHOLD: u64 = 8 << 20;
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs one command; the exit code is 0 on success, 2 when validation finds the keys
+/// unusable (errors of the command itself are returned).
+pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::LocalKms(cmd) => local_kms(&cli.data_dir, cmd),
-        Command::Encrypt(args) => encrypt(&cli.data_dir, args),
-        Command::Decrypt(args) => decrypt(&cli.data_dir, args),
-        Command::Policy(args) => policy(args),
-        Command::Template(args) => template(args),
+        Command::LocalKms(cmd) => local_kms(&cli.data_dir, cmd)?,
+        Command::Encrypt(args) => encrypt(&cli.data_dir, args)?,
+        Command::Decrypt(args) => decrypt(&cli.data_dir, args)?,
+        Command::Policy(args) => policy(args)?,
+        Command::Template(args) => template(args)?,
+        Command::Validate(args) => return validate(&cli.data_dir, args),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(dir: &std::path::Path, args: ValidateArgs) -> Result<ExitCode> {
+    let catalog = catalog(args.realms_file.as_deref())?;
+    let realm = catalog.get(&args.realm).context("invalid --realm")?.clone();
+    let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    let rt = runtime()?;
+    let need_aws = args.keys.iter().any(|k| k.contains("arn:"));
+    let providers = rt.block_on(providers(dir, &args.aws, &tenant, need_aws))?;
+    let report = rt.block_on(keyhold_onboarding::validate(&Validation {
+        tenant: &tenant,
+        realm: &realm,
+        keys: &args.keys,
+        platform_principal: args.platform_principal.as_deref(),
+        providers: &providers,
+    }));
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Text => write!(out, "{}", report.to_text())?,
+        Format::Json => writeln!(out, "{}", report.to_json())?,
+    }
+    Ok(if report.usable { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+/// The key providers a command needs: the local provider always, AWS KMS when a key is
+/// an ARN (built only then: loading the AWS configuration may probe the network).
+async fn providers(
+    dir: &std::path::Path,
+    aws: &AwsArgs,
+    tenant: &TenantId,
+    need_aws: bool,
+) -> Result<Vec<Arc<dyn KeyProvider>>> {
+    let mut providers: Vec<Arc<dyn KeyProvider>> = vec![Arc::new(open_local(dir)?)];
+    if need_aws {
+        let config = AwsKmsConfig::default();
+        let kms = match &aws.assume_role {
+            Some(role_arn) => {
+                let role = AssumeRole {
+                    role_arn: role_arn.clone(),
+                    external_id: aws.external_id.clone().unwrap_or_else(|| external_id(tenant)),
+                    session_name: format!("keyhold-{}", tenant.as_str().replace(':', "-")),
+                };
+                AwsKms::assume_role(&role, config).await
+            }
+            None => AwsKms::from_env(config).await,
+        };
+        providers.push(Arc::new(kms));
+    }
+    Ok(providers)
 }
 
 fn catalog(file: Option<&std::path::Path>) -> Result<RealmCatalog> {
@@ -151,9 +208,12 @@ fn print_description(out: &mut impl Write, d: &KeyDescription) -> Result<()> {
     Ok(())
 }
 
-fn service(dir: &std::path::Path, settings: Settings) -> Result<Keyhold> {
-    let local: Arc<dyn KeyProvider> = Arc::new(open_local(dir)?);
-    Ok(Keyhold::new(vec![local], settings, Arc::new(SystemClock)))
+fn service(providers: Vec<Arc<dyn KeyProvider>>, settings: Settings, aws: &AwsArgs) -> Result<Keyhold> {
+    let service = Keyhold::new(providers, settings, Arc::new(SystemClock));
+    Ok(match &aws.local_region {
+        Some(r) => service.with_local_region(Region::parse(r).context("invalid --local-region")?),
+        None => service,
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -174,9 +234,11 @@ fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
     if args.frame_length == 0 {
         bail!("invalid --frame-length 0: frames hold at least one byte");
     }
-    let service = service(dir, Settings::default())?;
+    let rt = runtime()?;
+    let need_aws = keys.iter().any(|k| k.as_str().starts_with("arn:"));
+    let service = service(rt.block_on(providers(dir, &args.aws, &tenant, need_aws))?, Settings::default(), &args.aws)?;
     let params = EncryptParams { tenant, purpose, keys, context, suite };
-    let materials = runtime()?.block_on(service.encryption_materials(&params, 0))?;
+    let materials = rt.block_on(service.encryption_materials(&params, 0))?;
     let stdin = std::io::stdin().lock();
     let size = input_size();
     let bar = progress(size, args.quiet);
@@ -190,11 +252,14 @@ fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
 fn decrypt(dir: &std::path::Path, args: DecryptArgs) -> Result<()> {
     let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
     let config = DecryptConfig { require_commitment: args.require_commitment, ..DecryptConfig::default() };
-    let service = service(dir, Settings { decrypt: config, ..Settings::default() })?;
     let mut stdin = std::io::stdin().lock();
     let (header, leftover) = read_header_from(&mut stdin, &config).context("reading the message header")?;
+    let rt = runtime()?;
+    let need_aws = header.edk_refs().any(|e| e.provider_id == keyhold_provider_aws::PROVIDER_ID);
+    let providers = rt.block_on(providers(dir, &args.aws, &tenant, need_aws))?;
+    let service = service(providers, Settings { decrypt: config, ..Settings::default() }, &args.aws)?;
     // The tenant check happens inside, before any key is used or any byte is written.
-    let body = runtime()?.block_on(service.body_decryptor(&tenant, header))?;
+    let body = rt.block_on(service.body_decryptor(&tenant, header))?;
     let bar = progress(input_size(), args.quiet);
     decrypt_stream(body, leftover, &mut stdin, std::io::stdout().lock(), |n| bar.set_position(n))
         .context("decrypting")?;

@@ -30,6 +30,60 @@ pub enum Command {
     Policy(PolicyArgs),
     /// Print a CloudFormation template for the tenant to deploy in its AWS account.
     Template(TemplateArgs),
+    /// Check a tenant's keys live and report every fault, per region (exit 0 when usable,
+    /// 2 when not).
+    Validate(ValidateArgs),
+}
+
+/// How validation findings are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One line per finding, grouped by region.
+    Text,
+    /// The whole report as JSON.
+    Json,
+}
+
+/// `keyhold validate` flags.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Tenant the keys serve.
+    #[arg(long)]
+    pub tenant: String,
+    /// The tenant's data-residency realm.
+    #[arg(long)]
+    pub realm: String,
+    /// A key of the tenant (AWS KMS key ARN, or local key id); one per region of the realm.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<String>,
+    /// IAM principal ARN keyhold runs as; when given, readable key policies are analysed for it.
+    #[arg(long)]
+    pub platform_principal: Option<String>,
+    /// Replace the built-in realm catalog with this JSON file.
+    #[arg(long, env = "KEYHOLD_REALMS_FILE")]
+    pub realms_file: Option<std::path::PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// How to reach AWS KMS.
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// How keyhold reaches AWS KMS keys (used only when a key is an AWS ARN). Credentials,
+/// region and endpoints come from the standard AWS configuration (environment, profiles,
+/// `AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL_STS`).
+#[derive(Debug, Args, Clone)]
+pub struct AwsArgs {
+    /// BYOK mode: assume this role in the tenant's account (through STS) to use its keys.
+    #[arg(long, env = "KEYHOLD_ASSUME_ROLE")]
+    pub assume_role: Option<String>,
+    /// ExternalId for --assume-role; default keyhold-<tenant>, as in the generated template.
+    #[arg(long, requires = "assume_role")]
+    pub external_id: Option<String>,
+    /// The region this process runs in: decryption asks that region's key first.
+    #[arg(long, env = "KEYHOLD_LOCAL_REGION")]
+    pub local_region: Option<String>,
 }
 
 /// Which CloudFormation template.
@@ -135,7 +189,8 @@ pub enum LocalKms {
 /// `keyhold encrypt` flags.
 #[derive(Debug, Args)]
 pub struct EncryptArgs {
-    /// Root key to protect the data key; repeat for each region (home region first).
+    /// Root key to protect the data key (local key id or AWS KMS key ARN); repeat for each
+    /// region (home region first).
     #[arg(long = "key", required = true)]
     pub keys: Vec<String>,
     /// Tenant the data belongs to.
@@ -156,6 +211,9 @@ pub struct EncryptArgs {
     /// Never show a progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// How to reach AWS KMS.
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// `keyhold decrypt` flags.
@@ -170,4 +228,7 @@ pub struct DecryptArgs {
     /// Never show a progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// How to reach AWS KMS.
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }

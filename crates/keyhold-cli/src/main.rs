@@ -1,4 +1,5 @@
-//! The `keyhold` binary: the local key provider's console and offline encrypt/decrypt.
+//! The `keyhold` binary: the local key provider's console, encrypt/decrypt under local or
+//! AWS KMS keys, and the onboarding tools (policy, template, validate).
 //!
 //! Flags are parsed by clap into plain structs ([`flags`]); [`commands`] then builds the
 //! real objects and runs them. Errors print their whole cause chain and exit with 1.
@@ -13,7 +14,7 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let args = flags::Cli::parse();
     match commands::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("keyhold: error: {e:#}");
             ExitCode::FAILURE

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `keyhold` binary: the local-kms console, encrypt and decrypt
-//! through pipes, and the errors a user sees.
+//! through pipes, and the errors a user sees; [`aws`] runs it against moto.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
 
@@ -7,11 +7,19 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod aws;
+
 fn keyhold(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    keyhold_env(dir, args, stdin, &[])
+}
+
+/// Runs `keyhold` with extra environment variables.
+fn keyhold_env(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
         .arg("--data-dir")
         .arg(dir)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -168,14 +176,9 @@ fn bad_input_is_named() {
     assert!(stderr(&out).contains("failed authentication"), "{}", stderr(&out));
 }
 
-/// Peak resident set size of a running process in KiB, from /proc (0 once it exited).
+/// Peak resident set size of a running process in KiB (0 once it exited).
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    keyhold_testkit::peak_rss_kib(pid).unwrap_or(0)
 }
 
 #[test]
