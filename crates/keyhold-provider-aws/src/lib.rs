@@ -245,6 +245,12 @@ impl KeyProvider for AwsKms {
         parse_arn(key.as_str()).ok().map(|a| a.region().clone())
     }
 
+    fn wraps_in_region(&self, provider_id: &str, provider_info: &[u8], region: &Region) -> bool {
+        // arn:<partition>:kms:<region>:...
+        provider_id == PROVIDER_ID
+            && provider_info.split(|b| *b == b':').nth(3).is_some_and(|r| r == region.as_str().as_bytes())
+    }
+
     async fn generate_data_key(
         &self,
         key: &KeyRef,

@@ -165,6 +165,12 @@ pub trait KeyProvider: Send + Sync {
         None
     }
 
+    /// Whether the encrypted data key with this provider id and info was wrapped by a key
+    /// of `region`, judged without allocating (decryption asks local keys first).
+    fn wraps_in_region(&self, _provider_id: &str, _provider_info: &[u8], _region: &Region) -> bool {
+        false
+    }
+
     /// Whether `key` rotates automatically.
     async fn rotation(&self, _key: &KeyRef) -> Result<Rotation, ProviderError> {
         Ok(Rotation::NotSupported)

@@ -205,24 +205,25 @@ impl Keyhold {
     pub async fn data_key(&self, tenant: &TenantId, header: &Header) -> Result<Arc<DataKey>, ServiceError> {
         check_tenant(tenant, header)?;
         let context_bytes = header.context_bytes();
-        let mut candidates = Vec::new();
-        for edk in header.edk_refs() {
+        // The local region's keys first (when this instance knows its region), then the
+        // others in message order; two passes over the parsed header, no allocation.
+        let local = |e: &EdkRef<'_>| match &self.local_region {
+            Some(r) => self.providers.iter().any(|p| p.wraps_in_region(e.provider_id, e.provider_info, r)),
+            None => true,
+        };
+        let remote = |e: &EdkRef<'_>| self.local_region.is_some() && !local(e);
+        let ordered = header.edk_refs().filter(local).chain(header.edk_refs().filter(remote));
+        let mut last_error = None;
+        for edk in ordered {
             // The cache first: a hit needs no provider lookup and no allocation but the key.
             let entry_id = edk_digest(tenant, &edk, context_bytes);
             if let Some(k) = self.cache.get_decrypt(tenant, &entry_id) {
                 return Ok(k);
             }
             let edk = edk.to_owned();
-            if let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(&edk).map(|k| (p, k))) {
-                candidates.push((provider, key, edk, entry_id));
-            }
-        }
-        if let Some(local) = &self.local_region {
-            // Stable: the local region's keys first, the others in message order.
-            candidates.sort_by_key(|(p, k, _, _)| p.region_of(k).as_ref() != Some(local));
-        }
-        let mut last_error = None;
-        for (provider, key, edk, entry_id) in candidates {
+            let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(&edk).map(|k| (p, k))) else {
+                continue;
+            };
             match provider.unwrap(&edk, header.context()).await {
                 Ok(dk) => {
                     let dk = Arc::new(dk);
