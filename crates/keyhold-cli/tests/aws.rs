@@ -147,3 +147,39 @@ fn validate_exits_zero_when_usable_and_two_with_findings() {
     assert!(text.contains("[key_arn_invalid]"), "{text}");
     assert!(text.contains("[key_region_missing] eu-central-1"), "{text}");
 }
+
+/// The standard AWS configuration is honoured: credentials and region from a named profile
+/// in the shared files, the KMS endpoint from `AWS_ENDPOINT_URL_KMS`.
+#[test]
+fn credentials_come_from_a_named_profile() {
+    let rt = runtime();
+    let proxy = rt.block_on(FaultProxy::moto());
+    let key = rt.block_on(create_moto_key("eu-west-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = x\n\n\
+         [tenant-ops]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = y\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "[profile tenant-ops]\nregion = eu-west-1\n").unwrap();
+    let url = proxy.url();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_REGION", ""),
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ("AWS_PROFILE", "tenant-ops"),
+        ("AWS_ENDPOINT_URL_KMS", url.as_str()),
+    ];
+    let args = ["encrypt", "--key", key.as_str(), "--tenant", "acme", "--purpose", "docs"];
+    let ct = ok(keyhold_env(dir.path(), &args, b"profile", &env));
+    let calls = proxy.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].access_key_id.as_deref(), Some("AKIAPROFILE"));
+    let back = ok(keyhold_env(dir.path(), &["decrypt", "--tenant", "acme"], &ct, &env));
+    assert_eq!(back, b"profile");
+}

@@ -13,13 +13,20 @@ fn keyhold(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     keyhold_env(dir, args, stdin, &[])
 }
 
-/// Runs `keyhold` with extra environment variables.
+/// Runs `keyhold` with extra environment variables (an empty value removes the variable).
 fn keyhold_env(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyhold"));
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
         .arg("--data-dir")
         .arg(dir)
         .args(args)
-        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

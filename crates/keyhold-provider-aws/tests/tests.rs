@@ -391,6 +391,24 @@ async fn byok_assumes_the_tenant_role_with_its_external_id_and_caches_credential
         assert_ne!(akid, "testing", "KMS calls are signed with the assumed role's credentials");
     }
 
+    // Credentials close to expiry are refreshed before they expire: with credentials that
+    // expire in 3 s (inside the SDK's refresh window), every call assumes the role again,
+    // and no KMS call is made with expired credentials.
+    let proxy3 = FaultProxy::moto().await;
+    proxy3.inject(
+        Rule { service: Some("sts".into()), operations: vec!["AssumeRole".into()], key: None, times: None },
+        Fault::CredentialsExpireIn(Duration::from_secs(3)),
+    );
+    let p = AwsKms::assume_role_with(&sdk_config(&proxy3.url(), "eu-central-1").await, &role, quick()).await;
+    for _ in 0..3 {
+        p.generate_data_key(&key, 32, &ctx("acme")).await.unwrap();
+    }
+    let ops: Vec<String> = proxy3.calls().into_iter().map(|c| c.operation).collect();
+    assert_eq!(
+        ops,
+        ["AssumeRole", "GenerateDataKey", "AssumeRole", "GenerateDataKey", "AssumeRole", "GenerateDataKey"]
+    );
+
     // The tenant removes the trust: STS refuses, and that is a revocation.
     let proxy2 = FaultProxy::moto().await;
     let base = sdk_config(&proxy2.url(), "eu-central-1").await;

@@ -36,6 +36,9 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without answering.
     Drop,
+    /// Forward to moto, then rewrite the `Expiration` of the credentials an STS answer
+    /// carries to this long from now (to observe refresh before expiry).
+    CredentialsExpireIn(Duration),
 }
 
 impl Fault {
@@ -288,6 +291,21 @@ async fn handle(
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(d).await;
             forward(parts, body, &client, &upstream).await
+        }
+        Some(Fault::CredentialsExpireIn(d)) => {
+            let resp = forward(parts, body, &client, &upstream).await?;
+            let (mut parts, body) = resp.into_parts();
+            let text =
+                String::from_utf8_lossy(&body.collect().await.map_err(std::io::Error::other)?.to_bytes()).into_owned();
+            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + d).to_string();
+            let rewritten = match (text.find("<Expiration>"), text.find("</Expiration>")) {
+                (Some(start), Some(end)) if start < end => {
+                    format!("{}<Expiration>{at}{}", &text[..start], &text[end..])
+                }
+                _ => text,
+            };
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            Ok(Response::from_parts(parts, Full::new(Bytes::from(rewritten))))
         }
         None => forward(parts, body, &client, &upstream).await,
     }
