@@ -303,3 +303,30 @@ fn template_prints_cloudformation() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not an IAM principal ARN"), "{}", stderr(&out));
 }
+
+#[test]
+fn validate_works_with_local_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = create_key(dir.path(), "eu-central-1");
+    let k2 = create_key(dir.path(), "eu-west-1");
+    let args = ["validate", "--tenant", "acme", "--realm", "eu", "--key", &k1, "--key", &k2];
+    let out = keyhold(dir.path(), &args, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("tenant acme realm eu: usable (0 errors, 0 warnings)"), "{text}");
+    assert!(text.contains("round trip ok"), "{text}");
+
+    ok(keyhold(dir.path(), &["local-kms", "disable-key", &k2], b""));
+    let out = keyhold(dir.path(), &[&args[..], &["--format", "json"]].concat(), b"");
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> =
+        report["keys"][1]["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"key_disabled"), "{codes:?}");
+    assert_eq!(report["keys"][1]["region"], "eu-west-1");
+
+    // A local key in a region outside the realm.
+    let out = keyhold(dir.path(), &["validate", "--tenant", "acme", "--realm", "de", "--key", &k2], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[key_region_outside_realm] eu-west-1"));
+}

@@ -98,16 +98,14 @@ fn credential_failure(key: &KeyRef, err: &(dyn StdError + 'static)) -> Option<Pr
     while let Some(e) = cur {
         in_credentials |= e.downcast_ref::<CredentialsError>().is_some();
         if in_credentials && let Some(sts) = e.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
-            {
-                let message = format!("STS AssumeRole into the tenant's role failed: {}", chain(sts));
-                return Some(match sts.code() {
-                    Some("AccessDenied" | "AccessDeniedException") => {
-                        ProviderError::AccessDenied { key: key.clone(), message }
-                    }
-                    Some(code) => unavailable(code, &message),
-                    None => unavailable("CredentialsError", &message),
-                });
-            }
+            let message = format!("STS AssumeRole into the tenant's role failed: {}", chain(sts));
+            return Some(match sts.code() {
+                Some("AccessDenied" | "AccessDeniedException") => {
+                    ProviderError::AccessDenied { key: key.clone(), message }
+                }
+                Some(code) => unavailable(code, &message),
+                None => unavailable("CredentialsError", &message),
+            });
         }
         cur = e.source();
     }

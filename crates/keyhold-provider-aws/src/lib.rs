@@ -16,6 +16,10 @@
 //! region, each with the timeouts and the retry policy (standard mode: exponential backoff
 //! with full jitter) of [`AwsKmsConfig`].
 //!
+//! Plaintext data keys from KMS responses go straight into zeroizing [`DataKey`]s. The SDK
+//! itself keeps transient copies it does not zeroize: the response body it parses and,
+//! for `Encrypt`, the request it serializes; those buffers are freed when the call ends.
+//!
 //! Errors map to [`ProviderError`] kinds in [`errors`]: revoked (disabled, pending
 //! deletion, not found, access denied), misconfigured (wrong key, wrong usage), retryable
 //! (throttling, 5xx, timeouts, connection failures).
@@ -281,12 +285,12 @@ impl KeyProvider for AwsKms {
         context: &EncryptionContext,
     ) -> Result<EncryptedDataKey, ProviderError> {
         let (arn, client) = self.client_for(key)?;
-        // The SDK holds its own copy of the request until it is sent; ours is zeroized.
-        let plaintext = zeroize::Zeroizing::new(data_key.expose().to_vec());
+        // The SDK takes its own copy of the data key into the request (and its base64 body),
+        // which it does not zeroize; see the crate docs.
         let mut out = client
             .encrypt()
             .key_id(arn.as_str())
-            .plaintext(Blob::new(plaintext.to_vec()))
+            .plaintext(Blob::new(data_key.expose().to_vec()))
             .set_encryption_context(Some(context_map(context)))
             .send()
             .await

@@ -333,7 +333,22 @@ async fn dual_region_encrypt_then_local_first_decrypt_with_failover() {
         calls.iter().map(|c| (c.operation.as_str(), c.region.as_deref().unwrap_or(""))).collect();
     assert_eq!(ops, [("GenerateDataKey", "eu-central-1"), ("Encrypt", "eu-west-1")]);
 
+    // The cache holds with AWS KMS behind it: 1,000 more messages, no further KMS call;
+    // decrypting them all, one Decrypt.
+    let mut more = Vec::new();
+    for i in 0..1000u32 {
+        more.push(writer.encrypt(&params, &i.to_be_bytes()).await.unwrap());
+    }
+    assert_eq!(proxy.calls().len(), 2);
+    proxy.reset_calls();
+    let reader = Keyhold::new(vec![p.clone()], settings, clock.clone());
+    for (i, m) in more.iter().enumerate() {
+        assert_eq!(reader.decrypt(&tenant, m).await.unwrap().plaintext, (i as u32).to_be_bytes());
+    }
+    assert_eq!(proxy.count("Decrypt"), 1);
+
     // A reader in eu-west-1 asks eu-west-1 first.
+    proxy.reset_calls();
     proxy.reset_calls();
     let reader =
         Keyhold::new(vec![p.clone()], settings, clock.clone()).with_local_region(Region::parse("eu-west-1").unwrap());
