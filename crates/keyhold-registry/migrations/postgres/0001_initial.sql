@@ -1,0 +1,38 @@
+-- keyhold registry, PostgreSQL: tenants, their keys per region, service identities, and the
+-- per-tenant hash-chained audit trail. Times are milliseconds since the Unix epoch.
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY NOT NULL,
+    realm       TEXT NOT NULL,
+    mode        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    reason      TEXT,
+    created_ms  BIGINT NOT NULL,
+    updated_ms  BIGINT NOT NULL
+);
+
+CREATE TABLE tenant_keys (
+    tenant_id      TEXT NOT NULL REFERENCES tenants (id),
+    region         TEXT NOT NULL,
+    key_arn        TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    last_check_ms  BIGINT,
+    findings       TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, region)
+);
+
+CREATE TABLE service_identities (
+    name        TEXT PRIMARY KEY NOT NULL,
+    public_key  BYTEA NOT NULL,
+    purposes    TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL
+);
+
+CREATE TABLE audit_events (
+    tenant_id  TEXT NOT NULL,
+    seq        BIGINT NOT NULL,
+    at_ms      BIGINT NOT NULL,
+    body       TEXT NOT NULL,
+    prev_hash  BYTEA NOT NULL,
+    hash       BYTEA NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);

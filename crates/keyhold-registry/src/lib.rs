@@ -1,0 +1,507 @@
+//! keyhold's registry: tenants (realm, mode, lifecycle state), each tenant's key per
+//! region (reference, state, last check, findings), the service identities allowed to call
+//! keyhold, and the storage of the per-tenant hash-chained audit trail.
+//!
+//! One implementation serves both backends through sqlx's `Any` driver: SQLite (the
+//! embedded default, one file in the data dir) and PostgreSQL (`postgres://...`). Each
+//! backend has its own migrations (`migrations/sqlite`, `migrations/postgres`), applied
+//! on [`Registry::connect`]; queries use `$N` placeholders, which both accept.
+//!
+//! The audit trail is append-only here: there is no update or delete of an event. The
+//! chain hash of each new event is computed by the caller's function from the previous
+//! event's hash, inside the transaction that reads it (`keyhold-audit` owns the hashing
+//! and the verification).
+//!
+//! A database failure is [`RegistryError::Database`] (retryable); everything else names
+//! what the caller did wrong.
+
+#![forbid(unsafe_code)]
+
+mod types;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use keyhold_core::{Purpose, RealmId, Region, TenantId};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use types::{AuditRow, KeyStatus, Purposes, ServiceIdentity, Tenant, TenantKey, TenantMode, TenantState};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database holds the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, a file in the data dir.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The database URL names no supported backend.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
+    UnsupportedUrl(String),
+    /// A tenant with this id exists already.
+    #[error("tenant {0} already exists")]
+    TenantExists(TenantId),
+    /// No such tenant.
+    #[error("tenant {0} does not exist")]
+    TenantNotFound(TenantId),
+    /// The tenant was deleted (crypto-shredded); nothing about it changes any more.
+    #[error("tenant {0} was deleted")]
+    TenantDeleted(TenantId),
+    /// A stored value does not parse (the database was edited by hand, or by a newer
+    /// keyhold).
+    #[error("the registry holds an invalid value: {0}")]
+    Corrupt(String),
+    /// The database failed or is unreachable; retry.
+    #[error("registry database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// The registry.
+#[derive(Clone)]
+pub struct Registry {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+/// How many times an append that lost a race for the next sequence number is retried.
+const APPEND_ATTEMPTS: usize = 8;
+
+impl Registry {
+    /// Connects to `url` (`sqlite://PATH` creating the file if needed, or
+    /// `postgres://...`) and applies the backend's migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(RegistryError::UnsupportedUrl(url.to_owned()));
+        };
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let url = match backend {
+            Backend::Sqlite => {
+                options = options.max_connections(4).after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        Ok(())
+                    })
+                });
+                if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") }
+            }
+            Backend::Postgres => {
+                options = options.max_connections(16);
+                url.to_owned()
+            }
+        };
+        let pool = options.connect(&url).await?;
+        match backend {
+            Backend::Sqlite => SQLITE.run(&pool).await,
+            Backend::Postgres => POSTGRES.run(&pool).await,
+        }
+        .map_err(|e| RegistryError::Database(e.into()))?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Opens (creating if needed) the SQLite registry at `path`.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
+        Self::connect(&format!("sqlite://{}", path.display())).await
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers (for readiness checks).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Creates a tenant in state `pending`.
+    pub async fn create_tenant(&self, id: &TenantId, realm: &RealmId, mode: TenantMode, now_ms: u64) -> Result<Tenant> {
+        let now = ms(now_ms);
+        let r = sqlx::query(
+            "INSERT INTO tenants (id, realm, mode, state, reason, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, NULL, $5, $5)",
+        )
+        .bind(id.as_str())
+        .bind(realm.as_str())
+        .bind(mode.as_str())
+        .bind(TenantState::Pending.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(Tenant {
+                id: id.clone(),
+                realm: realm.clone(),
+                mode,
+                state: TenantState::Pending,
+                reason: None,
+                created_ms: now_ms,
+                updated_ms: now_ms,
+            }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(RegistryError::TenantExists(id.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One tenant.
+    pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// Every tenant, by id.
+    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        let rows =
+            sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id")).fetch_all(&self.pool).await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// Moves a tenant to `state` with `reason`. A deleted tenant never changes again.
+    pub async fn set_tenant_state(
+        &self,
+        id: &TenantId,
+        state: TenantState,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Tenant> {
+        let r =
+            sqlx::query("UPDATE tenants SET state = $1, reason = $2, updated_ms = $3 WHERE id = $4 AND state <> $5")
+                .bind(state.as_str())
+                .bind(reason)
+                .bind(ms(now_ms))
+                .bind(id.as_str())
+                .bind(TenantState::Deleted.as_str())
+                .execute(&self.pool)
+                .await?;
+        if r.rows_affected() == 0 {
+            return Err(match self.tenant(id).await? {
+                None => RegistryError::TenantNotFound(id.clone()),
+                Some(_) => RegistryError::TenantDeleted(id.clone()),
+            });
+        }
+        self.tenant(id).await?.ok_or_else(|| RegistryError::TenantNotFound(id.clone()))
+    }
+
+    /// Crypto-shreds a tenant: its key references are destroyed and it is marked deleted,
+    /// in one transaction. Its audit trail stays.
+    pub async fn delete_tenant(&self, id: &TenantId, reason: &str, now_ms: u64) -> Result<Tenant> {
+        let mut tx = self.begin_write().await?;
+        let state: Option<String> = sqlx::query("SELECT state FROM tenants WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?;
+        match state.as_deref() {
+            None => return Err(RegistryError::TenantNotFound(id.clone())),
+            Some(s) if s == TenantState::Deleted.as_str() => return Err(RegistryError::TenantDeleted(id.clone())),
+            Some(_) => {}
+        }
+        sqlx::query("DELETE FROM tenant_keys WHERE tenant_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("UPDATE tenants SET state = $1, reason = $2, updated_ms = $3 WHERE id = $4")
+            .bind(TenantState::Deleted.as_str())
+            .bind(reason)
+            .bind(ms(now_ms))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.tenant(id).await?.ok_or_else(|| RegistryError::TenantNotFound(id.clone()))
+    }
+
+    /// Records (or replaces) a tenant's key for a region.
+    pub async fn put_key(&self, key: &TenantKey) -> Result<()> {
+        match self.tenant(&key.tenant).await? {
+            None => return Err(RegistryError::TenantNotFound(key.tenant.clone())),
+            Some(t) if t.state == TenantState::Deleted => return Err(RegistryError::TenantDeleted(key.tenant.clone())),
+            Some(_) => {}
+        }
+        sqlx::query(
+            "INSERT INTO tenant_keys (tenant_id, region, key_arn, state, last_check_ms, findings) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, region) DO UPDATE SET key_arn = excluded.key_arn, state = excluded.state, \
+             last_check_ms = excluded.last_check_ms, findings = excluded.findings",
+        )
+        .bind(key.tenant.as_str())
+        .bind(key.region.as_str())
+        .bind(key.key.as_str())
+        .bind(key.state.as_str())
+        .bind(key.last_check_ms.map(ms))
+        .bind(key.findings.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A tenant's keys, by region.
+    pub async fn keys(&self, tenant: &TenantId) -> Result<Vec<TenantKey>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, region, key_arn, state, last_check_ms, findings FROM tenant_keys \
+             WHERE tenant_id = $1 ORDER BY region",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TenantKey {
+                    tenant: parse(r, 0, TenantId::parse)?,
+                    region: parse(r, 1, Region::parse)?,
+                    key: r.try_get(2)?,
+                    state: parse(r, 3, KeyStatus::from_str)?,
+                    last_check_ms: r.try_get::<Option<i64>, _>(4)?.map(unms),
+                    findings: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Registers (or replaces) a service identity.
+    pub async fn put_service(&self, s: &ServiceIdentity) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO service_identities (name, public_key, purposes, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, purposes = excluded.purposes",
+        )
+        .bind(s.name.as_str())
+        .bind(s.public_key.clone())
+        .bind(s.purposes.to_string())
+        .bind(ms(s.created_ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One service identity.
+    pub async fn service(&self, name: &str) -> Result<Option<ServiceIdentity>> {
+        let row = sqlx::query("SELECT name, public_key, purposes, created_ms FROM service_identities WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(service_from_row).transpose()
+    }
+
+    /// Every service identity, by name.
+    pub async fn services(&self) -> Result<Vec<ServiceIdentity>> {
+        let rows = sqlx::query("SELECT name, public_key, purposes, created_ms FROM service_identities ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(service_from_row).collect()
+    }
+
+    /// Appends an event to `tenant`'s audit trail. `chain(prev_hash, seq, at_ms, body)`
+    /// computes the new event's hash; the first event's previous hash is all zeros.
+    /// Concurrent appends are serialized by the `(tenant, seq)` key: the loser retries.
+    pub async fn append_audit(
+        &self,
+        tenant: &TenantId,
+        at_ms: u64,
+        body: &str,
+        chain: impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
+    ) -> Result<AuditRow> {
+        let mut last_error = None;
+        for _ in 0..APPEND_ATTEMPTS {
+            match self.try_append(tenant, at_ms, body, &chain).await {
+                Ok(row) => return Ok(row),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() || is_busy(e.as_ref()) => {
+                    last_error = Some(sqlx::Error::Database(e));
+                    tokio_free_yield().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_error.map_or_else(|| RegistryError::Corrupt("append retries exhausted".into()), Into::into))
+    }
+
+    /// Begins a write transaction: on SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so a transaction that reads before writing waits for other writers
+    /// instead of failing when it upgrades.
+    async fn begin_write(&self) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    async fn try_append(
+        &self,
+        tenant: &TenantId,
+        at_ms: u64,
+        body: &str,
+        chain: &impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
+    ) -> std::result::Result<AuditRow, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        let last = sqlx::query("SELECT seq, hash FROM audit_events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (seq, prev_hash) = match last {
+            None => (1u64, [0u8; 32]),
+            Some(r) => {
+                let seq = unms(r.try_get::<i64, _>(0)?) + 1;
+                let hash: Vec<u8> = r.try_get(1)?;
+                let prev = <[u8; 32]>::try_from(hash.as_slice())
+                    .map_err(|_| sqlx::Error::Decode("stored audit hash is not 32 bytes".into()))?;
+                (seq, prev)
+            }
+        };
+        let hash = chain(&prev_hash, seq, at_ms, body);
+        sqlx::query(
+            "INSERT INTO audit_events (tenant_id, seq, at_ms, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(tenant.as_str())
+        .bind(ms(seq))
+        .bind(ms(at_ms))
+        .bind(body)
+        .bind(prev_hash.to_vec())
+        .bind(hash.to_vec())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AuditRow { tenant: tenant.clone(), seq, at_ms, body: body.to_owned(), prev_hash, hash })
+    }
+
+    /// Up to `limit` events of `tenant` with sequence numbers above `after_seq`, oldest
+    /// first.
+    pub async fn audit(&self, tenant: &TenantId, after_seq: u64, limit: u32) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, seq, at_ms, body, prev_hash, hash FROM audit_events \
+             WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(tenant.as_str())
+        .bind(ms(after_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let hash = |i: usize| -> Result<[u8; 32]> {
+                    let v: Vec<u8> = r.try_get(i)?;
+                    <[u8; 32]>::try_from(v.as_slice())
+                        .map_err(|_| RegistryError::Corrupt(format!("audit hash of {} bytes", v.len())))
+                };
+                Ok(AuditRow {
+                    tenant: parse(r, 0, TenantId::parse)?,
+                    seq: unms(r.try_get(1)?),
+                    at_ms: unms(r.try_get(2)?),
+                    body: r.try_get(3)?,
+                    prev_hash: hash(4)?,
+                    hash: hash(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs raw SQL against the database. Test support: lets a test tamper with stored
+    /// rows to prove verification notices; keyhold itself never calls it.
+    #[doc(hidden)]
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64> {
+        Ok(sqlx::query(sql).execute(&self.pool).await?.rows_affected())
+    }
+}
+
+const TENANT_COLUMNS: &str = "id, realm, mode, state, reason, created_ms, updated_ms";
+
+fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
+    Ok(Tenant {
+        id: parse(r, 0, TenantId::parse)?,
+        realm: parse(r, 1, RealmId::parse)?,
+        mode: parse(r, 2, TenantMode::from_str)?,
+        state: parse(r, 3, TenantState::from_str)?,
+        reason: r.try_get(4)?,
+        created_ms: unms(r.try_get(5)?),
+        updated_ms: unms(r.try_get(6)?),
+    })
+}
+
+fn service_from_row(r: &AnyRow) -> Result<ServiceIdentity> {
+    Ok(ServiceIdentity {
+        name: r.try_get(0)?,
+        public_key: r.try_get(1)?,
+        purposes: parse(r, 2, Purposes::from_str)?,
+        created_ms: unms(r.try_get(3)?),
+    })
+}
+
+fn parse<T, E: std::fmt::Display>(r: &AnyRow, i: usize, f: impl Fn(&str) -> std::result::Result<T, E>) -> Result<T> {
+    let s: String = r.try_get(i)?;
+    f(&s).map_err(|e| RegistryError::Corrupt(format!("column {i} holds {s:?}: {e}")))
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unms(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6) and their extended codes (low byte);
+    // PostgreSQL: serialization failure.
+    match e.code().as_deref() {
+        Some("40001") => true,
+        Some(c) => c.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
+        None => false,
+    }
+}
+
+/// Lets a competing appender finish before retrying, without depending on a runtime.
+async fn tokio_free_yield() {
+    struct YieldOnce(bool);
+    impl std::future::Future for YieldOnce {
+        type Output = ();
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            if self.0 {
+                std::task::Poll::Ready(())
+            } else {
+                self.0 = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        }
+    }
+    YieldOnce(false).await;
+}
+
+/// Purposes parse from the registry's text form.
+impl FromStr for Purposes {
+    type Err = keyhold_core::IdError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s == "*" {
+            return Ok(Purposes::All);
+        }
+        s.split(',')
+            .filter(|p| !p.is_empty())
+            .map(Purpose::parse)
+            .collect::<std::result::Result<_, _>>()
+            .map(Purposes::Only)
+    }
+}

@@ -1,0 +1,182 @@
+//! The registry's records and the text forms their enums are stored as.
+
+use std::fmt;
+use std::str::FromStr;
+
+use keyhold_core::{Purpose, RealmId, Region, TenantId};
+
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vm])* $variant),+
+        }
+
+        impl $name {
+            /// The stored (and API) form.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "{s:?} is not one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// How keyhold reaches a tenant's keys.
+    TenantMode {
+        /// The tenant's key policies grant the platform principal directly.
+        Cmk => "cmk",
+        /// keyhold assumes a role in the tenant's account (ExternalId `keyhold-<tenant>`).
+        Byok => "byok",
+        /// Keys of the embedded local provider (development, tests, air-gapped use).
+        Local => "local",
+    }
+);
+
+text_enum!(
+    /// A tenant's lifecycle state.
+    TenantState {
+        /// Created; keys not attached or not yet valid in every region.
+        Pending => "pending",
+        /// Every region's key validated; encrypt and decrypt are served.
+        Active => "active",
+        /// A probe failed transiently or in part; still served.
+        Degraded => "degraded",
+        /// The tenant revoked access (or an operator suspended it): requests are refused.
+        Suspended => "suspended",
+        /// Crypto-shredded: key references destroyed; final.
+        Deleted => "deleted",
+    }
+);
+
+text_enum!(
+    /// What keyhold last learned of a tenant's key.
+    KeyStatus {
+        /// Attached, validation found no error.
+        Valid => "valid",
+        /// Attached, validation found an error.
+        Invalid => "invalid",
+        /// Access was revoked (disabled, deleted, denied).
+        Revoked => "revoked",
+    }
+);
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Its id.
+    pub id: TenantId,
+    /// Its data-residency realm.
+    pub realm: RealmId,
+    /// How its keys are reached.
+    pub mode: TenantMode,
+    /// Its state.
+    pub state: TenantState,
+    /// Why it is in that state (suspension cause, deletion request), if said.
+    pub reason: Option<String>,
+    /// Creation time (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Last change (ms since the Unix epoch).
+    pub updated_ms: u64,
+}
+
+/// A tenant's key in one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantKey {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The region.
+    pub region: Region,
+    /// The key reference (AWS KMS key ARN, or local key id).
+    pub key: String,
+    /// What keyhold last learned of it.
+    pub state: KeyStatus,
+    /// When it was last checked (ms since the Unix epoch).
+    pub last_check_ms: Option<u64>,
+    /// The last validation's findings, as JSON.
+    pub findings: String,
+}
+
+/// The purposes a service may encrypt and decrypt for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purposes {
+    /// Every purpose.
+    All,
+    /// Only these.
+    Only(Vec<Purpose>),
+}
+
+impl Purposes {
+    /// Whether `purpose` is allowed.
+    pub fn allows(&self, purpose: &Purpose) -> bool {
+        match self {
+            Purposes::All => true,
+            Purposes::Only(list) => list.contains(purpose),
+        }
+    }
+}
+
+impl fmt::Display for Purposes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Purposes::All => f.write_str("*"),
+            Purposes::Only(list) => f.write_str(&list.iter().map(Purpose::as_str).collect::<Vec<_>>().join(",")),
+        }
+    }
+}
+
+/// A platform service allowed to call keyhold, authenticated by its Ed25519 public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceIdentity {
+    /// Its name (the `iss` of its tokens).
+    pub name: String,
+    /// Its Ed25519 public key (32 bytes).
+    pub public_key: Vec<u8>,
+    /// What it may use.
+    pub purposes: Purposes,
+    /// Registration time (ms since the Unix epoch).
+    pub created_ms: u64,
+}
+
+/// One stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The tenant whose trail it belongs to.
+    pub tenant: TenantId,
+    /// Its position in the trail, from 1.
+    pub seq: u64,
+    /// When it happened (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The event, as JSON.
+    pub body: String,
+    /// The previous event's hash (zeros for the first).
+    pub prev_hash: [u8; 32],
+    /// This event's chain hash.
+    pub hash: [u8; 32],
+}

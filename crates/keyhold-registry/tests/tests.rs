@@ -1,0 +1,222 @@
+//! One suite, run against both backends: SQLite in a temp dir, and a fresh database on the
+//! PostgreSQL server the test command starts (`KEYHOLD_TEST_POSTGRES_URL`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "tests")]
+
+use std::sync::Arc;
+
+use keyhold_core::{Purpose, RealmId, Region, TenantId};
+use keyhold_registry::{
+    Backend, KeyStatus, Purposes, Registry, RegistryError, ServiceIdentity, TenantKey, TenantMode, TenantState,
+};
+
+/// A registry on `backend`, with the directory that must outlive it (SQLite).
+async fn registry(backend: Backend) -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = match backend {
+        Backend::Sqlite => Registry::open_sqlite(&dir.path().join("registry.db")).await.unwrap(),
+        Backend::Postgres => Registry::connect(&fresh_postgres_db().await).await.unwrap(),
+    };
+    assert_eq!(reg.backend(), backend);
+    (reg, dir)
+}
+
+/// A new, empty database on the test server.
+async fn fresh_postgres_db() -> String {
+    let base = std::env::var("KEYHOLD_TEST_POSTGRES_URL").expect(
+        "KEYHOLD_TEST_POSTGRES_URL is not set, so no PostgreSQL is running for this test; run scripts/test, \
+         which starts one",
+    );
+    let admin = Registry::connect(&base).await.unwrap();
+    let name = format!("keyhold_test_{}_{}", std::process::id(), next());
+    admin.execute_raw(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
+}
+
+fn next() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+fn t(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+fn realm(s: &str) -> RealmId {
+    RealmId::parse(s).unwrap()
+}
+
+/// A test chain function: the real one (SHA-256 over a canonical encoding) is
+/// `keyhold-audit`'s; storage only needs a deterministic function of its inputs.
+fn chain(prev: &[u8; 32], seq: u64, at: u64, body: &str) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    for (i, b) in prev.iter().chain(&seq.to_be_bytes()).chain(&at.to_be_bytes()).chain(body.as_bytes()).enumerate() {
+        h[i % 32] = h[i % 32].rotate_left(3) ^ b;
+    }
+    h
+}
+
+macro_rules! both {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(keyhold_registry::Backend::Sqlite).await; })+
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(keyhold_registry::Backend::Postgres).await; })+
+        }
+    };
+}
+
+both!(tenant_lifecycle, keys_per_region, service_identities, audit_is_chained_and_paged, concurrent_appends_chain);
+
+async fn tenant_lifecycle(backend: Backend) {
+    let (reg, _dir) = registry(backend).await;
+    let acme = reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, 1000).await.unwrap();
+    assert_eq!((acme.state, acme.mode, acme.created_ms), (TenantState::Pending, TenantMode::Cmk, 1000));
+    assert!(matches!(
+        reg.create_tenant(&t("acme"), &realm("us"), TenantMode::Byok, 2000).await,
+        Err(RegistryError::TenantExists(_))
+    ));
+    reg.create_tenant(&t("globex"), &realm("us"), TenantMode::Byok, 1500).await.unwrap();
+    let ids: Vec<String> = reg.tenants().await.unwrap().into_iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(ids, ["acme", "globex"]);
+    assert_eq!(reg.tenant(&t("acme")).await.unwrap().unwrap(), acme);
+    assert_eq!(reg.tenant(&t("nobody")).await.unwrap(), None);
+
+    let s = reg.set_tenant_state(&t("acme"), TenantState::Suspended, Some("key disabled"), 3000).await.unwrap();
+    assert_eq!((s.state, s.reason.as_deref(), s.updated_ms), (TenantState::Suspended, Some("key disabled"), 3000));
+    let s = reg.set_tenant_state(&t("acme"), TenantState::Active, None, 4000).await.unwrap();
+    assert_eq!((s.state, s.reason), (TenantState::Active, None));
+    assert!(matches!(
+        reg.set_tenant_state(&t("nobody"), TenantState::Active, None, 1).await,
+        Err(RegistryError::TenantNotFound(_))
+    ));
+
+    // Crypto-shred: keys gone, state final.
+    reg.put_key(&key("acme", "eu-central-1", "lk-1")).await.unwrap();
+    let d = reg.delete_tenant(&t("acme"), "requested by the tenant", 5000).await.unwrap();
+    assert_eq!((d.state, d.reason.as_deref()), (TenantState::Deleted, Some("requested by the tenant")));
+    assert!(reg.keys(&t("acme")).await.unwrap().is_empty());
+    assert!(matches!(
+        reg.set_tenant_state(&t("acme"), TenantState::Active, None, 6000).await,
+        Err(RegistryError::TenantDeleted(_))
+    ));
+    assert!(matches!(reg.put_key(&key("acme", "eu-west-1", "lk-2")).await, Err(RegistryError::TenantDeleted(_))));
+    assert!(matches!(reg.delete_tenant(&t("acme"), "again", 7000).await, Err(RegistryError::TenantDeleted(_))));
+    assert!(matches!(reg.delete_tenant(&t("nobody"), "x", 7000).await, Err(RegistryError::TenantNotFound(_))));
+    // The other tenant is untouched.
+    assert_eq!(reg.tenant(&t("globex")).await.unwrap().unwrap().state, TenantState::Pending);
+}
+
+fn key(tenant: &str, region: &str, k: &str) -> TenantKey {
+    TenantKey {
+        tenant: t(tenant),
+        region: Region::parse(region).unwrap(),
+        key: k.to_owned(),
+        state: KeyStatus::Valid,
+        last_check_ms: Some(10),
+        findings: "[]".to_owned(),
+    }
+}
+
+async fn keys_per_region(backend: Backend) {
+    let (reg, _dir) = registry(backend).await;
+    reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, 1).await.unwrap();
+    assert!(matches!(reg.put_key(&key("nobody", "eu-west-1", "k")).await, Err(RegistryError::TenantNotFound(_))));
+    reg.put_key(&key("acme", "eu-west-1", "arn:aws:kms:eu-west-1:111122223333:key/b")).await.unwrap();
+    reg.put_key(&key("acme", "eu-central-1", "arn:aws:kms:eu-central-1:111122223333:key/a")).await.unwrap();
+    // Replacing a region's key.
+    let mut replaced = key("acme", "eu-west-1", "arn:aws:kms:eu-west-1:111122223333:key/c");
+    replaced.state = KeyStatus::Invalid;
+    replaced.last_check_ms = None;
+    replaced.findings = r#"[{"code":"key_disabled"}]"#.to_owned();
+    reg.put_key(&replaced).await.unwrap();
+    let keys = reg.keys(&t("acme")).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].region.as_str(), "eu-central-1");
+    assert_eq!(keys[1], replaced);
+}
+
+async fn service_identities(backend: Backend) {
+    let (reg, _dir) = registry(backend).await;
+    let billing = ServiceIdentity {
+        name: "billing".into(),
+        public_key: vec![7; 32],
+        purposes: Purposes::Only(vec![Purpose::parse("invoices").unwrap(), Purpose::parse("cards").unwrap()]),
+        created_ms: 5,
+    };
+    let dev = ServiceIdentity { name: "dev".into(), public_key: vec![9; 32], purposes: Purposes::All, created_ms: 6 };
+    reg.put_service(&billing).await.unwrap();
+    reg.put_service(&dev).await.unwrap();
+    assert_eq!(reg.service("billing").await.unwrap().unwrap(), billing);
+    assert_eq!(reg.service("nobody").await.unwrap(), None);
+    assert_eq!(reg.services().await.unwrap(), [billing.clone(), dev.clone()]);
+    let s = reg.service("billing").await.unwrap().unwrap();
+    assert!(s.purposes.allows(&Purpose::parse("cards").unwrap()));
+    assert!(!s.purposes.allows(&Purpose::parse("hr").unwrap()));
+    assert!(reg.service("dev").await.unwrap().unwrap().purposes.allows(&Purpose::parse("hr").unwrap()));
+    // Re-registering replaces the key.
+    reg.put_service(&ServiceIdentity { public_key: vec![8; 32], ..billing }).await.unwrap();
+    assert_eq!(reg.service("billing").await.unwrap().unwrap().public_key, vec![8; 32]);
+}
+
+async fn audit_is_chained_and_paged(backend: Backend) {
+    let (reg, _dir) = registry(backend).await;
+    for i in 0..5u64 {
+        let row = reg.append_audit(&t("acme"), 100 + i, &format!("{{\"n\":{i}}}"), chain).await.unwrap();
+        assert_eq!(row.seq, i + 1);
+    }
+    reg.append_audit(&t("globex"), 1, "{}", chain).await.unwrap();
+    let all = reg.audit(&t("acme"), 0, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].prev_hash, [0; 32]);
+    for w in all.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].hash);
+        assert_eq!(w[1].hash, chain(&w[0].hash, w[1].seq, w[1].at_ms, &w[1].body));
+    }
+    let page = reg.audit(&t("acme"), 2, 2).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    // Trails are per tenant.
+    let g = reg.audit(&t("globex"), 0, 100).await.unwrap();
+    assert_eq!((g.len(), g[0].seq, g[0].prev_hash), (1, 1, [0; 32]));
+}
+
+async fn concurrent_appends_chain(backend: Backend) {
+    let (reg, _dir) = registry(backend).await;
+    let reg = Arc::new(reg);
+    let tasks: Vec<_> = (0..16u64)
+        .map(|i| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.append_audit(&t("acme"), i, &format!("\"e{i}\""), chain).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let all = reg.audit(&t("acme"), 0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=16).collect::<Vec<_>>());
+    for w in all.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].hash);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_persists_across_reopen_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    {
+        let reg = Registry::open_sqlite(&path).await.unwrap();
+        reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Local, 1).await.unwrap();
+    }
+    let reg = Registry::open_sqlite(&path).await.unwrap();
+    assert_eq!(reg.tenant(&t("acme")).await.unwrap().unwrap().mode, TenantMode::Local);
+    reg.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_named() {
+    let err = Registry::connect("mysql://localhost/x").await.unwrap_err();
+    assert!(matches!(err, RegistryError::UnsupportedUrl(_)));
+    assert!(err.to_string().contains("sqlite://PATH or postgres://"), "{err}");
+}
