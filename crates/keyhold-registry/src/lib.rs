@@ -357,7 +357,7 @@ impl Registry {
         chain: &impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
     ) -> std::result::Result<AuditRow, sqlx::Error> {
         let mut tx = self.begin_write().await?;
-        let last = sqlx::query("SELECT seq, hash FROM audit_events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1")
+        let last = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -380,6 +380,17 @@ impl Registry {
         .bind(ms(at_ms))
         .bind(body)
         .bind(prev_hash.to_vec())
+        .bind(hash.to_vec())
+        .execute(&mut *tx)
+        .await?;
+        // The head moves only if it is still where this append read it (PostgreSQL
+        // appenders that raced both read it; the loser's event insert already failed).
+        sqlx::query(
+            "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(tenant.as_str())
+        .bind(ms(seq))
         .bind(hash.to_vec())
         .execute(&mut *tx)
         .await?;
@@ -416,6 +427,22 @@ impl Registry {
                 })
             })
             .collect()
+    }
+
+    /// The newest event's sequence number and hash of `tenant`'s trail, as recorded
+    /// beside the trail (`None` before the first event).
+    pub async fn audit_head(&self, tenant: &TenantId) -> Result<Option<(u64, [u8; 32])>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let hash: Vec<u8> = r.try_get(1)?;
+            let hash = <[u8; 32]>::try_from(hash.as_slice())
+                .map_err(|_| RegistryError::Corrupt(format!("audit head hash of {} bytes", hash.len())))?;
+            Ok((unms(r.try_get(0)?), hash))
+        })
+        .transpose()
     }
 
     /// Runs raw SQL against the database. Test support: lets a test tamper with stored

@@ -27,9 +27,10 @@ async fn fresh_postgres_db() -> String {
         "KEYHOLD_TEST_POSTGRES_URL is not set, so no PostgreSQL is running for this test; run scripts/test, \
          which starts one",
     );
-    let admin = Registry::connect(&base).await.unwrap();
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
     let name = format!("keyhold_test_{}_{}", std::process::id(), next());
-    admin.execute_raw(&format!("CREATE DATABASE {name}")).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let (prefix, _) = base.rsplit_once('/').unwrap();
     format!("{prefix}/{name}")
 }
@@ -175,6 +176,8 @@ async fn audit_is_chained_and_paged(backend: Backend) {
         assert_eq!(w[1].prev_hash, w[0].hash);
         assert_eq!(w[1].hash, chain(&w[0].hash, w[1].seq, w[1].at_ms, &w[1].body));
     }
+    assert_eq!(reg.audit_head(&t("acme")).await.unwrap(), Some((5, all[4].hash)));
+    assert_eq!(reg.audit_head(&t("nobody")).await.unwrap(), None);
     let page = reg.audit(&t("acme"), 2, 2).await.unwrap();
     assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
     // Trails are per tenant.

@@ -36,3 +36,11 @@ CREATE TABLE audit_events (
     hash       BYTEA NOT NULL,
     PRIMARY KEY (tenant_id, seq)
 );
+
+-- The newest event of each trail: appends serialize on it, and verification compares
+-- against it, so a deleted last event is noticed.
+CREATE TABLE audit_heads (
+    tenant_id  TEXT PRIMARY KEY NOT NULL,
+    seq        BIGINT NOT NULL,
+    hash       BYTEA NOT NULL
+);
