@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use keyhold_cache::{CacheConfig, CacheStats, MaterialsCache};
+use keyhold_cache::MaterialsCache;
 use keyhold_core::{
     Clock, DataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, Region, TenantId,
 };
@@ -38,6 +38,7 @@ use keyhold_envelope::{
 use keyhold_provider::{ErrorClass, KeyProvider, ProviderError};
 
 pub use error::ServiceError;
+pub use keyhold_cache::{CacheConfig, CacheStats};
 
 /// What to encrypt under.
 #[derive(Debug, Clone)]

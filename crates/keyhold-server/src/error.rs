@@ -1,0 +1,162 @@
+//! API errors: `{"error":{"code","message"}}` with a stable code, and the HTTP status
+//! taken from the variant (never from message text). Client faults are 4xx; a failing
+//! dependency (registry, key service) is 503 and retryable; 500 is only for keyhold's own
+//! bugs.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keyhold_provider::{ErrorClass, ProviderError};
+use keyhold_registry::RegistryError;
+use keyhold_service::ServiceError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An API error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable code.
+    pub code: &'static str,
+    /// What happened and what to do, without secrets.
+    pub message: String,
+}
+
+/// The error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code: `invalid_request`, `unauthenticated`, `forbidden`, `tenant_not_found`,
+    /// `tenant_exists`, `tenant_not_active`, `tenant_suspended`, `tenant_deleted`,
+    /// `tenant_mismatch`, `malformed_ciphertext`, `key_unavailable`, `key_revoked`,
+    /// `key_misconfigured`, `not_configured`, `registry_unavailable`, `internal`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status` and `code`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401 `unauthenticated`.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `tenant_not_found`.
+    pub fn tenant_not_found(tenant: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "tenant_not_found", format!("tenant {tenant} does not exist"))
+    }
+
+    /// 404 for an unknown route.
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::TenantExists(t) => {
+                Self::new(StatusCode::CONFLICT, "tenant_exists", format!("tenant {t} already exists"))
+            }
+            RegistryError::TenantNotFound(t) => Self::tenant_not_found(t.as_str()),
+            RegistryError::TenantDeleted(t) => {
+                Self::new(StatusCode::GONE, "tenant_deleted", format!("tenant {t} was deleted"))
+            }
+            other => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_unavailable",
+                format!("the registry failed; retry: {other}"),
+            ),
+        }
+    }
+}
+
+/// A key provider's refusal or failure as an API error.
+pub fn provider_error(e: &ProviderError) -> ApiError {
+    match e.class() {
+        ErrorClass::Revoked => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "key_revoked",
+            format!("the tenant's key refused ({}): {e}; the tenant must restore access", e.code()),
+        ),
+        ErrorClass::Misconfigured => ApiError::new(
+            StatusCode::CONFLICT,
+            "key_misconfigured",
+            format!("the tenant's key cannot be used ({}): {e}", e.code()),
+        ),
+        ErrorClass::Retryable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key_unavailable",
+            format!("the key service is unavailable ({}); retry: {e}", e.code()),
+        ),
+        ErrorClass::Invalid => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_ciphertext",
+            format!("the ciphertext's data key does not unwrap: {e}"),
+        ),
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::TenantMismatch { expected, .. } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tenant_mismatch",
+                format!("the ciphertext does not belong to tenant {expected}; nothing was decrypted"),
+            ),
+            ServiceError::Provider { source, .. } => provider_error(&source),
+            ServiceError::Decrypt(err) => {
+                ApiError::invalid_ciphertext(format!("the ciphertext is not a valid message: {err}"))
+            }
+            ServiceError::NoProviderFor(key) => ApiError::new(
+                StatusCode::CONFLICT,
+                "key_misconfigured",
+                format!("no key provider serves key {key}; configure AWS access or attach a local key"),
+            ),
+            ServiceError::Randomness => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "internal", "the system random generator failed; retry")
+            }
+            ServiceError::NoUsableEncryptedDataKey => ApiError::invalid_ciphertext(
+                "the ciphertext carries no data key that any of the tenant's keys can unwrap",
+            ),
+            other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", other.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// 400 `malformed_ciphertext`.
+    pub fn invalid_ciphertext(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed_ciphertext", message)
+    }
+}

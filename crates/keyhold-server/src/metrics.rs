@@ -1,0 +1,108 @@
+//! Prometheus metrics in the text exposition format: requests and latency by route and
+//! status, key-provider calls by operation and outcome, cache hits and misses, tenants by
+//! state, audit write failures. Counters are atomics behind a map keyed by label values.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Latency histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The server's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    provider: Mutex<BTreeMap<(String, String), u64>>,
+    audit_failures: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a request to `route` answered with `status` after `elapsed`.
+    pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
+        *lock(&self.requests).entry((route.to_owned(), status)).or_default() += 1;
+        let secs = elapsed.as_secs_f64();
+        let mut latency = lock(&self.latency);
+        let h = latency.entry(route.to_owned()).or_default();
+        for (b, bound) in h.buckets.iter_mut().zip(BUCKETS) {
+            if secs <= bound {
+                *b += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// Counts a key-provider call.
+    pub fn provider_call(&self, operation: &str, outcome: &str) {
+        *lock(&self.provider).entry((operation.to_owned(), outcome.to_owned())).or_default() += 1;
+    }
+
+    /// Counts an audit event that could not be written.
+    pub fn audit_failure(&self) {
+        self.audit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Key-provider calls so far, by (operation, outcome).
+    pub fn provider_calls(&self) -> BTreeMap<(String, String), u64> {
+        lock(&self.provider).clone()
+    }
+
+    /// The exposition text, with the cache counters and tenant counts given.
+    pub fn render(&self, cache: &keyhold_service::CacheStats, tenants_by_state: &[(&str, usize)]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP keyhold_requests_total HTTP requests by route and status.");
+        let _ = writeln!(out, "# TYPE keyhold_requests_total counter");
+        for ((route, status), n) in lock(&self.requests).iter() {
+            let _ = writeln!(out, "keyhold_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP keyhold_request_duration_seconds HTTP request latency by route.");
+        let _ = writeln!(out, "# TYPE keyhold_request_duration_seconds histogram");
+        for (route, h) in lock(&self.latency).iter() {
+            for (bound, n) in BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(out, "keyhold_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
+            }
+            let _ = writeln!(out, "keyhold_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "keyhold_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
+            let _ = writeln!(out, "keyhold_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+        }
+        let _ = writeln!(out, "# HELP keyhold_kms_calls_total Key-provider calls by operation and outcome.");
+        let _ = writeln!(out, "# TYPE keyhold_kms_calls_total counter");
+        for ((op, outcome), n) in lock(&self.provider).iter() {
+            let _ = writeln!(out, "keyhold_kms_calls_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP keyhold_cache_total Data-key cache lookups by cache and result.");
+        let _ = writeln!(out, "# TYPE keyhold_cache_total counter");
+        for (cache_name, result, n) in [
+            ("encrypt", "hit", cache.encrypt_hits),
+            ("encrypt", "miss", cache.encrypt_misses),
+            ("decrypt", "hit", cache.decrypt_hits),
+            ("decrypt", "miss", cache.decrypt_misses),
+        ] {
+            let _ = writeln!(out, "keyhold_cache_total{{cache=\"{cache_name}\",result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP keyhold_tenants Tenants by state.");
+        let _ = writeln!(out, "# TYPE keyhold_tenants gauge");
+        for (state, n) in tenants_by_state {
+            let _ = writeln!(out, "keyhold_tenants{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP keyhold_audit_write_failures_total Audit events that could not be written.");
+        let _ = writeln!(out, "# TYPE keyhold_audit_write_failures_total counter");
+        let _ = writeln!(out, "keyhold_audit_write_failures_total {}", self.audit_failures.load(Ordering::Relaxed));
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
