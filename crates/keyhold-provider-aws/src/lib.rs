@@ -182,9 +182,18 @@ impl AwsKms {
     }
 }
 
-/// The standard AWS configuration with keyhold's timeouts and retries.
+/// The standard AWS configuration with keyhold's timeouts and retries. The default region
+/// (used only for STS; KMS calls go to each key ARN's region) comes from the environment
+/// or the profile, else `us-east-1`: loading never waits for the instance metadata
+/// service, so a machine without AWS starts at once. Credentials resolve on first use.
 pub async fn load_sdk_config(config: &AwsKmsConfig) -> SdkConfig {
+    let region = aws_config::meta::region::RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+    .or_else(aws_config::Region::from_static("us-east-1"));
     aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
         .retry_config(config.retry())
         .timeout_config(config.timeouts())
         .load()

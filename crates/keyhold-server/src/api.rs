@@ -73,11 +73,9 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         let claims = auth::unverified_claims(token).map_err(|e| ApiError::unauthenticated(e.to_string()))?;
         let (principal, key) = match claims.scope {
             Scope::Service => {
-                let service = state
-                    .registry
-                    .service(&claims.iss)
-                    .await?
-                    .ok_or_else(|| ApiError::unauthenticated(auth::TokenError::UnknownIssuer(claims.iss.clone()).to_string()))?;
+                let service = state.registry.service(&claims.iss).await?.ok_or_else(|| {
+                    ApiError::unauthenticated(auth::TokenError::UnknownIssuer(claims.iss.clone()).to_string())
+                })?;
                 (Principal::Service { name: service.name, purposes: service.purposes }, service.public_key)
             }
             Scope::Admin => (Principal::Admin, state.admin_public_key.clone()),
@@ -202,8 +200,7 @@ pub async fn create_tenant(
     let id = tenant_id(&body.id)?;
     let realm = state.catalog.get(&body.realm).map_err(|e| ApiError::invalid(e.to_string()))?;
     let realm_id = RealmId::parse(realm.id.as_str()).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mode: TenantMode =
-        body.mode.parse().map_err(|e: String| ApiError::invalid(format!("invalid mode: {e}")))?;
+    let mode: TenantMode = body.mode.parse().map_err(|e: String| ApiError::invalid(format!("invalid mode: {e}")))?;
     let t = state.registry.create_tenant(&id, &realm_id, mode, state.now_ms()).await?;
     state.audit(&id, &Event::TenantState { from: "none".into(), to: t.state.to_string(), reason: None }).await;
     admin_event(&state, &p, &id, "create_tenant", Some(format!("realm {} mode {}", t.realm, t.mode))).await;
@@ -232,7 +229,11 @@ async fn load_tenant(state: &AppState, id: &TenantId) -> Result<Tenant, ApiError
 /// Shows one tenant.
 #[utoipa::path(get, path = "/v1/tenants/{id}", params(("id" = String, Path, description = "tenant id")),
     responses((status = 200, body = TenantOut), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_tenant(p: Principal, State(state): Shared, Path(id): Path<String>) -> Result<Json<TenantOut>, ApiError> {
+pub async fn get_tenant(
+    p: Principal,
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<TenantOut>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
     let t = load_tenant(&state, &id).await?;
@@ -409,7 +410,8 @@ async fn validate_and_record(
     } else if !report.usable && matches!(t.state, TenantState::Active | TenantState::Degraded) {
         state.change_state(t, TenantState::Suspended, Some("validation found errors")).await?;
     }
-    serde_json::to_value(&report).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    serde_json::to_value(&report)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 fn extra(realm: &Realm, keys: &BTreeMap<Region, String>) -> Vec<String> {
@@ -568,13 +570,19 @@ async fn encrypt_one(state: &AppState, p: &Principal, item: EncryptItem) -> Resu
     if !purposes.allows(&purpose) {
         return Err(ApiError::forbidden(format!("service {service} may not use purpose {purpose}")));
     }
-    let plaintext = B64.decode(&item.plaintext).map_err(|e| ApiError::invalid(format!("plaintext is not base64: {e}")))?;
+    let plaintext =
+        B64.decode(&item.plaintext).map_err(|e| ApiError::invalid(format!("plaintext is not base64: {e}")))?;
     let context = EncryptionContext::from_caller_pairs(item.context)
         .map_err(|e| ApiError::invalid(format!("invalid context: {e}")))?;
     let view = state.tenant_view(&tenant).await?;
     servable(&view)?;
-    let params =
-        EncryptParams { tenant: tenant.clone(), purpose: purpose.clone(), keys: view.keys.clone(), context, suite: AlgorithmSuite::default() };
+    let params = EncryptParams {
+        tenant: tenant.clone(),
+        purpose: purpose.clone(),
+        keys: view.keys.clone(),
+        context,
+        suite: AlgorithmSuite::default(),
+    };
     match state.keyhold.encrypt(&params, &plaintext).await {
         Ok(ct) => {
             state.usage.encrypted(&tenant, &purpose, service, state.now_ms(), 1);

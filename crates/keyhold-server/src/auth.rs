@@ -65,7 +65,7 @@ pub enum Scope {
 }
 
 /// The claims keyhold reads.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// Issuer: the service name, or [`ADMIN_ISSUER`].
     pub iss: String,

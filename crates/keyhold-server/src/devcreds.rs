@@ -49,7 +49,8 @@ pub fn service_key_path(data_dir: &Path, service: &str) -> PathBuf {
 /// Reads a key file.
 pub fn read_key(path: &Path) -> Result<SigningKey, CredError> {
     let text = fs::read_to_string(path).map_err(|source| CredError::Io { path: path.to_owned(), source })?;
-    let der = B64.decode(text.trim()).map_err(|_| CredError::BadKey(path.to_owned(), TokenError::Malformed("base64")))?;
+    let der =
+        B64.decode(text.trim()).map_err(|_| CredError::BadKey(path.to_owned(), TokenError::Malformed("base64")))?;
     SigningKey::from_pkcs8(&der).map_err(|e| CredError::BadKey(path.to_owned(), e))
 }
 

@@ -8,6 +8,8 @@
 //! - [`state`]: shared state; every key-provider call is audited and counted.
 //! - [`devcreds`]: the development admin key and `dev` service a fresh data dir gets.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
+//! - [`serve`]: assembling the state from configuration, listening (plain or [`tls`]),
+//!   graceful shutdown.
 
 #![forbid(unsafe_code)]
 
@@ -17,7 +19,9 @@ pub mod devcreds;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod serve;
 pub mod state;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -70,9 +70,11 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE keyhold_request_duration_seconds histogram");
         for (route, h) in lock(&self.latency).iter() {
             for (bound, n) in BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(out, "keyhold_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
+                let _ =
+                    writeln!(out, "keyhold_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
             }
-            let _ = writeln!(out, "keyhold_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
+            let _ =
+                writeln!(out, "keyhold_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "keyhold_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
             let _ = writeln!(out, "keyhold_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
         }

@@ -125,7 +125,12 @@ impl AppState {
 
     /// Moves a tenant to `to`, records it in the audit trail, refreshes the view, and on
     /// suspension or deletion drops its cached data keys.
-    pub async fn change_state(&self, tenant: &Tenant, to: TenantState, reason: Option<&str>) -> Result<Tenant, ApiError> {
+    pub async fn change_state(
+        &self,
+        tenant: &Tenant,
+        to: TenantState,
+        reason: Option<&str>,
+    ) -> Result<Tenant, ApiError> {
         let now = self.now_ms();
         let updated = if to == TenantState::Deleted {
             self.registry.delete_tenant(&tenant.id, reason.unwrap_or("deleted"), now).await?

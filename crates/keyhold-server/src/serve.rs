@@ -1,0 +1,153 @@
+//! Running the server: assembling the state from a [`ServeConfig`] (registry, local and
+//! AWS KMS providers, development credentials), listening with or without TLS, flushing
+//! usage counts to the audit trail every few seconds, and shutting down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhold_core::{Clock, Region};
+use keyhold_onboarding::RealmCatalog;
+use keyhold_provider::KeyProvider;
+use keyhold_provider_aws::{AwsKms, AwsKmsConfig};
+use keyhold_provider_local::LocalKms;
+use keyhold_registry::Registry;
+use keyhold_service::{Keyhold, Settings};
+
+use crate::AppState;
+use crate::devcreds::{self, Created};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// keyhold's state: the local keystore, the SQLite registry, development credentials.
+    pub data_dir: PathBuf,
+    /// `postgres://...` or `sqlite://...`; default: `<data_dir>/registry.db`.
+    pub database_url: Option<String>,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// TLS certificate chain and private key (PEM files); plain HTTP without.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The IAM principal keyhold runs as (for generated key policies and their analysis).
+    pub platform_principal: Option<String>,
+    /// The region this instance runs in (decryption asks its keys first).
+    pub local_region: Option<Region>,
+    /// Service-layer settings (cache limits, message limits).
+    pub settings: Settings,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data dir could not be prepared.
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// Registry.
+    #[error(transparent)]
+    Registry(#[from] keyhold_registry::RegistryError),
+    /// Credentials.
+    #[error(transparent)]
+    Credentials(#[from] devcreds::CredError),
+    /// Local provider.
+    #[error("local key provider: {0}")]
+    Local(String),
+    /// Listening or serving.
+    #[error("listening on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// TLS files.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Builds the shared state; returns what development credentials were created.
+pub async fn build(
+    config: &ServeConfig,
+    catalog: RealmCatalog,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<AppState>, Created), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::DataDir(config.data_dir.clone(), e))?;
+    let url = match &config.database_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}", config.data_dir.join("registry.db").display()),
+    };
+    let registry = Registry::connect(&url).await?;
+    let (admin_public_key, created) = devcreds::ensure(&config.data_dir, &registry, clock.now_millis()).await?;
+    let local = LocalKms::open(&config.data_dir).map_err(|e| ServeError::Local(e.to_string()))?;
+    let aws = AwsKms::from_env(AwsKmsConfig::default()).await;
+    let providers: Vec<Arc<dyn KeyProvider>> = vec![Arc::new(local), Arc::new(aws)];
+    let settings = config.settings;
+    let local_region = config.local_region.clone();
+    let keyhold_clock = clock.clone();
+    let state = AppState::new(
+        registry,
+        move |providers| {
+            let k = Keyhold::new(providers, settings, keyhold_clock);
+            match local_region {
+                Some(r) => k.with_local_region(r),
+                None => k,
+            }
+        },
+        providers,
+        catalog,
+        admin_public_key,
+        config.platform_principal.clone(),
+        clock,
+    );
+    Ok((Arc::new(state), created))
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests and writes the
+/// remaining usage counts. `ready` is called with the bound address.
+pub async fn run(
+    config: &ServeConfig,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServeError::Listen(config.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Listen(config.listen, e))?;
+    let flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                state.flush_usage(false).await;
+            }
+        })
+    };
+    let app = crate::router(state.clone());
+    ready(addr);
+    let served = match &config.tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some((cert, key)) => {
+            let acceptor = crate::tls::acceptor(cert, key).map_err(ServeError::Tls)?;
+            axum::serve(crate::tls::TlsListener::new(listener, acceptor), app).with_graceful_shutdown(shutdown).await
+        }
+    };
+    flusher.abort();
+    state.flush_usage(true).await;
+    served.map_err(|e| ServeError::Listen(addr, e))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
