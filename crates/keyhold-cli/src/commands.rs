@@ -36,6 +36,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy(args) => policy(args)?,
         Command::Template(args) => template(args)?,
         Command::Validate(args) => return validate(&cli.data_dir, args),
+        Command::Serve(args) => crate::server_cmds::serve(&cli.data_dir, args)?,
+        Command::Token(args) => crate::server_cmds::token(&cli.data_dir, args)?,
+        Command::Tenant(cmd) => crate::server_cmds::tenant(cmd)?,
+        Command::Key(cmd) => return crate::server_cmds::key(cmd),
+        Command::Audit(cmd) => return crate::server_cmds::audit(cmd),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -89,7 +94,7 @@ async fn providers(
     Ok(providers)
 }
 
-fn catalog(file: Option<&std::path::Path>) -> Result<RealmCatalog> {
+pub fn catalog(file: Option<&std::path::Path>) -> Result<RealmCatalog> {
     Ok(match file {
         Some(path) => {
             let json = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -221,6 +226,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
+    if args.keys.is_empty() {
+        let mut pairs = Vec::new();
+        for c in &args.context {
+            let Some((k, v)) = c.split_once('=') else { bail!("invalid --context {c:?}: expected KEY=VALUE") };
+            pairs.push((k.to_owned(), v.to_owned()));
+        }
+        return crate::server_cmds::remote_encrypt(&args.client, &args.tenant, &args.purpose, &pairs);
+    }
     let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
     let purpose = Purpose::parse(&args.purpose).context("invalid --purpose")?;
     let keys = args.keys.iter().map(|k| key_ref(k)).collect::<Result<Vec<_>>>()?;
@@ -250,6 +263,9 @@ fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
 }
 
 fn decrypt(dir: &std::path::Path, args: DecryptArgs) -> Result<()> {
+    if args.client.url.is_some() {
+        return crate::server_cmds::remote_decrypt(&args.client, &args.tenant);
+    }
     let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
     let config = DecryptConfig { require_commitment: args.require_commitment, ..DecryptConfig::default() };
     let mut stdin = std::io::stdin().lock();

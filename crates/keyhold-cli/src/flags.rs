@@ -33,6 +33,176 @@ pub enum Command {
     /// Check a tenant's keys live and report every fault, per region (exit 0 when usable,
     /// 2 when not).
     Validate(ValidateArgs),
+    /// Run the HTTP API (embedded default: SQLite registry and local keys in --data-dir).
+    Serve(ServeArgs),
+    /// Print a fresh token signed with a key in --data-dir (development credentials).
+    Token(TokenArgs),
+    /// Manage tenants through a running server.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Attach and validate tenant keys through a running server.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Export or verify a tenant's audit trail through a running server.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+/// Where the server is and who calls it.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "KEYHOLD_URL")]
+    pub url: Option<String>,
+    /// A bearer token (from `keyhold token`).
+    #[arg(long, env = "KEYHOLD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust this PEM certificate (for a server with a private CA or self-signed cert).
+    #[arg(long, env = "KEYHOLD_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `keyhold serve` flags. Each may also come from the environment or from the
+/// configuration file (flags win over the environment, the environment over the file).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of: listen, database_url, tls_cert, tls_key,
+    /// platform_principal, local_region, realms_file.
+    #[arg(long, env = "KEYHOLD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8700].
+    #[arg(long, env = "KEYHOLD_LISTEN")]
+    pub listen: Option<String>,
+    /// postgres://USER@HOST:PORT/DB (or sqlite://PATH) [default: SQLite in --data-dir].
+    #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
+    #[arg(long, env = "KEYHOLD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KEYHOLD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// IAM principal ARN keyhold runs as (for key policies and templates).
+    #[arg(long, env = "KEYHOLD_PLATFORM_PRINCIPAL")]
+    pub platform_principal: Option<String>,
+    /// The region this instance runs in (decryption asks its keys first).
+    #[arg(long, env = "KEYHOLD_LOCAL_REGION")]
+    pub local_region: Option<String>,
+    /// Replace the built-in realm catalog with this JSON file.
+    #[arg(long, env = "KEYHOLD_REALMS_FILE")]
+    pub realms_file: Option<PathBuf>,
+}
+
+/// `keyhold token` flags.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["service", "admin", "tenant_admin"]))]
+pub struct TokenArgs {
+    /// A token for this service (its key is service-keys/NAME.key in --data-dir).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// An admin token.
+    #[arg(long)]
+    pub admin: bool,
+    /// A tenant-admin token for this tenant.
+    #[arg(long)]
+    pub tenant_admin: Option<String>,
+    /// Lifetime in seconds, at most 600.
+    #[arg(long, default_value_t = 300)]
+    pub lifetime: u64,
+}
+
+/// `keyhold tenant` commands.
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant (pending until its keys validate).
+    Create {
+        /// Tenant id.
+        #[arg(long)]
+        id: String,
+        /// Realm id.
+        #[arg(long)]
+        realm: String,
+        /// cmk, byok or local.
+        #[arg(long)]
+        mode: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tenants.
+    List {
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a tenant as JSON.
+    Show {
+        /// Tenant id.
+        id: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a tenant: its key references are destroyed (crypto-shredding).
+    Delete {
+        /// Tenant id.
+        id: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `keyhold key` commands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Validate a key and attach it for one region; prints the validation report.
+    Attach {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Region of the tenant's realm.
+        #[arg(long)]
+        region: String,
+        /// Key ARN (or local key id).
+        #[arg(long)]
+        key: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Validate a tenant's attached keys again.
+    Validate {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `keyhold audit` commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Write a tenant's audit trail as JSON lines.
+    Export {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Verify a tenant's audit trail (exit 0 when intact, 2 when broken).
+    Verify {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// How validation findings are printed.
@@ -190,8 +360,9 @@ pub enum LocalKms {
 #[derive(Debug, Args)]
 pub struct EncryptArgs {
     /// Root key to protect the data key (local key id or AWS KMS key ARN); repeat for each
-    /// region (home region first).
-    #[arg(long = "key", required = true)]
+    /// region (home region first). Without --key, the server at --url encrypts with the
+    /// tenant's registered keys.
+    #[arg(long = "key", required_unless_present = "url")]
     pub keys: Vec<String>,
     /// Tenant the data belongs to.
     #[arg(long)]
@@ -214,6 +385,9 @@ pub struct EncryptArgs {
     /// How to reach AWS KMS.
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// Server and token (used when no --key is given).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `keyhold decrypt` flags.
@@ -231,4 +405,7 @@ pub struct DecryptArgs {
     /// How to reach AWS KMS.
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// Decrypt through the server at --url instead of with local or AWS keys directly.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }

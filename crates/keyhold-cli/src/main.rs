@@ -1,11 +1,14 @@
 //! The `keyhold` binary: the local key provider's console, encrypt/decrypt under local or
-//! AWS KMS keys, and the onboarding tools (policy, template, validate).
+//! AWS KMS keys, the onboarding tools (policy, template, validate), the HTTP server
+//! (`serve`, `token`) and its client commands (`tenant`, `key`, `audit`, `--url`).
 //!
 //! Flags are parsed by clap into plain structs ([`flags`]); [`commands`] then builds the
 //! real objects and runs them. Errors print their whole cause chain and exit with 1.
 
+mod client;
 mod commands;
 mod flags;
+mod server_cmds;
 
 use std::process::ExitCode;
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 mod aws;
+mod server;
 
 fn keyhold(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     keyhold_env(dir, args, stdin, &[])

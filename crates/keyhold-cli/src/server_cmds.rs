@@ -1,0 +1,239 @@
+//! `keyhold serve` and `keyhold token`, and the commands that talk to a running server:
+//! `tenant`, `key`, `audit`, and `encrypt` / `decrypt` through `--url`.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hyper::Method;
+use keyhold_core::{Region, SystemClock};
+use keyhold_server::auth::{ADMIN_ISSUER, MAX_LIFETIME_S, Scope};
+use keyhold_server::devcreds;
+use keyhold_server::serve::{ServeConfig, build, run, shutdown_signal};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::flags::{AuditCmd, ClientArgs, KeyCmd, ServeArgs, TenantCmd, TokenArgs};
+
+/// The configuration file's keys (all optional; flags and the environment win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<String>,
+    database_url: Option<String>,
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
+    platform_principal: Option<String>,
+    local_region: Option<String>,
+    realms_file: Option<std::path::PathBuf>,
+}
+
+/// The address `serve` listens on when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
+
+pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
+    let file: ConfigFile = match &args.config {
+        Some(path) => toml::from_str(
+            &std::fs::read_to_string(path).with_context(|| format!("reading the configuration {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing the configuration {}", path.display()))?,
+        None => ConfigFile::default(),
+    };
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = listen.parse().with_context(|| format!("invalid listen address {listen:?}: expected HOST:PORT"))?;
+    let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
+    };
+    let local_region = match args.local_region.or(file.local_region) {
+        Some(r) => Some(Region::parse(&r).context("invalid local region")?),
+        None => None,
+    };
+    let catalog = crate::commands::catalog(args.realms_file.or(file.realms_file).as_deref())?;
+    let config = ServeConfig {
+        data_dir: data_dir.to_owned(),
+        database_url: args.database_url.or(file.database_url),
+        listen,
+        tls,
+        platform_principal: args.platform_principal.or(file.platform_principal),
+        local_region,
+        settings: Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let (state, created) = build(&config, catalog, Arc::new(SystemClock)).await?;
+        if let Some(p) = &created.admin {
+            eprintln!("keyhold: created the development admin key {}", p.display());
+        }
+        if let Some(p) = &created.dev_service {
+            eprintln!("keyhold: created the development service \"dev\" (every purpose), key {}", p.display());
+        }
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        run(&config, state, shutdown_signal(), |addr| {
+            println!("keyhold listening on {scheme}://{addr}");
+            eprintln!(
+                "keyhold: tokens: keyhold --data-dir {} token --admin | --service dev",
+                config.data_dir.display()
+            );
+            let _ = std::io::stdout().flush();
+        })
+        .await?;
+        eprintln!("keyhold: stopped");
+        Ok(())
+    })
+}
+
+pub fn token(data_dir: &Path, args: TokenArgs) -> Result<()> {
+    if args.lifetime == 0 || args.lifetime > MAX_LIFETIME_S {
+        bail!("invalid --lifetime {}: tokens live 1 to {MAX_LIFETIME_S} seconds", args.lifetime);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let token = if let Some(service) = &args.service {
+        let path = devcreds::service_key_path(data_dir, service);
+        let key = devcreds::read_key(&path).with_context(|| format!("no key for service {service:?}"))?;
+        key.token(service, Scope::Service, None, now, args.lifetime)
+    } else {
+        let key = devcreds::read_key(&devcreds::admin_key_path(data_dir))
+            .context("no admin key in the data dir (run keyhold serve once to create it)")?;
+        match &args.tenant_admin {
+            Some(t) => key.token(ADMIN_ISSUER, Scope::TenantAdmin, Some(t), now, args.lifetime),
+            None => key.token(ADMIN_ISSUER, Scope::Admin, None, now, args.lifetime),
+        }
+    };
+    println!("{token}");
+    Ok(())
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")
+}
+
+fn print(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn path_segment(s: &str) -> Result<&str> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+        bail!("{s:?} is not a valid tenant id or region");
+    }
+    Ok(s)
+}
+
+pub fn tenant(cmd: TenantCmd) -> Result<()> {
+    rt()?.block_on(async {
+        match cmd {
+            TenantCmd::Create { id, realm, mode, client } => {
+                let body = json!({"id": id, "realm": realm, "mode": mode});
+                print(&Client::new(&client)?.call(Method::POST, "/v1/tenants", Some(&body)).await?)
+            }
+            TenantCmd::List { client } => {
+                let list = Client::new(&client)?.call(Method::GET, "/v1/tenants", None).await?;
+                println!("{:<32} {:<6} {:<6} {:<10} KEYS", "TENANT", "REALM", "MODE", "STATE");
+                for t in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<32} {:<6} {:<6} {:<10} {}",
+                        t["id"].as_str().unwrap_or_default(),
+                        t["realm"].as_str().unwrap_or_default(),
+                        t["mode"].as_str().unwrap_or_default(),
+                        t["state"].as_str().unwrap_or_default(),
+                        t["keys"].as_array().map_or(0, Vec::len)
+                    );
+                }
+                Ok(())
+            }
+            TenantCmd::Show { id, client } => {
+                let path = format!("/v1/tenants/{}", path_segment(&id)?);
+                print(&Client::new(&client)?.call(Method::GET, &path, None).await?)
+            }
+            TenantCmd::Delete { id, client } => {
+                let path = format!("/v1/tenants/{}", path_segment(&id)?);
+                print(&Client::new(&client)?.call(Method::DELETE, &path, None).await?)
+            }
+        }
+    })
+}
+
+/// `key attach` and `key validate` exit 0 when the key set is usable, 2 when not.
+pub fn key(cmd: KeyCmd) -> Result<ExitCode> {
+    rt()?.block_on(async {
+        let report = match cmd {
+            KeyCmd::Attach { tenant, region, key, client } => {
+                let path = format!("/v1/tenants/{}/keys/{}", path_segment(&tenant)?, path_segment(&region)?);
+                Client::new(&client)?.call(Method::PUT, &path, Some(&json!({"key_arn": key}))).await?
+            }
+            KeyCmd::Validate { tenant, client } => {
+                let path = format!("/v1/tenants/{}/validate", path_segment(&tenant)?);
+                Client::new(&client)?.call(Method::POST, &path, None).await?
+            }
+        };
+        print(&report)?;
+        Ok(if report["usable"] == true { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    })
+}
+
+/// `audit export` writes JSON lines; `audit verify` exits 2 on a broken chain.
+pub fn audit(cmd: AuditCmd) -> Result<ExitCode> {
+    rt()?.block_on(async {
+        match cmd {
+            AuditCmd::Export { tenant, client } => {
+                let client = Client::new(&client)?;
+                let mut after = 0u64;
+                let mut out = std::io::stdout().lock();
+                loop {
+                    let path = format!("/v1/tenants/{}/audit?after={after}&limit=1000", path_segment(&tenant)?);
+                    let page = client.call(Method::GET, &path, None).await?;
+                    let events = page["events"].as_array().cloned().unwrap_or_default();
+                    for e in &events {
+                        writeln!(out, "{}", serde_json::to_string(e)?)?;
+                        after = e["seq"].as_u64().unwrap_or(after);
+                    }
+                    if events.len() < 1000 {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
+            AuditCmd::Verify { tenant, client } => {
+                let path = format!("/v1/tenants/{}/audit/verify", path_segment(&tenant)?);
+                let v = Client::new(&client)?.call(Method::GET, &path, None).await?;
+                if v["ok"] == true {
+                    println!("audit trail of {tenant} intact: {} events", v["events"]);
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    println!("audit trail of {tenant} BROKEN: {}", v["message"].as_str().unwrap_or("unknown"));
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+    })
+}
+
+/// Encrypts standard input through the server.
+pub fn remote_encrypt(client: &ClientArgs, tenant: &str, purpose: &str, context: &[(String, String)]) -> Result<()> {
+    let mut plaintext = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut plaintext)?;
+    let context: serde_json::Map<String, Value> =
+        context.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let body = json!({"tenant": tenant, "purpose": purpose, "plaintext": B64.encode(&plaintext), "context": context});
+    let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/encrypt", Some(&body)).await })?;
+    let ct = B64.decode(out["ciphertext"].as_str().unwrap_or_default()).context("the server's ciphertext")?;
+    std::io::stdout().lock().write_all(&ct)?;
+    Ok(())
+}
+
+/// Decrypts standard input through the server.
+pub fn remote_decrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
+    let mut ct = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut ct)?;
+    let body = json!({"tenant": tenant, "ciphertext": B64.encode(&ct)});
+    let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/decrypt", Some(&body)).await })?;
+    let pt = B64.decode(out["plaintext"].as_str().unwrap_or_default()).context("the server's plaintext")?;
+    std::io::stdout().lock().write_all(&pt)?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `keyhold serve` as a process, driven by the CLI's client commands: the README quick
+//! start, configuration precedence (flags over environment over file), TLS, graceful
+//! shutdown on SIGTERM.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::{keyhold_env, ok, stderr};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyhold"));
+        cmd.arg("--data-dir").arg(dir).arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("keyhold listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+        Server { child, url }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn run(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> std::process::Output {
+    keyhold_env(dir, args, stdin, env)
+}
+
+fn token(dir: &Path, who: &[&str]) -> String {
+    let mut args = vec!["token"];
+    args.extend(who);
+    String::from_utf8(ok(run(dir, &args, b"", &[]))).unwrap().trim().to_owned()
+}
+
+/// The README's quick start, step for step.
+#[test]
+fn quick_start_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &["--listen", "127.0.0.1:0"], &[]);
+    assert!(server.url.starts_with("http://127.0.0.1:"));
+    let k1 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
+    let k2 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-west-1"], b"", &[]))).unwrap();
+    let admin = token(d, &["--admin"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+    ok(run(d, &["tenant", "create", "--id", "acme", "--realm", "eu", "--mode", "local"], b"", &env));
+    let out = run(d, &["key", "attach", "--tenant", "acme", "--region", "eu-central-1", "--key", k1.trim()], b"", &env);
+    assert_eq!(out.status.code(), Some(2), "one region of two: not yet usable");
+    ok(run(d, &["key", "attach", "--tenant", "acme", "--region", "eu-west-1", "--key", k2.trim()], b"", &env));
+    let list = String::from_utf8(ok(run(d, &["tenant", "list"], b"", &env))).unwrap();
+    assert!(list.lines().any(|l| l.starts_with("acme") && l.contains("active")), "{list}");
+
+    let dev = token(d, &["--service", "dev"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", dev.as_str())];
+    let ct = ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], b"hello\n", &env));
+    assert!(ct.len() > 100);
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &env)), b"hello\n");
+    // The server wrote a standard message: the CLI decrypts it offline with the same keys.
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &[("KEYHOLD_URL", "")])), b"hello\n");
+    // Another tenant id: refused by the server, with its error code.
+    let out = run(d, &["decrypt", "--tenant", "globex"], &ct, &env);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert!(stderr(&out).contains("tenant_mismatch (HTTP 403)"), "{}", stderr(&out));
+
+    let admin = token(d, &["--admin"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+    let export = String::from_utf8(ok(run(d, &["audit", "export", "--tenant", "acme"], b"", &env))).unwrap();
+    assert!(export.lines().count() >= 6, "{export}");
+    assert!(export.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    let verify = String::from_utf8(ok(run(d, &["audit", "verify", "--tenant", "acme"], b"", &env))).unwrap();
+    assert!(verify.contains("intact"), "{verify}");
+    let show = String::from_utf8(ok(run(d, &["tenant", "delete", "acme"], b"", &env))).unwrap();
+    assert!(show.contains("\"deleted\""), "{show}");
+    // No token: the server says so.
+    let out = run(d, &["tenant", "list"], b"", &[("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", "")]);
+    assert!(stderr(&out).contains("unauthenticated (HTTP 401)"), "{}", stderr(&out));
+    assert!(server.stop().success(), "graceful shutdown exits 0");
+}
+
+#[test]
+fn flags_win_over_the_environment_which_wins_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("keyhold.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nplatform_principal = \"arn:aws:iam::111111111111:role/from-file\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let policy_principal = |server: &Server| {
+        let admin = token(d, &["--admin"]);
+        let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+        let _ = run(d, &["tenant", "create", "--id", "acme", "--realm", "de", "--mode", "cmk"], b"", &env);
+        // The policy names the principal the server runs with.
+        let out = run(d, &["tenant", "show", "acme"], b"", &env);
+        assert!(out.status.success());
+        let url = format!("{}/v1/tenants/acme/key-policy?region=eu-central-1", server.url);
+        let body = String::from_utf8(
+            Command::new("python3")
+                .args(["-c", "import sys,urllib.request as u; r=u.Request(sys.argv[1], headers={'Authorization':'Bearer '+sys.argv[2]}); print(u.urlopen(r).read().decode())", &url, &admin])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        ["from-file", "from-env", "from-flag"].into_iter().find(|p| body.contains(p)).unwrap_or("none").to_owned()
+    };
+    let s = Server::start(d, &["--config", config], &[]);
+    assert_eq!(policy_principal(&s), "from-file");
+    drop(s);
+    let env = [("KEYHOLD_PLATFORM_PRINCIPAL", "arn:aws:iam::111111111111:role/from-env")];
+    let s = Server::start(d, &["--config", config], &env);
+    assert_eq!(policy_principal(&s), "from-env");
+    drop(s);
+    let s = Server::start(
+        d,
+        &["--config", config, "--platform-principal", "arn:aws:iam::111111111111:role/from-flag"],
+        &env,
+    );
+    assert_eq!(policy_principal(&s), "from-flag");
+}
+
+#[test]
+fn serves_tls_from_certificate_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start(
+        d,
+        &["--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[],
+    );
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let admin = token(d, &["--admin"]);
+    let env = [
+        ("KEYHOLD_URL", server.url.as_str()),
+        ("KEYHOLD_TOKEN", admin.as_str()),
+        ("KEYHOLD_CA_CERT", cert.to_str().unwrap()),
+    ];
+    ok(run(d, &["tenant", "create", "--id", "acme", "--realm", "de", "--mode", "local"], b"", &env));
+    // Without trusting the certificate, the client refuses the server.
+    let out = run(d, &["tenant", "list"], b"", &env[..2]);
+    assert!(!out.status.success());
+    assert!(server.stop().success());
+}
