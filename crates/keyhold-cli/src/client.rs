@@ -87,7 +87,7 @@ impl Client {
 
 /// The server's error in one line: `code (HTTP status): message`.
 pub fn server_error(status: u16, v: &Value) -> String {
-    match (v["error"]["code"].as_str(), v["error"]["message"].as_str()) {
+    match (v.pointer("/error/code").and_then(Value::as_str), v.pointer("/error/message").and_then(Value::as_str)) {
         (Some(code), Some(message)) => format!("{code} (HTTP {status}): {message}"),
         _ => format!("HTTP {status}: {v}"),
     }

@@ -139,11 +139,11 @@ pub fn tenant(cmd: TenantCmd) -> Result<()> {
                 for t in list.as_array().into_iter().flatten() {
                     println!(
                         "{:<32} {:<6} {:<6} {:<10} {}",
-                        t["id"].as_str().unwrap_or_default(),
-                        t["realm"].as_str().unwrap_or_default(),
-                        t["mode"].as_str().unwrap_or_default(),
-                        t["state"].as_str().unwrap_or_default(),
-                        t["keys"].as_array().map_or(0, Vec::len)
+                        t.get("id").and_then(Value::as_str).unwrap_or_default(),
+                        t.get("realm").and_then(Value::as_str).unwrap_or_default(),
+                        t.get("mode").and_then(Value::as_str).unwrap_or_default(),
+                        t.get("state").and_then(Value::as_str).unwrap_or_default(),
+                        t.get("keys").and_then(Value::as_array).map_or(0, Vec::len)
                     );
                 }
                 Ok(())
@@ -174,7 +174,11 @@ pub fn key(cmd: KeyCmd) -> Result<ExitCode> {
             }
         };
         print(&report)?;
-        Ok(if report["usable"] == true { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        Ok(if report.get("usable").and_then(Value::as_bool) == Some(true) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        })
     })
 }
 
@@ -189,10 +193,10 @@ pub fn audit(cmd: AuditCmd) -> Result<ExitCode> {
                 loop {
                     let path = format!("/v1/tenants/{}/audit?after={after}&limit=1000", path_segment(&tenant)?);
                     let page = client.call(Method::GET, &path, None).await?;
-                    let events = page["events"].as_array().cloned().unwrap_or_default();
+                    let events = page.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
                     for e in &events {
                         writeln!(out, "{}", serde_json::to_string(e)?)?;
-                        after = e["seq"].as_u64().unwrap_or(after);
+                        after = e.get("seq").and_then(Value::as_u64).unwrap_or(after);
                     }
                     if events.len() < 1000 {
                         return Ok(ExitCode::SUCCESS);
@@ -202,11 +206,17 @@ pub fn audit(cmd: AuditCmd) -> Result<ExitCode> {
             AuditCmd::Verify { tenant, client } => {
                 let path = format!("/v1/tenants/{}/audit/verify", path_segment(&tenant)?);
                 let v = Client::new(&client)?.call(Method::GET, &path, None).await?;
-                if v["ok"] == true {
-                    println!("audit trail of {tenant} intact: {} events", v["events"]);
+                if v.get("ok").and_then(Value::as_bool) == Some(true) {
+                    println!(
+                        "audit trail of {tenant} intact: {} events",
+                        v.get("events").and_then(Value::as_u64).unwrap_or(0)
+                    );
                     Ok(ExitCode::SUCCESS)
                 } else {
-                    println!("audit trail of {tenant} BROKEN: {}", v["message"].as_str().unwrap_or("unknown"));
+                    println!(
+                        "audit trail of {tenant} BROKEN: {}",
+                        v.get("message").and_then(Value::as_str).unwrap_or("unknown")
+                    );
                     Ok(ExitCode::from(2))
                 }
             }
@@ -222,7 +232,9 @@ pub fn remote_encrypt(client: &ClientArgs, tenant: &str, purpose: &str, context:
         context.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let body = json!({"tenant": tenant, "purpose": purpose, "plaintext": B64.encode(&plaintext), "context": context});
     let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/encrypt", Some(&body)).await })?;
-    let ct = B64.decode(out["ciphertext"].as_str().unwrap_or_default()).context("the server's ciphertext")?;
+    let ct = B64
+        .decode(out.get("ciphertext").and_then(Value::as_str).unwrap_or_default())
+        .context("the server's ciphertext")?;
     std::io::stdout().lock().write_all(&ct)?;
     Ok(())
 }
@@ -233,7 +245,9 @@ pub fn remote_decrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
     std::io::stdin().lock().read_to_end(&mut ct)?;
     let body = json!({"tenant": tenant, "ciphertext": B64.encode(&ct)});
     let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/decrypt", Some(&body)).await })?;
-    let pt = B64.decode(out["plaintext"].as_str().unwrap_or_default()).context("the server's plaintext")?;
+    let pt = B64
+        .decode(out.get("plaintext").and_then(Value::as_str).unwrap_or_default())
+        .context("the server's plaintext")?;
     std::io::stdout().lock().write_all(&pt)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! End-to-end tests of the `keyhold` binary: the local-kms console, encrypt and decrypt
 //! through pipes, and the errors a user sees; [`aws`] runs it against moto.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "tests")]
 
 use std::io::Write;
 use std::path::Path;
