@@ -15,8 +15,9 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyhold"));
-        cmd.arg("--data-dir").arg(dir).arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.arg("--data-dir").arg(dir).arg("serve").args(args).stdout(Stdio::piped()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -57,6 +58,15 @@ fn quick_start_through_the_server() {
     let d = dir.path();
     let server = Server::start(d, &["--listen", "127.0.0.1:0"], &[]);
     assert!(server.url.starts_with("http://127.0.0.1:"));
+    // A fresh data dir got development credentials, readable by their owner only, and the
+    // server said where.
+    use std::os::unix::fs::PermissionsExt as _;
+    for f in ["admin.key", "service-keys/dev.key"] {
+        let mode = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    assert!(log.contains("admin.key") && log.contains("dev.key"), "{log}");
     let k1 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
     let k2 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-west-1"], b"", &[]))).unwrap();
     let admin = token(d, &["--admin"]);
@@ -70,6 +80,9 @@ fn quick_start_through_the_server() {
 
     let dev = token(d, &["--service", "dev"]);
     let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", dev.as_str())];
+    let canary = b"CANARY-0d9e-never-logged";
+    let canary_ct = ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], canary, &env));
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &canary_ct, &env)), canary);
     let ct = ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], b"hello\n", &env));
     assert!(ct.len() > 100);
     assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &env)), b"hello\n");
@@ -93,6 +106,11 @@ fn quick_start_through_the_server() {
     let out = run(d, &["tenant", "list"], b"", &[("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", "")]);
     assert!(stderr(&out).contains("unauthenticated (HTTP 401)"), "{}", stderr(&out));
     assert!(server.stop().success(), "graceful shutdown exits 0");
+    // Neither the server's log nor the audit export holds the canary plaintext.
+    let log = std::fs::read(d.join("serve.log")).unwrap();
+    assert!(!log.windows(canary.len()).any(|w| w == canary));
+    assert!(!export.contains("CANARY"));
+    assert!(String::from_utf8_lossy(&log).contains("stopped"));
 }
 
 #[test]

@@ -36,11 +36,15 @@ fn now_ms() -> u64 {
 }
 
 async fn fixture() -> Fixture {
+    fixture_on(None).await
+}
+
+async fn fixture_on(database_url: Option<String>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(now_ms()));
     let config = ServeConfig {
         data_dir: dir.path().to_owned(),
-        database_url: None,
+        database_url,
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         platform_principal: Some("arn:aws:iam::111122223333:role/keyhold".into()),
@@ -511,4 +515,27 @@ async fn health_metrics_and_openapi() {
     }
     assert!(doc["components"]["schemas"]["EncryptItem"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// The same API on PostgreSQL (a fresh database on the server the test command starts).
+#[tokio::test]
+async fn the_api_runs_on_postgres() {
+    use sqlx::Connection as _;
+    let base = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
+        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL");
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    let name = format!("keyhold_server_test_{}", std::process::id());
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let f = fixture_on(Some(url)).await;
+    assert_eq!(f.state.registry.backend(), keyhold_registry::Backend::Postgres);
+    f.active_tenant("acme").await;
+    let (_, e) = f.encrypt("acme", b"on postgres", json!({})).await;
+    let (s, d) = f.decrypt("acme", &e["ciphertext"]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(B64.decode(d["plaintext"].as_str().unwrap()).unwrap(), b"on postgres");
+    let (_, v) = f.call(Method::GET, "/v1/tenants/acme/audit/verify", Some(&f.admin_token()), None).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["events"].as_u64().unwrap() >= 6);
 }
