@@ -104,14 +104,25 @@ impl<K: Hash + Eq + Clone, V> Sharded<K, V> {
         &self.shards[i]
     }
 
-    fn get(&self, tenant: &TenantId, key: &K, usable: impl FnOnce(&Entry<V>) -> bool) -> Option<Arc<V>> {
+    /// Looks `key` up for `tenant`; counts a hit, and a miss only when `count_miss` (a
+    /// lookup repeated after waiting for another caller's fill is not a second miss).
+    fn get(
+        &self,
+        tenant: &TenantId,
+        key: &K,
+        count_miss: bool,
+        usable: impl FnOnce(&Entry<V>) -> bool,
+    ) -> Option<Arc<V>> {
         let shard = self.shard(key);
         let found = {
             let map = shard.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             map.get(key).filter(|e| e.tenant == *tenant && usable(e)).map(|e| e.value.clone())
         };
-        let counter = if found.is_some() { &shard.hits } else { &shard.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if found.is_some() {
+            shard.hits.fetch_add(1, Ordering::Relaxed);
+        } else if count_miss {
+            shard.misses.fetch_add(1, Ordering::Relaxed);
+        }
         found
     }
 
@@ -188,9 +199,19 @@ impl<E, D> MaterialsCache<E, D> {
     /// Materials to encrypt one message of `plaintext_len` bytes, if a cached data key may
     /// still be used for it. The message is counted against the key's limits.
     pub fn get_encrypt(&self, tenant: &TenantId, id: &EntryId, plaintext_len: u64) -> Option<Arc<E>> {
+        self.lookup_encrypt(tenant, id, plaintext_len, true)
+    }
+
+    /// As [`MaterialsCache::get_encrypt`] after waiting for another caller's fill: a miss
+    /// here is not counted again.
+    pub fn recheck_encrypt(&self, tenant: &TenantId, id: &EntryId, plaintext_len: u64) -> Option<Arc<E>> {
+        self.lookup_encrypt(tenant, id, plaintext_len, false)
+    }
+
+    fn lookup_encrypt(&self, tenant: &TenantId, id: &EntryId, plaintext_len: u64, count_miss: bool) -> Option<Arc<E>> {
         let now = self.clock.now_millis();
         let max_age = duration_ms(self.config.max_age);
-        self.encrypt.get(tenant, id, |e| {
+        self.encrypt.get(tenant, id, count_miss, |e| {
             if now.saturating_sub(e.created_ms) >= max_age {
                 return false;
             }
@@ -214,9 +235,19 @@ impl<E, D> MaterialsCache<E, D> {
 
     /// A cached unwrapped data key, if younger than the decrypt TTL.
     pub fn get_decrypt(&self, tenant: &TenantId, id: &EntryId) -> Option<Arc<D>> {
+        self.lookup_decrypt(tenant, id, true)
+    }
+
+    /// As [`MaterialsCache::get_decrypt`] after waiting for another caller's fill: a miss
+    /// here is not counted again.
+    pub fn recheck_decrypt(&self, tenant: &TenantId, id: &EntryId) -> Option<Arc<D>> {
+        self.lookup_decrypt(tenant, id, false)
+    }
+
+    fn lookup_decrypt(&self, tenant: &TenantId, id: &EntryId, count_miss: bool) -> Option<Arc<D>> {
         let now = self.clock.now_millis();
         let ttl = duration_ms(self.config.decrypt_ttl);
-        self.decrypt.get(tenant, id, |e| now.saturating_sub(e.created_ms) < ttl)
+        self.decrypt.get(tenant, id, count_miss, |e| now.saturating_sub(e.created_ms) < ttl)
     }
 
     /// Caches an unwrapped data key.

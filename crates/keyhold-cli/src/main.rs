@@ -14,6 +14,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc: the server's request path allocates from several threads at once, where
+/// glibc's allocator contends on its arena locks (measured: 10-15% of HTTP throughput).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = flags::Cli::parse();
     match commands::run(args) {

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyhold_audit::{Event, Record};
 use keyhold_core::{EncryptionContext, Purpose, RESERVED_PURPOSE_KEY, RealmId, Region, TenantId};
-use keyhold_envelope::{AlgorithmSuite, DecryptConfig};
+use keyhold_envelope::AlgorithmSuite;
 use keyhold_onboarding::{PolicyParams, Realm, Validation, byok_role_template, cmk_template, key_policy};
 use keyhold_registry::{KeyStatus, Tenant, TenantKey, TenantMode, TenantState};
 use keyhold_service::EncryptParams;
@@ -600,7 +600,7 @@ async fn decrypt_one(state: &AppState, p: &Principal, item: DecryptItem) -> Resu
     let tenant = tenant_id(&item.tenant)?;
     let ct = B64.decode(&item.ciphertext).map_err(|e| ApiError::invalid(format!("ciphertext is not base64: {e}")))?;
     // The header first: the tenant and the purpose are checked before any key is used.
-    let header = keyhold_envelope::read_header(&ct, &DecryptConfig::default())
+    let header = keyhold_envelope::read_header(&ct, &state.keyhold.settings().decrypt)
         .map_err(|e| ApiError::invalid_ciphertext(format!("the ciphertext is not a valid message: {e}")))?;
     keyhold_service::check_tenant(&tenant, &header)?;
     let purpose = header
@@ -612,17 +612,17 @@ async fn decrypt_one(state: &AppState, p: &Principal, item: DecryptItem) -> Resu
     }
     let view = state.tenant_view(&tenant).await?;
     servable(&view)?;
-    match state.keyhold.decrypt(&tenant, &ct).await {
-        Ok(d) => {
+    let mut plaintext = Vec::new();
+    match state.keyhold.decrypt_parsed_into(&tenant, header, &ct, &mut plaintext).await {
+        Ok(header) => {
             state.usage.decrypted(&tenant, &purpose, service, state.now_ms(), 1);
-            let context = d
-                .header
+            let context = header
                 .context()
                 .iter()
                 .filter(|(k, _)| *k != keyhold_core::RESERVED_TENANT_KEY && *k != RESERVED_PURPOSE_KEY)
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
-            Ok(DecryptOut { plaintext: B64.encode(&d.plaintext), purpose: purpose.to_string(), context })
+            Ok(DecryptOut { plaintext: B64.encode(&plaintext), purpose: purpose.to_string(), context })
         }
         Err(e) => {
             on_failure(state, &view, &e).await;

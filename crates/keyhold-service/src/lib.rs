@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod flight;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -73,13 +74,20 @@ pub struct Keyhold {
     cache: MaterialsCache<EncryptionMaterials, DataKey>,
     settings: Settings,
     local_region: Option<Region>,
+    flights: flight::Flights,
 }
 
 impl Keyhold {
     /// A service over `providers` (each key reference is served by the first provider that
     /// accepts it).
     pub fn new(providers: Vec<Arc<dyn KeyProvider>>, settings: Settings, clock: Arc<dyn Clock>) -> Self {
-        Self { providers, cache: MaterialsCache::new(settings.cache, clock), settings, local_region: None }
+        Self {
+            providers,
+            cache: MaterialsCache::new(settings.cache, clock),
+            settings,
+            local_region: None,
+            flights: Default::default(),
+        }
     }
 
     /// Decryption tries the keys of `region` (where this instance runs) before the other
@@ -144,6 +152,11 @@ impl Keyhold {
         if let Some(m) = self.cache.get_encrypt(&params.tenant, &entry_id, plaintext_len) {
             return Ok(m);
         }
+        // One generate per partition at a time; whoever waited finds it cached.
+        let _flight = self.flights.enter(&entry_id).await;
+        if let Some(m) = self.cache.recheck_encrypt(&params.tenant, &entry_id, plaintext_len) {
+            return Ok(m);
+        }
 
         let mut context = params.context.clone();
         context.insert(RESERVED_TENANT_KEY, params.tenant.as_str());
@@ -191,6 +204,18 @@ impl Keyhold {
         out: &mut Vec<u8>,
     ) -> Result<Header, ServiceError> {
         let header = keyhold_envelope::read_header(message, &self.settings.decrypt)?;
+        self.decrypt_parsed_into(tenant, header, message, out).await
+    }
+
+    /// As [`Keyhold::decrypt_into`], for a caller that has already parsed the header (to
+    /// check more of its context before any key is used).
+    pub async fn decrypt_parsed_into(
+        &self,
+        tenant: &TenantId,
+        header: Header,
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Header, ServiceError> {
         let key = self.data_key(tenant, &header).await?;
         Ok(keyhold_envelope::decrypt_into(header, &key, message, &self.settings.decrypt, out)?)
     }
@@ -225,6 +250,11 @@ impl Keyhold {
             let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(&edk).map(|k| (p, k))) else {
                 continue;
             };
+            // One unwrap per encrypted data key at a time; whoever waited finds it cached.
+            let _flight = self.flights.enter(&entry_id).await;
+            if let Some(k) = self.cache.recheck_decrypt(tenant, &entry_id) {
+                return Ok(k);
+            }
             match provider.unwrap(&edk, header.context()).await {
                 Ok(dk) => {
                     let dk = Arc::new(dk);

@@ -17,6 +17,17 @@ use keyhold_service::{EncryptParams, Keyhold, ServiceError, Settings};
 struct Counting {
     inner: Arc<LocalKms>,
     calls: AtomicUsize,
+    /// Latency added to every call (as a remote KMS has), so concurrent callers overlap.
+    delay_ms: u64,
+}
+
+impl Counting {
+    async fn enter(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms)).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -36,15 +47,15 @@ impl KeyProvider for Counting {
         len: usize,
         c: &EncryptionContext,
     ) -> Result<(DataKey, EncryptedDataKey), ProviderError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.enter().await;
         self.inner.generate_data_key(key, len, c).await
     }
     async fn wrap(&self, key: &KeyRef, dk: &DataKey, c: &EncryptionContext) -> Result<EncryptedDataKey, ProviderError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.enter().await;
         self.inner.wrap(key, dk, c).await
     }
     async fn unwrap(&self, edk: &EncryptedDataKey, c: &EncryptionContext) -> Result<DataKey, ProviderError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.enter().await;
         self.inner.unwrap(edk, c).await
     }
     async fn describe(&self, key: &KeyRef) -> Result<KeyDescription, ProviderError> {
@@ -66,7 +77,7 @@ fn fixture() -> Fixture {
     let kms = Arc::new(LocalKms::open(dir.path()).unwrap());
     let eu1 = kms.create_key(&Region::parse("eu-central-1").unwrap(), "").unwrap().key;
     let eu2 = kms.create_key(&Region::parse("eu-west-1").unwrap(), "").unwrap().key;
-    let counting = Arc::new(Counting { inner: kms.clone(), calls: AtomicUsize::new(0) });
+    let counting = Arc::new(Counting { inner: kms.clone(), calls: AtomicUsize::new(0), delay_ms: 0 });
     let service = Keyhold::new(vec![counting.clone()], Settings::default(), Arc::new(SystemClock));
     Fixture { kms, counting, service, eu1, eu2, _dir: dir }
 }
@@ -194,4 +205,38 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Concurrent misses on one cache entry make one provider call, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_provider_call() {
+    let f = fixture();
+    let slow = Arc::new(Counting { inner: f.kms.clone(), calls: AtomicUsize::new(0), delay_ms: 30 });
+    let writer = Arc::new(Keyhold::new(vec![slow.clone()], Settings::default(), Arc::new(SystemClock)));
+    let p = params(&f, "acme");
+    let tasks: Vec<_> = (0..32u32)
+        .map(|i| {
+            let (w, p) = (writer.clone(), p.clone());
+            tokio::spawn(async move { w.encrypt(&p, &i.to_be_bytes()).await.unwrap() })
+        })
+        .collect();
+    let mut cts = Vec::new();
+    for t in tasks {
+        cts.push(t.await.unwrap());
+    }
+    // One generate (home region) and one wrap (other region) for 32 concurrent messages.
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 2);
+
+    let reader = Arc::new(Keyhold::new(vec![slow.clone()], Settings::default(), Arc::new(SystemClock)));
+    let tasks: Vec<_> = cts
+        .into_iter()
+        .map(|ct| {
+            let (r, t) = (reader.clone(), p.tenant.clone());
+            tokio::spawn(async move { r.decrypt(&t, &ct).await.unwrap().plaintext })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), (i as u32).to_be_bytes());
+    }
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 3, "one unwrap for 32 concurrent decryptions");
 }
