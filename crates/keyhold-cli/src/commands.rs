@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tenant(cmd) => crate::server_cmds::tenant(cmd)?,
         Command::Key(cmd) => return crate::server_cmds::key(cmd),
         Command::Audit(cmd) => return crate::server_cmds::audit(cmd),
+        Command::Service(cmd) => crate::server_cmds::service(&cli.data_dir, cmd)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,6 +46,36 @@ pub enum Command {
     /// Export or verify a tenant's audit trail through a running server.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Register the platform services allowed to call keyhold (in the registry directly).
+    #[command(subcommand)]
+    Service(ServiceCmd),
+}
+
+/// `keyhold service` commands.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Register a service: creates its Ed25519 key in --data-dir (service-keys/NAME.key) and
+    /// records its public key and purposes; `keyhold token --service NAME` then signs for it.
+    Add {
+        /// The service's name (its tokens' issuer).
+        #[arg(long)]
+        name: String,
+        /// A purpose it may encrypt and decrypt for; repeatable.
+        #[arg(long = "purpose", required_unless_present = "all_purposes")]
+        purposes: Vec<String>,
+        /// Allow every purpose.
+        #[arg(long, conflicts_with = "purposes")]
+        all_purposes: bool,
+        /// The registry's database [default: SQLite in --data-dir].
+        #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// List registered services.
+    List {
+        /// The registry's database [default: SQLite in --data-dir].
+        #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
 }
 
 /// Where the server is and who calls it.

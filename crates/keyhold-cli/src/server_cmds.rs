@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::client::Client;
-use crate::flags::{AuditCmd, ClientArgs, KeyCmd, ServeArgs, TenantCmd, TokenArgs};
+use crate::flags::{AuditCmd, ClientArgs, KeyCmd, ServeArgs, ServiceCmd, TenantCmd, TokenArgs};
 
 /// The configuration file's keys (all optional; flags and the environment win).
 #[derive(Debug, Default, Deserialize)]
@@ -250,4 +250,62 @@ pub fn remote_decrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
         .context("the server's plaintext")?;
     std::io::stdout().lock().write_all(&pt)?;
     Ok(())
+}
+
+async fn registry(data_dir: &Path, url: Option<&str>) -> Result<keyhold_registry::Registry> {
+    let url = match url {
+        Some(u) => u.to_owned(),
+        None => format!("sqlite://{}", data_dir.join("registry.db").display()),
+    };
+    keyhold_registry::Registry::connect(&url).await.context("opening the registry")
+}
+
+pub fn service(data_dir: &Path, cmd: ServiceCmd) -> Result<()> {
+    rt()?.block_on(async {
+        match cmd {
+            ServiceCmd::Add { name, purposes, all_purposes, database_url } => {
+                if name.is_empty()
+                    || name == ADMIN_ISSUER
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    bail!("invalid --name {name:?}: ASCII letters, digits, - and _ (and not {ADMIN_ISSUER})");
+                }
+                let purposes = if all_purposes {
+                    keyhold_registry::Purposes::All
+                } else {
+                    keyhold_registry::Purposes::Only(
+                        purposes
+                            .iter()
+                            .map(|p| {
+                                keyhold_core::Purpose::parse(p).with_context(|| format!("invalid --purpose {p:?}"))
+                            })
+                            .collect::<Result<_>>()?,
+                    )
+                };
+                let reg = registry(data_dir, database_url.as_deref()).await?;
+                if reg.service(&name).await?.is_some() {
+                    bail!("service {name:?} is already registered");
+                }
+                std::fs::create_dir_all(data_dir)?;
+                let path = devcreds::service_key_path(data_dir, &name);
+                let key = devcreds::write_new_key(&path)?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+                reg.put_service(&keyhold_registry::ServiceIdentity {
+                    name: name.clone(),
+                    public_key: key.public_key(),
+                    purposes: purposes.clone(),
+                    created_ms: u64::try_from(now).unwrap_or(u64::MAX),
+                })
+                .await?;
+                println!("service {name} (purposes {purposes}) registered; its key is {}", path.display());
+            }
+            ServiceCmd::List { database_url } => {
+                println!("{:<24} PURPOSES", "SERVICE");
+                for s in registry(data_dir, database_url.as_deref()).await?.services().await? {
+                    println!("{:<24} {}", s.name, s.purposes);
+                }
+            }
+        }
+        Ok(())
+    })
 }

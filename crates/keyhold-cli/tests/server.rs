@@ -192,3 +192,37 @@ fn serves_tls_from_certificate_files() {
     assert!(!out.status.success());
     assert!(server.stop().success());
 }
+
+/// Services are registered with their purposes; a token of one may use only those.
+#[test]
+fn registered_services_are_limited_to_their_purposes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &["--listen", "127.0.0.1:0"], &[]);
+    let out =
+        String::from_utf8(ok(run(d, &["service", "add", "--name", "hr-app", "--purpose", "hr"], b"", &[]))).unwrap();
+    assert!(out.contains("hr-app") && out.contains("service-keys/hr-app.key"), "{out}");
+    let dup = run(d, &["service", "add", "--name", "hr-app", "--purpose", "hr"], b"", &[]);
+    assert!(!dup.status.success() && stderr(&dup).contains("already registered"));
+    let list = String::from_utf8(ok(run(d, &["service", "list"], b"", &[]))).unwrap();
+    assert!(list.contains("hr-app") && list.contains("dev"), "{list}");
+
+    let k1 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
+    let admin = token(d, &["--admin"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+    ok(run(d, &["tenant", "create", "--id", "acme", "--realm", "de", "--mode", "local"], b"", &env));
+    ok(run(d, &["key", "attach", "--tenant", "acme", "--region", "eu-central-1", "--key", k1.trim()], b"", &env));
+    let hr = token(d, &["--service", "hr-app"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", hr.as_str())];
+    let ct = ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "hr"], b"salary", &env));
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &env)), b"salary");
+    let out = run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], b"x", &env);
+    assert!(stderr(&out).contains("forbidden (HTTP 403)"), "{}", stderr(&out));
+    // A billing message cannot be decrypted by the hr service.
+    let dev = token(d, &["--service", "dev"]);
+    let dev_env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", dev.as_str())];
+    let billing = ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], b"invoice", &dev_env));
+    let out = run(d, &["decrypt", "--tenant", "acme"], &billing, &env);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert!(stderr(&out).contains("may not use purpose billing"), "{}", stderr(&out));
+}

@@ -54,7 +54,8 @@ pub fn read_key(path: &Path) -> Result<SigningKey, CredError> {
     SigningKey::from_pkcs8(&der).map_err(|e| CredError::BadKey(path.to_owned(), e))
 }
 
-fn write_new_key(path: &Path) -> Result<SigningKey, CredError> {
+/// Creates a new key at `path` (0600, directory 0700); refuses to overwrite one.
+pub fn write_new_key(path: &Path) -> Result<SigningKey, CredError> {
     let io = |source| CredError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
