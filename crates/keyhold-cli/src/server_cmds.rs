@@ -64,6 +64,7 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         platform_principal: args.platform_principal.or(file.platform_principal),
         local_region,
         settings: Default::default(),
+        aws: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {

@@ -16,6 +16,9 @@
 //! region, each with the timeouts and the retry policy (standard mode: exponential backoff
 //! with full jitter) of [`AwsKmsConfig`].
 //!
+//! [`TenantRouter`] serves many tenants at once, each BYOK tenant through its own assumed
+//! role.
+//!
 //! Plaintext data keys from KMS responses go straight into zeroizing [`DataKey`]s. The SDK
 //! itself keeps transient copies it does not zeroize: the response body it parses and,
 //! for `Encrypt`, the request it serializes; those buffers are freed when the call ends.
@@ -27,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod errors;
+mod tenants;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,7 +46,9 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use keyhold_core::{DataKey, EncryptedDataKey, EncryptionContext, KeyArn, KeyRef, Region};
 use keyhold_provider::{KeyDescription, KeyOrigin, KeyProvider, KeyState, ProviderError, Rotation};
 
+pub use aws_config::SdkConfig as AwsSdkConfig;
 pub use errors::map_sdk_error;
+pub use tenants::TenantRouter;
 
 /// The provider id the AWS KMS keyring writes into each encrypted data key.
 pub const PROVIDER_ID: &str = "aws-kms";

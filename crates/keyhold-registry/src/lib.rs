@@ -138,18 +138,27 @@ impl Registry {
         Ok(())
     }
 
-    /// Creates a tenant in state `pending`.
-    pub async fn create_tenant(&self, id: &TenantId, realm: &RealmId, mode: TenantMode, now_ms: u64) -> Result<Tenant> {
+    /// Creates a tenant in state `pending`; `role_arn` is the role keyhold assumes for a
+    /// BYOK tenant.
+    pub async fn create_tenant(
+        &self,
+        id: &TenantId,
+        realm: &RealmId,
+        mode: TenantMode,
+        role_arn: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Tenant> {
         let now = ms(now_ms);
         let r = sqlx::query(
-            "INSERT INTO tenants (id, realm, mode, state, reason, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, NULL, $5, $5)",
+            "INSERT INTO tenants (id, realm, mode, state, reason, created_ms, updated_ms, role_arn) \
+             VALUES ($1, $2, $3, $4, NULL, $5, $5, $6)",
         )
         .bind(id.as_str())
         .bind(realm.as_str())
         .bind(mode.as_str())
         .bind(TenantState::Pending.as_str())
         .bind(now)
+        .bind(role_arn)
         .execute(&self.pool)
         .await;
         match r {
@@ -159,6 +168,7 @@ impl Registry {
                 mode,
                 state: TenantState::Pending,
                 reason: None,
+                role_arn: role_arn.map(str::to_owned),
                 created_ms: now_ms,
                 updated_ms: now_ms,
             }),
@@ -453,7 +463,7 @@ impl Registry {
     }
 }
 
-const TENANT_COLUMNS: &str = "id, realm, mode, state, reason, created_ms, updated_ms";
+const TENANT_COLUMNS: &str = "id, realm, mode, state, reason, created_ms, updated_ms, role_arn";
 
 fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
     Ok(Tenant {
@@ -464,6 +474,7 @@ fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
         reason: r.try_get(4)?,
         created_ms: unms(r.try_get(5)?),
         updated_ms: unms(r.try_get(6)?),
+        role_arn: r.try_get(7)?,
     })
 }
 

@@ -100,6 +100,8 @@ pub struct Tenant {
     pub state: TenantState,
     /// Why it is in that state (suspension cause, deletion request), if said.
     pub reason: Option<String>,
+    /// For a BYOK tenant: the role in its account keyhold assumes.
+    pub role_arn: Option<String>,
     /// Creation time (ms since the Unix epoch).
     pub created_ms: u64,
     /// Last change (ms since the Unix epoch).

@@ -73,13 +73,18 @@ both!(tenant_lifecycle, keys_per_region, service_identities, audit_is_chained_an
 
 async fn tenant_lifecycle(backend: Backend) {
     let (reg, _dir) = registry(backend).await;
-    let acme = reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, 1000).await.unwrap();
+    let acme = reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, None, 1000).await.unwrap();
     assert_eq!((acme.state, acme.mode, acme.created_ms), (TenantState::Pending, TenantMode::Cmk, 1000));
     assert!(matches!(
-        reg.create_tenant(&t("acme"), &realm("us"), TenantMode::Byok, 2000).await,
+        reg.create_tenant(&t("acme"), &realm("us"), TenantMode::Byok, None, 2000).await,
         Err(RegistryError::TenantExists(_))
     ));
-    reg.create_tenant(&t("globex"), &realm("us"), TenantMode::Byok, 1500).await.unwrap();
+    let g = reg
+        .create_tenant(&t("globex"), &realm("us"), TenantMode::Byok, Some("arn:aws:iam::111122223333:role/k"), 1500)
+        .await
+        .unwrap();
+    assert_eq!(reg.tenant(&t("globex")).await.unwrap().unwrap(), g);
+    assert_eq!(g.role_arn.as_deref(), Some("arn:aws:iam::111122223333:role/k"));
     let ids: Vec<String> = reg.tenants().await.unwrap().into_iter().map(|t| t.id.to_string()).collect();
     assert_eq!(ids, ["acme", "globex"]);
     assert_eq!(reg.tenant(&t("acme")).await.unwrap().unwrap(), acme);
@@ -123,7 +128,7 @@ fn key(tenant: &str, region: &str, k: &str) -> TenantKey {
 
 async fn keys_per_region(backend: Backend) {
     let (reg, _dir) = registry(backend).await;
-    reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, 1).await.unwrap();
+    reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, None, 1).await.unwrap();
     assert!(matches!(reg.put_key(&key("nobody", "eu-west-1", "k")).await, Err(RegistryError::TenantNotFound(_))));
     reg.put_key(&key("acme", "eu-west-1", "arn:aws:kms:eu-west-1:111122223333:key/b")).await.unwrap();
     reg.put_key(&key("acme", "eu-central-1", "arn:aws:kms:eu-central-1:111122223333:key/a")).await.unwrap();
@@ -210,7 +215,7 @@ async fn sqlite_persists_across_reopen_and_migrations_are_idempotent() {
     let path = dir.path().join("registry.db");
     {
         let reg = Registry::open_sqlite(&path).await.unwrap();
-        reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Local, 1).await.unwrap();
+        reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Local, None, 1).await.unwrap();
     }
     let reg = Registry::open_sqlite(&path).await.unwrap();
     assert_eq!(reg.tenant(&t("acme")).await.unwrap().unwrap().mode, TenantMode::Local);

@@ -130,6 +130,7 @@ fn main() {
             platform_principal: None,
             local_region: None,
             settings: Default::default(),
+            aws: None,
         };
         let (state, _) = build(&config, RealmCatalog::builtin(), Arc::new(SystemClock)).await.unwrap();
         let keyhold_url = serve(keyhold_server::router(state.clone())).await;

@@ -127,6 +127,12 @@ pub struct TenantOut {
     pub state: String,
     /// Why it is in that state.
     pub reason: Option<String>,
+    /// BYOK: the role in the tenant's account keyhold assumes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// BYOK: the ExternalId keyhold presents when assuming it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
     /// The realm's regions, home first.
     pub regions: Vec<String>,
     /// Its keys per region.
@@ -159,6 +165,8 @@ async fn tenant_out(state: &AppState, t: Tenant) -> Result<TenantOut, ApiError> 
         mode: t.mode.to_string(),
         state: t.state.to_string(),
         reason: t.reason,
+        external_id: t.role_arn.as_ref().map(|_| keyhold_onboarding::external_id(&t.id)),
+        role_arn: t.role_arn,
         regions: regions.unwrap_or_default(),
         keys: keys
             .into_iter()
@@ -185,6 +193,25 @@ pub struct CreateTenant {
     /// `cmk` (key policy grants the platform), `byok` (role in the tenant's account) or
     /// `local` (keys of the embedded local provider).
     pub mode: String,
+    /// BYOK only: the role keyhold assumes (`arn:aws:iam::<account>:role/<name>`, from the
+    /// byok-role template), with ExternalId `keyhold-<tenant id>`.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+}
+
+/// Checks a role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
+fn check_role_arn(arn: &str) -> Result<(), ApiError> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = matches!(parts.as_slice(), ["arn", p, "iam", "", account, resource]
+        if !p.is_empty() && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|n| !n.is_empty() && !n.contains(char::is_whitespace)));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "role_arn {arn:?} is not an IAM role ARN such as arn:aws:iam::111122223333:role/keyhold-access"
+        )))
+    }
 }
 
 /// Creates a tenant (state `pending` until its keys validate).
@@ -201,7 +228,15 @@ pub async fn create_tenant(
     let realm = state.catalog.get(&body.realm).map_err(|e| ApiError::invalid(e.to_string()))?;
     let realm_id = RealmId::parse(realm.id.as_str()).map_err(|e| ApiError::invalid(e.to_string()))?;
     let mode: TenantMode = body.mode.parse().map_err(|e: String| ApiError::invalid(format!("invalid mode: {e}")))?;
-    let t = state.registry.create_tenant(&id, &realm_id, mode, state.now_ms()).await?;
+    match (mode, &body.role_arn) {
+        (TenantMode::Byok, Some(arn)) => check_role_arn(arn)?,
+        (TenantMode::Byok, None) => {
+            return Err(ApiError::invalid("a byok tenant needs role_arn: the role its byok-role template created"));
+        }
+        (_, Some(_)) => return Err(ApiError::invalid("role_arn is only for mode byok")),
+        (_, None) => {}
+    }
+    let t = state.registry.create_tenant(&id, &realm_id, mode, body.role_arn.as_deref(), state.now_ms()).await?;
     state.audit(&id, &Event::TenantState { from: "none".into(), to: t.state.to_string(), reason: None }).await;
     admin_event(&state, &p, &id, "create_tenant", Some(format!("realm {} mode {}", t.realm, t.mode))).await;
     Ok((StatusCode::CREATED, Json(tenant_out(&state, t).await?)))
@@ -362,12 +397,20 @@ async fn validate_and_record(
     let realm = realm_of(state, t)?;
     let ordered: Vec<String> =
         realm.regions.iter().filter_map(|r| keys.get(r).cloned()).chain(extra(&realm, &keys)).collect();
+    let providers = state.validation_providers(t).await;
+    // A BYOK tenant's key policy grants its own role (through its account's IAM), not the
+    // platform principal: there is no platform statement to analyse; the live round trip
+    // through the assumed role is what proves access.
+    let principal = match t.mode {
+        TenantMode::Byok => None,
+        _ => state.platform_principal.as_deref(),
+    };
     let report = keyhold_onboarding::validate(&Validation {
         tenant: &t.id,
         realm: &realm,
         keys: &ordered,
-        platform_principal: state.platform_principal.as_deref(),
-        providers: &state.providers,
+        platform_principal: principal,
+        providers: &providers,
     })
     .await;
     let now = state.now_ms();

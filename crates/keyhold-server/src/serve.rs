@@ -11,7 +11,7 @@ use std::time::Duration;
 use keyhold_core::{Clock, Region};
 use keyhold_onboarding::RealmCatalog;
 use keyhold_provider::KeyProvider;
-use keyhold_provider_aws::{AwsKms, AwsKmsConfig};
+use keyhold_provider_aws::{AwsKmsConfig, AwsSdkConfig, TenantRouter};
 use keyhold_provider_local::LocalKms;
 use keyhold_registry::Registry;
 use keyhold_service::{Keyhold, Settings};
@@ -36,6 +36,9 @@ pub struct ServeConfig {
     pub local_region: Option<Region>,
     /// Service-layer settings (cache limits, message limits).
     pub settings: Settings,
+    /// The AWS configuration to reach KMS and STS with; default: the standard one
+    /// (environment, profiles, `AWS_ENDPOINT_URL_KMS` / `_STS`).
+    pub aws: Option<AwsSdkConfig>,
 }
 
 /// Why the server could not start or stopped.
@@ -75,8 +78,11 @@ pub async fn build(
     let registry = Registry::connect(&url).await?;
     let (admin_public_key, created) = devcreds::ensure(&config.data_dir, &registry, clock.now_millis()).await?;
     let local = LocalKms::open(&config.data_dir).map_err(|e| ServeError::Local(e.to_string()))?;
-    let aws = AwsKms::from_env(AwsKmsConfig::default()).await;
-    let providers: Vec<Arc<dyn KeyProvider>> = vec![Arc::new(local), Arc::new(aws)];
+    let aws = Arc::new(match &config.aws {
+        Some(sdk) => TenantRouter::new(sdk, AwsKmsConfig::default()),
+        None => TenantRouter::from_env(AwsKmsConfig::default()).await,
+    });
+    let providers: Vec<Arc<dyn KeyProvider>> = vec![Arc::new(local), aws.clone()];
     let settings = config.settings;
     let local_region = config.local_region.clone();
     let keyhold_clock = clock.clone();
@@ -94,6 +100,7 @@ pub async fn build(
         admin_public_key,
         config.platform_principal.clone(),
         clock,
+        Some(aws),
     );
     Ok((Arc::new(state), created))
 }

@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use keyhold_audit::{Auditor, Event, UsageCounter};
 use keyhold_core::{Clock, DataKey, EncryptedDataKey, EncryptionContext, KeyRef, Region, TenantId};
 use keyhold_onboarding::RealmCatalog;
+use keyhold_onboarding::external_id;
 use keyhold_provider::{KeyDescription, KeyProvider, ProviderError, Rotation};
-use keyhold_registry::{Registry, Tenant, TenantState};
+use keyhold_provider_aws::TenantRouter;
+use keyhold_registry::{Registry, Tenant, TenantMode, TenantState};
 use keyhold_service::Keyhold;
 
 use crate::auth::Principal;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub usage: UsageCounter,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The AWS KMS router: BYOK tenants' calls go through their assumed roles.
+    pub aws: Option<Arc<TenantRouter>>,
     tenants: RwLock<HashMap<TenantId, Arc<TenantView>>>,
     tokens: RwLock<HashMap<String, (Principal, u64)>>,
 }
@@ -64,16 +68,12 @@ impl AppState {
         admin_public_key: Vec<u8>,
         platform_principal: Option<String>,
         clock: Arc<dyn Clock>,
+        aws: Option<Arc<TenantRouter>>,
     ) -> Self {
         let auditor = Auditor::new(registry.clone());
         let metrics = Arc::new(Metrics::default());
-        let audited: Vec<Arc<dyn KeyProvider>> = providers
-            .into_iter()
-            .map(|p| {
-                Arc::new(Audited { inner: p, auditor: auditor.clone(), metrics: metrics.clone(), clock: clock.clone() })
-                    as Arc<dyn KeyProvider>
-            })
-            .collect();
+        let audited: Vec<Arc<dyn KeyProvider>> =
+            providers.into_iter().map(|p| audited(p, &auditor, &metrics, &clock)).collect();
         Self {
             keyhold: keyhold_for(audited.clone()),
             registry,
@@ -85,8 +85,27 @@ impl AppState {
             clock,
             usage: UsageCounter::new(),
             metrics,
+            aws,
             tenants: RwLock::new(HashMap::new()),
             tokens: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// For a BYOK tenant, makes sure its role is registered with the AWS router (so its
+    /// calls use the assumed role's credentials); returns that tenant's own provider.
+    pub async fn register_role(&self, tenant: &Tenant) -> Option<Arc<dyn KeyProvider>> {
+        let (TenantMode::Byok, Some(role), Some(aws)) = (tenant.mode, &tenant.role_arn, &self.aws) else {
+            return None;
+        };
+        let p = aws.assume_for(&tenant.id, role, &external_id(&tenant.id)).await;
+        Some(audited(p, &self.auditor, &self.metrics, &self.clock))
+    }
+
+    /// The providers validation uses for `tenant`: a BYOK tenant's own first.
+    pub async fn validation_providers(&self, tenant: &Tenant) -> Vec<Arc<dyn KeyProvider>> {
+        match self.register_role(tenant).await {
+            Some(own) => std::iter::once(own).chain(self.providers.iter().cloned()).collect(),
+            None => self.providers.clone(),
         }
     }
 
@@ -113,6 +132,7 @@ impl AppState {
                 }
             }
         }
+        self.register_role(&tenant).await;
         let view = Arc::new(TenantView { tenant, keys });
         self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), view.clone());
         Ok(view)
@@ -138,6 +158,9 @@ impl AppState {
             self.registry.set_tenant_state(&tenant.id, to, reason, now).await?
         };
         self.forget_tenant(&tenant.id);
+        if let (TenantState::Deleted, Some(aws)) = (to, &self.aws) {
+            aws.forget(&tenant.id);
+        }
         if matches!(to, TenantState::Suspended | TenantState::Deleted) {
             self.keyhold.flush_tenant(&tenant.id);
         }
@@ -185,6 +208,15 @@ impl AppState {
             self.audit(&tenant, &event).await;
         }
     }
+}
+
+fn audited(
+    inner: Arc<dyn KeyProvider>,
+    auditor: &Auditor,
+    metrics: &Arc<Metrics>,
+    clock: &Arc<dyn Clock>,
+) -> Arc<dyn KeyProvider> {
+    Arc::new(Audited { inner, auditor: auditor.clone(), metrics: metrics.clone(), clock: clock.clone() })
 }
 
 /// A provider whose every call is written to the tenant's audit trail (the tenant is the

@@ -40,6 +40,10 @@ async fn fixture() -> Fixture {
 }
 
 async fn fixture_on(database_url: Option<String>) -> Fixture {
+    fixture_with(database_url, None).await
+}
+
+async fn fixture_with(database_url: Option<String>, aws: Option<keyhold_provider_aws::AwsSdkConfig>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(now_ms()));
     let config = ServeConfig {
@@ -50,6 +54,7 @@ async fn fixture_on(database_url: Option<String>) -> Fixture {
         platform_principal: Some("arn:aws:iam::111122223333:role/keyhold".into()),
         local_region: None,
         settings: Default::default(),
+        aws,
     };
     let (state, created) = build(&config, RealmCatalog::builtin(), clock.clone()).await.unwrap();
     assert!(created.admin.is_some() && created.dev_service.is_some());
@@ -538,4 +543,65 @@ async fn the_api_runs_on_postgres() {
     let (_, v) = f.call(Method::GET, "/v1/tenants/acme/audit/verify", Some(&f.admin_token()), None).await;
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["events"].as_u64().unwrap() >= 6);
+}
+
+/// A BYOK tenant: keyhold assumes the tenant's role (ExternalId `keyhold-<tenant>`) for
+/// validation and for every key use; a CMK tenant next to it uses the platform's own
+/// credentials. Against moto through the fault proxy, which records who signed each call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byok_tenants_are_served_through_their_assumed_role() {
+    let proxy = keyhold_testkit::FaultProxy::moto().await;
+    let sdk = keyhold_testkit::sdk_config(&proxy.url(), "eu-central-1").await;
+    let f = fixture_with(None, Some(sdk)).await;
+    let admin = f.admin_token();
+    let role = "arn:aws:iam::123456789012:role/keyhold-byok-acme";
+    // Bad requests first: byok without a role, a malformed role, a role for a cmk tenant.
+    for body in [
+        json!({"id": "acme", "realm": "de", "mode": "byok"}),
+        json!({"id": "acme", "realm": "de", "mode": "byok", "role_arn": "arn:aws:iam::123:role/x"}),
+        json!({"id": "acme", "realm": "de", "mode": "cmk", "role_arn": role}),
+    ] {
+        let (s, e) = f.call(Method::POST, "/v1/tenants", Some(&admin), Some(body)).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{e}");
+    }
+    let (s, t) = f
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&admin),
+            Some(json!({"id": "acme", "realm": "de", "mode": "byok", "role_arn": role})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!((t["role_arn"].as_str(), t["external_id"].as_str()), (Some(role), Some("keyhold-acme")));
+    let key = keyhold_testkit::create_moto_key("eu-central-1").await;
+    let (_, report) =
+        f.call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": key}))).await;
+    assert_eq!(report["usable"], true, "{report}");
+    let (s, e) = f.encrypt("acme", b"byok data", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let (_, d) = f.decrypt("acme", &e["ciphertext"]).await;
+    assert_eq!(B64.decode(d["plaintext"].as_str().unwrap()).unwrap(), b"byok data");
+
+    let calls = proxy.calls();
+    let assume: Vec<_> = calls.iter().filter(|c| c.operation == "AssumeRole").collect();
+    assert_eq!(assume.len(), 1, "credentials are cached across validation, encrypt and decrypt");
+    assert_eq!((assume[0].role_arn.as_deref(), assume[0].external_id.as_deref()), (Some(role), Some("keyhold-acme")));
+    for c in calls.iter().filter(|c| c.service == "kms") {
+        assert_ne!(c.access_key_id.as_deref(), Some("testing"), "{} used the platform's credentials", c.operation);
+    }
+
+    // A CMK tenant is served with the platform's credentials.
+    proxy.reset_calls();
+    f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "globex", "realm": "de", "mode": "cmk"})))
+        .await;
+    let (_, policy) =
+        f.call(Method::GET, "/v1/tenants/globex/key-policy?region=eu-central-1", Some(&admin), None).await;
+    let key = keyhold_testkit::create_moto_key_with_policy("eu-central-1", Some(&policy.to_string())).await;
+    let (_, report) =
+        f.call(Method::PUT, "/v1/tenants/globex/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": key}))).await;
+    assert_eq!(report["usable"], true, "{report}");
+    f.encrypt("globex", b"cmk data", json!({})).await;
+    let kms: Vec<_> = proxy.calls().into_iter().filter(|c| c.service == "kms").collect();
+    assert!(!kms.is_empty() && kms.iter().all(|c| c.access_key_id.as_deref() == Some("testing")));
 }

@@ -58,13 +58,22 @@ pub async fn moto_kms(region: &str) -> aws_sdk_kms::Client {
 ///
 /// # Panics
 /// When moto refuses (a broken test setup).
-#[allow(clippy::expect_used)]
 pub async fn create_moto_key(region: &str) -> String {
+    create_moto_key_with_policy(region, None).await
+}
+
+/// As [`create_moto_key`], with a key policy.
+///
+/// # Panics
+/// When moto refuses (a broken test setup).
+#[allow(clippy::expect_used)]
+pub async fn create_moto_key_with_policy(region: &str, policy: Option<&str>) -> String {
     let out = moto_kms(region)
         .await
         .create_key()
         .description("keyhold test key")
         .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+        .set_policy(policy.map(str::to_owned))
         .send()
         .await
         .expect("moto CreateKey");
