@@ -155,6 +155,10 @@ pub enum TenantCmd {
         /// cmk, byok or local.
         #[arg(long)]
         mode: String,
+        /// For byok: the role keyhold assumes in the tenant's account (its ExternalId is
+        /// keyhold-<tenant>).
+        #[arg(long)]
+        role_arn: Option<String>,
         /// Server and token.
         #[command(flatten)]
         client: ClientArgs,

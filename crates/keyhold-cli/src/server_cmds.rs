@@ -130,8 +130,11 @@ fn path_segment(s: &str) -> Result<&str> {
 pub fn tenant(cmd: TenantCmd) -> Result<()> {
     rt()?.block_on(async {
         match cmd {
-            TenantCmd::Create { id, realm, mode, client } => {
-                let body = json!({"id": id, "realm": realm, "mode": mode});
+            TenantCmd::Create { id, realm, mode, role_arn, client } => {
+                let mut body = json!({"id": id, "realm": realm, "mode": mode});
+                if let (Some(arn), Some(obj)) = (role_arn, body.as_object_mut()) {
+                    obj.insert("role_arn".into(), Value::String(arn));
+                }
                 print(&Client::new(&client)?.call(Method::POST, "/v1/tenants", Some(&body)).await?)
             }
             TenantCmd::List { client } => {
