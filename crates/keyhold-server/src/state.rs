@@ -27,7 +27,14 @@ pub struct TenantView {
     pub tenant: Tenant,
     /// Its keys in realm order (home region first).
     pub keys: Vec<KeyRef>,
+    /// When it was read from the registry (ms since the Unix epoch).
+    pub loaded_ms: u64,
 }
+
+/// How long a tenant's in-memory view is trusted before the registry is read again, so a
+/// change made through another instance (suspension, deletion, new keys) is seen within
+/// this bound.
+pub const TENANT_VIEW_TTL_MS: u64 = 5_000;
 
 /// Shared state behind every handler.
 pub struct AppState {
@@ -116,7 +123,10 @@ impl AppState {
 
     /// The tenant and its keys, from memory or the registry.
     pub async fn tenant_view(&self, id: &TenantId) -> Result<Arc<TenantView>, ApiError> {
-        if let Some(v) = self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id) {
+        let now = self.now_ms();
+        if let Some(v) = self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id)
+            && now.saturating_sub(v.loaded_ms) < TENANT_VIEW_TTL_MS
+        {
             return Ok(v.clone());
         }
         let tenant = self.registry.tenant(id).await?.ok_or_else(|| ApiError::tenant_not_found(id.as_str()))?;
@@ -133,7 +143,11 @@ impl AppState {
             }
         }
         self.register_role(&tenant).await;
-        let view = Arc::new(TenantView { tenant, keys });
+        if matches!(tenant.state, TenantState::Suspended | TenantState::Deleted) {
+            // Another instance may have suspended or deleted it: drop our cached keys too.
+            self.keyhold.flush_tenant(id);
+        }
+        let view = Arc::new(TenantView { tenant, keys, loaded_ms: now });
         self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), view.clone());
         Ok(view)
     }

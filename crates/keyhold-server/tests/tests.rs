@@ -605,3 +605,40 @@ async fn byok_tenants_are_served_through_their_assumed_role() {
     let kms: Vec<_> = proxy.calls().into_iter().filter(|c| c.service == "kms").collect();
     assert!(!kms.is_empty() && kms.iter().all(|c| c.access_key_id.as_deref() == Some("testing")));
 }
+
+/// Two instances on one registry: a tenant suspended through one is refused by the other
+/// within the view's lifetime, and its cached data keys there are dropped.
+#[tokio::test]
+async fn a_change_made_through_another_instance_is_seen_within_the_view_ttl() {
+    let a = fixture().await;
+    a.active_tenant("acme").await;
+    let (_, e) = a.encrypt("acme", b"shared", json!({})).await;
+    // Instance B: same data dir (registry and keystore), its own memory.
+    let config = ServeConfig {
+        data_dir: a.dir.path().to_owned(),
+        database_url: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        platform_principal: None,
+        local_region: None,
+        settings: Default::default(),
+        aws: None,
+    };
+    let (b_state, _) = build(&config, RealmCatalog::builtin(), a.clock.clone()).await.unwrap();
+    let b = Fixture {
+        state: b_state,
+        dir: tempfile::tempdir().unwrap(),
+        admin: devcreds::read_key(&devcreds::admin_key_path(a.dir.path())).unwrap(),
+        dev: devcreds::read_key(&devcreds::service_key_path(a.dir.path(), "dev")).unwrap(),
+        clock: a.clock.clone(),
+    };
+    assert_eq!(b.decrypt("acme", &e["ciphertext"]).await.0, StatusCode::OK);
+    // Suspended through A (an operator's validation after the tenant disabled its keys).
+    let t = a.state.registry.tenant(&keyhold_core::TenantId::parse("acme").unwrap()).await.unwrap().unwrap();
+    a.state.change_state(&t, keyhold_registry::TenantState::Suspended, Some("revoked")).await.unwrap();
+    // B still trusts its view for up to TENANT_VIEW_TTL_MS, then reads the registry.
+    a.clock.advance(std::time::Duration::from_millis(keyhold_server::state::TENANT_VIEW_TTL_MS));
+    let (s, err) = b.decrypt("acme", &e["ciphertext"]).await;
+    assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_suspended")));
+    assert_eq!(b.state.keyhold.cache_stats().decrypt_entries, 0, "B dropped the tenant's cached keys");
+}
