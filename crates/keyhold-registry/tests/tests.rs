@@ -228,3 +228,18 @@ async fn unsupported_urls_are_named() {
     assert!(matches!(err, RegistryError::UnsupportedUrl(_)));
     assert!(err.to_string().contains("sqlite://PATH or postgres://"), "{err}");
 }
+
+/// PostgreSQL over TLS with the server's certificate verified (`sslmode=verify-full`); a
+/// certificate the client does not trust is refused.
+#[tokio::test]
+async fn postgres_over_verified_tls() {
+    let ca = std::env::var("KEYHOLD_TEST_POSTGRES_CA")
+        .expect("KEYHOLD_TEST_POSTGRES_CA is not set: run scripts/test, which starts PostgreSQL with TLS");
+    let url = fresh_postgres_db().await;
+    let reg = Registry::connect(&format!("{url}?sslmode=verify-full&sslrootcert={ca}")).await.unwrap();
+    reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, None, 1).await.unwrap();
+    assert!(reg.tenant(&t("acme")).await.unwrap().is_some());
+    // Without the CA, the self-signed server certificate does not verify.
+    let err = Registry::connect(&format!("{url}?sslmode=verify-full")).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Database(_)), "{err}");
+}
