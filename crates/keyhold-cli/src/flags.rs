@@ -97,7 +97,7 @@ pub struct ClientArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// A TOML file with any of: listen, database_url, tls_cert, tls_key,
-    /// platform_principal, local_region, realms_file.
+    /// platform_principal, local_region, realms_file, probe_interval.
     #[arg(long, env = "KEYHOLD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8700].
@@ -121,6 +121,9 @@ pub struct ServeArgs {
     /// Replace the built-in realm catalog with this JSON file.
     #[arg(long, env = "KEYHOLD_REALMS_FILE")]
     pub realms_file: Option<PathBuf>,
+    /// Seconds between probes of every tenant's keys (0 disables) [default: 30].
+    #[arg(long, env = "KEYHOLD_PROBE_INTERVAL")]
+    pub probe_interval: Option<u64>,
 }
 
 /// `keyhold token` flags.

@@ -31,6 +31,7 @@ struct ConfigFile {
     platform_principal: Option<String>,
     local_region: Option<String>,
     realms_file: Option<std::path::PathBuf>,
+    probe_interval: Option<u64>,
 }
 
 /// The address `serve` listens on when nothing says otherwise.
@@ -65,6 +66,10 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         local_region,
         settings: Default::default(),
         aws: None,
+        probe_interval: match args.probe_interval.or(file.probe_interval).unwrap_or(30) {
+            0 => None,
+            s => Some(std::time::Duration::from_secs(s)),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {

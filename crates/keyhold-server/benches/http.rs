@@ -131,6 +131,7 @@ fn main() {
             local_region: None,
             settings: Default::default(),
             aws: None,
+            probe_interval: None,
         };
         let (state, _) = build(&config, RealmCatalog::builtin(), Arc::new(SystemClock)).await.unwrap();
         let keyhold_url = serve(keyhold_server::router(state.clone())).await;

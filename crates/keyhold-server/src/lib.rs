@@ -7,6 +7,8 @@
 //! - [`error`]: `{"error":{"code","message"}}`, status from the variant.
 //! - [`state`]: shared state; every key-provider call is audited and counted.
 //! - [`devcreds`]: the development admin key and `dev` service a fresh data dir gets.
+//! - [`monitor`]: the key health monitor that suspends a tenant whose key refuses and
+//!   resumes it when the key answers again.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //! - [`serve`]: assembling the state from configuration, listening (plain or [`tls`]),
 //!   graceful shutdown.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod devcreds;
 pub mod error;
 pub mod metrics;
+pub mod monitor;
 pub mod openapi;
 pub mod serve;
 pub mod state;

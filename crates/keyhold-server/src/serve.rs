@@ -39,6 +39,8 @@ pub struct ServeConfig {
     /// The AWS configuration to reach KMS and STS with; default: the standard one
     /// (environment, profiles, `AWS_ENDPOINT_URL_KMS` / `_STS`).
     pub aws: Option<AwsSdkConfig>,
+    /// How often the health monitor probes every tenant's keys; `None` disables it.
+    pub probe_interval: Option<Duration>,
 }
 
 /// Why the server could not start or stopped.
@@ -126,6 +128,7 @@ pub async fn run(
             }
         })
     };
+    let monitor = config.probe_interval.map(|i| crate::monitor::spawn(state.clone(), i));
     let app = crate::router(state.clone());
     ready(addr);
     let served = match &config.tls {
@@ -136,6 +139,9 @@ pub async fn run(
         }
     };
     flusher.abort();
+    if let Some(m) = monitor {
+        m.abort();
+    }
     state.flush_usage(true).await;
     served.map_err(|e| ServeError::Listen(addr, e))
 }

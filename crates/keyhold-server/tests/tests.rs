@@ -55,6 +55,7 @@ async fn fixture_with(database_url: Option<String>, aws: Option<keyhold_provider
         local_region: None,
         settings: Default::default(),
         aws,
+        probe_interval: None,
     };
     let (state, created) = build(&config, RealmCatalog::builtin(), clock.clone()).await.unwrap();
     assert!(created.admin.is_some() && created.dev_service.is_some());
@@ -623,6 +624,7 @@ async fn a_change_made_through_another_instance_is_seen_within_the_view_ttl() {
         local_region: None,
         settings: Default::default(),
         aws: None,
+        probe_interval: None,
     };
     let (b_state, _) = build(&config, RealmCatalog::builtin(), a.clock.clone()).await.unwrap();
     let b = Fixture {
@@ -641,4 +643,56 @@ async fn a_change_made_through_another_instance_is_seen_within_the_view_ttl() {
     let (s, err) = b.decrypt("acme", &e["ciphertext"]).await;
     assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_suspended")));
     assert_eq!(b.state.keyhold.cache_stats().decrypt_entries, 0, "B dropped the tenant's cached keys");
+}
+
+/// The health monitor: a key the tenant disables suspends the tenant at the next probe,
+/// even while its data keys are cached (requests are refused at once, caches dropped);
+/// restoring the key resumes it at the next probe. Then the same through the running
+/// schedule, within the stated bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_suspends_on_revocation_and_resumes_on_restore() {
+    let f = fixture().await;
+    let keys = f.active_tenant("acme").await;
+    let (_, e) = f.encrypt("acme", b"cached", json!({})).await;
+    assert_eq!(f.decrypt("acme", &e["ciphertext"]).await.0, StatusCode::OK);
+    let pass = keyhold_server::monitor::probe_all(&f.state).await;
+    assert_eq!((pass.probed, pass.suspended), (1, 0));
+
+    let k0 = keyhold_core::KeyRef::parse(&keys[0]).unwrap();
+    f.local().disable_key(&k0).unwrap();
+    let pass = keyhold_server::monitor::probe_all(&f.state).await;
+    assert_eq!(pass.suspended, 1);
+    // Warm caches do not help: the tenant is refused at once.
+    let (s, err) = f.encrypt("acme", b"x", json!({})).await;
+    assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_suspended")));
+    assert_eq!(f.state.keyhold.cache_stats().encrypt_entries, 0);
+    let (_, t) = f.call(Method::GET, "/v1/tenants/acme", Some(&f.admin_token()), None).await;
+    assert!(t["reason"].as_str().unwrap().contains("DisabledException"), "{t}");
+
+    f.local().enable_key(&k0).unwrap();
+    let pass = keyhold_server::monitor::probe_all(&f.state).await;
+    assert_eq!(pass.resumed, 1);
+    assert_eq!(f.decrypt("acme", &e["ciphertext"]).await.0, StatusCode::OK);
+
+    // On a schedule: with a 200 ms interval, a revocation is enforced within the interval
+    // plus its jitter plus one probe.
+    let monitor = keyhold_server::monitor::spawn(f.state.clone(), std::time::Duration::from_millis(200));
+    f.local().disable_key(&k0).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let (s, _) = f.encrypt("acme", b"x", json!({})).await;
+        if s == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "not suspended within 2 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "{:?}", started.elapsed());
+    f.local().enable_key(&k0).unwrap();
+    let started = std::time::Instant::now();
+    while f.encrypt("acme", b"x", json!({})).await.0 != StatusCode::OK {
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "not resumed within 2 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    monitor.abort();
 }
