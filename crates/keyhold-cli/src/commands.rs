@@ -226,24 +226,26 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
+/// `--context KEY=VALUE` flags as pairs.
+fn context_pairs(flags: &[String]) -> Result<Vec<(String, String)>> {
+    flags
+        .iter()
+        .map(|c| match c.split_once('=') {
+            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+            None => bail!("invalid --context {c:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
 fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
+    let pairs = context_pairs(&args.context)?;
     if args.keys.is_empty() {
-        let mut pairs = Vec::new();
-        for c in &args.context {
-            let Some((k, v)) = c.split_once('=') else { bail!("invalid --context {c:?}: expected KEY=VALUE") };
-            pairs.push((k.to_owned(), v.to_owned()));
-        }
         return crate::server_cmds::remote_encrypt(&args.client, &args.tenant, &args.purpose, &pairs);
     }
     let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
     let purpose = Purpose::parse(&args.purpose).context("invalid --purpose")?;
     let keys = args.keys.iter().map(|k| key_ref(k)).collect::<Result<Vec<_>>>()?;
     let suite: AlgorithmSuite = args.suite.parse().map_err(anyhow::Error::msg).context("invalid --suite")?;
-    let mut pairs = Vec::new();
-    for c in &args.context {
-        let Some((k, v)) = c.split_once('=') else { bail!("invalid --context {c:?}: expected KEY=VALUE") };
-        pairs.push((k.to_owned(), v.to_owned()));
-    }
     let context = EncryptionContext::from_caller_pairs(pairs).context("invalid --context")?;
     if args.frame_length == 0 {
         bail!("invalid --frame-length 0: frames hold at least one byte");
@@ -251,7 +253,7 @@ fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
     let rt = runtime()?;
     let need_aws = keys.iter().any(|k| k.as_str().starts_with("arn:"));
     let service = service(rt.block_on(providers(dir, &args.aws, &tenant, need_aws))?, Settings::default(), &args.aws)?;
-    let params = EncryptParams { tenant, purpose, keys, context, suite };
+    let params = EncryptParams { tenant, purpose, keys: keys.into(), context, suite };
     let materials = rt.block_on(service.encryption_materials(&params, 0))?;
     let stdin = std::io::stdin().lock();
     let size = input_size();

@@ -34,9 +34,6 @@ struct ConfigFile {
     probe_interval: Option<u64>,
 }
 
-/// The address `serve` listens on when nothing says otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
-
 pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
     let file: ConfigFile = match &args.config {
         Some(path) => toml::from_str(
@@ -45,8 +42,11 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         .with_context(|| format!("parsing the configuration {}", path.display()))?,
         None => ConfigFile::default(),
     };
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = listen.parse().with_context(|| format!("invalid listen address {listen:?}: expected HOST:PORT"))?;
+    let defaults = ServeConfig::embedded(data_dir);
+    let listen = match args.listen.or(file.listen) {
+        Some(l) => l.parse().with_context(|| format!("invalid listen address {l:?}: expected HOST:PORT"))?,
+        None => defaults.listen,
+    };
     let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
@@ -57,19 +57,19 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         None => None,
     };
     let catalog = crate::commands::catalog(args.realms_file.or(file.realms_file).as_deref())?;
+    let probe_interval = match args.probe_interval.or(file.probe_interval) {
+        Some(0) => None,
+        Some(s) => Some(std::time::Duration::from_secs(s)),
+        None => defaults.probe_interval,
+    };
     let config = ServeConfig {
-        data_dir: data_dir.to_owned(),
         database_url: args.database_url.or(file.database_url),
         listen,
         tls,
         platform_principal: args.platform_principal.or(file.platform_principal),
         local_region,
-        settings: Default::default(),
-        aws: None,
-        probe_interval: match args.probe_interval.or(file.probe_interval).unwrap_or(30) {
-            0 => None,
-            s => Some(std::time::Duration::from_secs(s)),
-        },
+        probe_interval,
+        ..defaults
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {

@@ -98,7 +98,7 @@ fn main() {
     let params = EncryptParams {
         tenant: TenantId::parse("bench").unwrap(),
         purpose: Purpose::parse("p").unwrap(),
-        keys: vec![key.clone()],
+        keys: vec![key.clone()].into(),
         context: EncryptionContext::new(),
         suite: Default::default(),
     };

@@ -323,7 +323,7 @@ async fn dual_region_encrypt_then_local_first_decrypt_with_failover() {
     let params = EncryptParams {
         tenant: tenant.clone(),
         purpose: Purpose::parse("docs").unwrap(),
-        keys: vec![key_ref(&home), key_ref(&other)],
+        keys: vec![key_ref(&home), key_ref(&other)].into(),
         context: EncryptionContext::new(),
         suite: Default::default(),
     };

@@ -341,7 +341,8 @@ impl Registry {
                 Ok(row) => return Ok(row),
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() || is_busy(e.as_ref()) => {
                     last_error = Some(sqlx::Error::Database(e));
-                    tokio_free_yield().await;
+                    // Let the competing appender finish before retrying.
+                    tokio::task::yield_now().await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -508,24 +509,6 @@ fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
         Some(c) => c.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
         None => false,
     }
-}
-
-/// Lets a competing appender finish before retrying, without depending on a runtime.
-async fn tokio_free_yield() {
-    struct YieldOnce(bool);
-    impl std::future::Future for YieldOnce {
-        type Output = ();
-        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-            if self.0 {
-                std::task::Poll::Ready(())
-            } else {
-                self.0 = true;
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-        }
-    }
-    YieldOnce(false).await;
 }
 
 /// Purposes parse from the registry's text form.

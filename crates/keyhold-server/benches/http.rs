@@ -122,17 +122,7 @@ fn main() {
     rt.block_on(async move {
         // keyhold on its embedded default, one active tenant with two local keys.
         let dir = tempfile::tempdir().unwrap();
-        let config = ServeConfig {
-            data_dir: dir.path().to_owned(),
-            database_url: None,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-            platform_principal: None,
-            local_region: None,
-            settings: Default::default(),
-            aws: None,
-            probe_interval: None,
-        };
+        let config = ServeConfig { probe_interval: None, ..ServeConfig::embedded(dir.path()) };
         let (state, _) = build(&config, RealmCatalog::builtin(), Arc::new(SystemClock)).await.unwrap();
         let keyhold_url = serve(keyhold_server::router(state.clone())).await;
         let echo_url = serve(axum::Router::new().route("/echo", post(|Json(v): Json<Value>| async move { Json(v) }))).await;

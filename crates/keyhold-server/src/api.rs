@@ -76,7 +76,10 @@ impl FromRequestParts<Arc<AppState>> for Principal {
                 let service = state.registry.service(&claims.iss).await?.ok_or_else(|| {
                     ApiError::unauthenticated(auth::TokenError::UnknownIssuer(claims.iss.clone()).to_string())
                 })?;
-                (Principal::Service { name: service.name, purposes: service.purposes }, service.public_key)
+                (
+                    Principal::Service { name: service.name.into(), purposes: Arc::new(service.purposes) },
+                    service.public_key,
+                )
             }
             Scope::Admin => (Principal::Admin, state.admin_public_key.clone()),
             Scope::TenantAdmin => {
@@ -723,20 +726,26 @@ pub struct BatchOut<T> {
     pub results: Vec<BatchResult<T>>,
 }
 
-fn batch_size<T>(items: &[T]) -> Result<(), ApiError> {
+/// Runs `one` on each item in order (a service token and at most [`MAX_BATCH`] items),
+/// each item's error becoming its result.
+async fn run_batch<T, O, F>(p: &Principal, items: Vec<T>, one: impl Fn(T) -> F) -> Result<Json<BatchOut<O>>, ApiError>
+where
+    F: Future<Output = Result<O, ApiError>>,
+{
+    service_of(p)?;
     if items.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH} items, not {}", items.len())));
     }
-    Ok(())
-}
-
-fn item_result<T>(r: Result<T, ApiError>) -> BatchResult<T> {
-    match r {
-        Ok(v) => BatchResult::Ok(v),
-        Err(e) => BatchResult::Err(ErrorBody {
-            error: crate::error::ErrorDetail { code: e.code.to_owned(), message: e.message },
-        }),
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        results.push(match one(item).await {
+            Ok(v) => BatchResult::Ok(v),
+            Err(e) => BatchResult::Err(ErrorBody {
+                error: crate::error::ErrorDetail { code: e.code.to_owned(), message: e.message },
+            }),
+        });
     }
+    Ok(Json(BatchOut { results }))
 }
 
 /// Encrypts up to 1000 items; each gets its own result or error.
@@ -747,13 +756,7 @@ pub async fn encrypt_batch(
     State(state): Shared,
     ApiJson(batch): ApiJson<Batch<EncryptItem>>,
 ) -> Result<Json<BatchOut<EncryptOut>>, ApiError> {
-    service_of(&p)?;
-    batch_size(&batch.items)?;
-    let mut results = Vec::with_capacity(batch.items.len());
-    for item in batch.items {
-        results.push(item_result(encrypt_one(&state, &p, item).await));
-    }
-    Ok(Json(BatchOut { results }))
+    run_batch(&p, batch.items, |item| encrypt_one(&state, &p, item)).await
 }
 
 /// Decrypts up to 1000 items; each gets its own result or error.
@@ -764,13 +767,7 @@ pub async fn decrypt_batch(
     State(state): Shared,
     ApiJson(batch): ApiJson<Batch<DecryptItem>>,
 ) -> Result<Json<BatchOut<DecryptOut>>, ApiError> {
-    service_of(&p)?;
-    batch_size(&batch.items)?;
-    let mut results = Vec::with_capacity(batch.items.len());
-    for item in batch.items {
-        results.push(item_result(decrypt_one(&state, &p, item).await));
-    }
-    Ok(Json(BatchOut { results }))
+    run_batch(&p, batch.items, |item| decrypt_one(&state, &p, item)).await
 }
 
 /// `?after=&limit=` of the audit call.

@@ -8,6 +8,8 @@
 //! key. Verification is strict: unknown algorithms, audiences, scopes, lifetimes over ten
 //! minutes, expired or not-yet-valid tokens are all refused with a reason.
 
+use std::sync::Arc;
+
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine as _;
@@ -32,12 +34,13 @@ pub enum Principal {
     Admin,
     /// A tenant's administrator: onboarding calls for that tenant only.
     TenantAdmin(TenantId),
-    /// A platform service: encrypt and decrypt for its purposes.
+    /// A platform service: encrypt and decrypt for its purposes. Shared, so that handing
+    /// a cached principal to each request is a reference-count increment.
     Service {
         /// Its registered name.
-        name: String,
+        name: Arc<str>,
         /// What it may use.
-        purposes: Purposes,
+        purposes: Arc<Purposes>,
     },
 }
 

@@ -67,9 +67,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Counts every request by matched route and status, with its latency.
 async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let resp = next.run(req).await.into_response();
-    state.metrics.request(&route, resp.status().as_u16(), started.elapsed());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state.metrics.request(route, resp.status().as_u16(), started.elapsed());
     resp
 }

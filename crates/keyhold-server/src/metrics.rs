@@ -11,8 +11,10 @@ use std::time::Duration;
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
+/// One route's counters: requests by status and the latency histogram.
 #[derive(Default)]
-struct Histogram {
+struct Route {
+    by_status: BTreeMap<u16, u64>,
     buckets: [u64; BUCKETS.len()],
     count: u64,
     sum: f64,
@@ -21,19 +23,22 @@ struct Histogram {
 /// The server's metrics.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    routes: Mutex<BTreeMap<String, Route>>,
     provider: Mutex<BTreeMap<(String, String), u64>>,
     audit_failures: AtomicU64,
 }
 
 impl Metrics {
     /// Counts a request to `route` answered with `status` after `elapsed`.
+    /// One lock, and no allocation once the route has been seen.
     pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
-        *lock(&self.requests).entry((route.to_owned(), status)).or_default() += 1;
         let secs = elapsed.as_secs_f64();
-        let mut latency = lock(&self.latency);
-        let h = latency.entry(route.to_owned()).or_default();
+        let mut routes = lock(&self.routes);
+        let h = match routes.get_mut(route) {
+            Some(h) => h,
+            None => routes.entry(route.to_owned()).or_default(),
+        };
+        *h.by_status.entry(status).or_default() += 1;
         for (b, bound) in h.buckets.iter_mut().zip(BUCKETS) {
             if secs <= bound {
                 *b += 1;
@@ -63,12 +68,15 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP keyhold_requests_total HTTP requests by route and status.");
         let _ = writeln!(out, "# TYPE keyhold_requests_total counter");
-        for ((route, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(out, "keyhold_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        let routes = lock(&self.routes);
+        for (route, h) in routes.iter() {
+            for (status, n) in &h.by_status {
+                let _ = writeln!(out, "keyhold_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
         }
         let _ = writeln!(out, "# HELP keyhold_request_duration_seconds HTTP request latency by route.");
         let _ = writeln!(out, "# TYPE keyhold_request_duration_seconds histogram");
-        for (route, h) in lock(&self.latency).iter() {
+        for (route, h) in routes.iter() {
             for (bound, n) in BUCKETS.iter().zip(h.buckets) {
                 let _ =
                     writeln!(out, "keyhold_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
@@ -78,6 +86,7 @@ impl Metrics {
             let _ = writeln!(out, "keyhold_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
             let _ = writeln!(out, "keyhold_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
         }
+        drop(routes);
         let _ = writeln!(out, "# HELP keyhold_kms_calls_total Key-provider calls by operation and outcome.");
         let _ = writeln!(out, "# TYPE keyhold_kms_calls_total counter");
         for ((op, outcome), n) in lock(&self.provider).iter() {

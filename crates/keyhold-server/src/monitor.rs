@@ -57,7 +57,7 @@ async fn probe(state: &AppState, tenant: &Tenant) -> Outcome {
     context.insert(RESERVED_TENANT_KEY, tenant.id.as_str());
     context.insert(RESERVED_PURPOSE_KEY, PROBE_PURPOSE);
     let mut transient = None;
-    for key in &view.keys {
+    for key in view.keys.iter() {
         let Some(provider) = state.providers.iter().find(|p| p.accepts(key)) else {
             return Outcome::Refused(format!("no key provider serves key {key}"));
         };

@@ -43,6 +43,28 @@ pub struct ServeConfig {
     pub probe_interval: Option<Duration>,
 }
 
+impl ServeConfig {
+    /// The embedded default over `data_dir`: SQLite registry and local keys there, plain
+    /// HTTP on [`DEFAULT_LISTEN`], the standard AWS configuration, no platform principal,
+    /// the health monitor every [`crate::monitor::DEFAULT_INTERVAL`].
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            database_url: None,
+            listen: DEFAULT_LISTEN,
+            tls: None,
+            platform_principal: None,
+            local_region: None,
+            settings: Settings::default(),
+            aws: None,
+            probe_interval: Some(crate::monitor::DEFAULT_INTERVAL),
+        }
+    }
+}
+
+/// Where `serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8700));
+
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

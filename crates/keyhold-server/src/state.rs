@@ -26,7 +26,7 @@ pub struct TenantView {
     /// The tenant.
     pub tenant: Tenant,
     /// Its keys in realm order (home region first).
-    pub keys: Vec<KeyRef>,
+    pub keys: Arc<[KeyRef]>,
     /// When it was read from the registry (ms since the Unix epoch).
     pub loaded_ms: u64,
 }
@@ -147,7 +147,7 @@ impl AppState {
             // Another instance may have suspended or deleted it: drop our cached keys too.
             self.keyhold.flush_tenant(id);
         }
-        let view = Arc::new(TenantView { tenant, keys, loaded_ms: now });
+        let view = Arc::new(TenantView { tenant, keys: keys.into(), loaded_ms: now });
         self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), view.clone());
         Ok(view)
     }

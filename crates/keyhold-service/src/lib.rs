@@ -49,8 +49,9 @@ pub struct EncryptParams {
     /// The data's purpose.
     pub purpose: Purpose,
     /// The tenant's root keys, home region first: the first generates the data key, the
-    /// others wrap it, so the message decrypts with any one of them.
-    pub keys: Vec<KeyRef>,
+    /// others wrap it, so the message decrypts with any one of them. Shared, so a caller
+    /// holding a tenant's key set passes it per message without copying it.
+    pub keys: Arc<[KeyRef]>,
     /// Caller context (must not use the reserved keys).
     pub context: EncryptionContext,
     /// Algorithm suite (default `0x0478`).
@@ -314,7 +315,7 @@ fn partition_digest(params: &EncryptParams) -> [u8; 32] {
     field(params.purpose.as_str().as_bytes());
     field(&params.suite.id().to_be_bytes());
     field(&(params.keys.len() as u32).to_be_bytes());
-    for k in &params.keys {
+    for k in params.keys.iter() {
         field(k.as_str().as_bytes());
     }
     for (k, v) in params.context.iter() {

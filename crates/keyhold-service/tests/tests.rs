@@ -86,7 +86,7 @@ fn params(f: &Fixture, tenant: &str) -> EncryptParams {
     EncryptParams {
         tenant: TenantId::parse(tenant).unwrap(),
         purpose: Purpose::parse("billing").unwrap(),
-        keys: vec![f.eu1.clone(), f.eu2.clone()],
+        keys: vec![f.eu1.clone(), f.eu2.clone()].into(),
         context: EncryptionContext::new(),
         suite: AlgorithmSuite::default(),
     }
@@ -186,9 +186,9 @@ async fn signing_suite_round_trips_and_purposes_do_not_share_keys() {
 async fn unknown_keys_and_suites_are_refused() {
     let f = fixture();
     let mut p = params(&f, "acme");
-    p.keys = vec![KeyRef::parse("arn:aws:kms:eu-west-1:111122223333:key/x").unwrap()];
+    p.keys = vec![KeyRef::parse("arn:aws:kms:eu-west-1:111122223333:key/x").unwrap()].into();
     assert!(matches!(f.service.encrypt(&p, b"").await, Err(ServiceError::NoProviderFor(_))));
-    p.keys.clear();
+    p.keys = Vec::new().into();
     assert!(matches!(f.service.encrypt(&p, b"").await, Err(ServiceError::NoKeys)));
     let mut p = params(&f, "acme");
     p.suite = AlgorithmSuite::AES_256_GCM_HKDF_SHA384_ECDSA_P384;
