@@ -35,7 +35,8 @@ const DOMAIN: &[u8] = b"keyhold-audit-v1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// A call to a key provider.
+    /// A call to a key provider (or, with `count` above 1, that many identical failed
+    /// calls within a short window, aggregated into one event).
     ProviderCall {
         /// `GenerateDataKey`, `Encrypt`, `Decrypt`, `DescribeKey`, ...
         operation: String,
@@ -43,12 +44,24 @@ pub enum Event {
         key: String,
         /// Its region, when known.
         region: Option<String>,
-        /// The encryption context sent.
-        context: BTreeMap<String, String>,
+        /// The encryption context sent, for a successful call (at most 8,192 bytes
+        /// serialized: keyhold refuses larger contexts before any call).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<BTreeMap<String, String>>,
+        /// For a failed call, the SHA-256 (hex) of the serialized context instead of the
+        /// context itself, so a caller cannot make the trail store what it likes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context_digest: Option<String>,
         /// `ok`, or the error code.
         outcome: String,
-        /// How long it took, in microseconds.
+        /// How long it took, in microseconds (the first call's, when aggregated).
         latency_us: u64,
+        /// How many identical calls this event stands for (1 unless aggregated).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u64,
+        /// When aggregated: the last of the calls (ms since the Unix epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_ms: Option<u64>,
     },
     /// A tenant changed state.
     TenantState {
@@ -56,7 +69,10 @@ pub enum Event {
         from: String,
         /// After.
         to: String,
-        /// Why.
+        /// The stable code of the cause (`created`, `validated`, `probe_refused`, ...).
+        #[serde(default)]
+        cause: String,
+        /// Why, in words.
         reason: Option<String>,
     },
     /// A tenant's key was attached, validated, or changed state.
@@ -70,6 +86,36 @@ pub enum Event {
         /// The validation findings' codes, if any.
         findings: Vec<String>,
     },
+    /// A key's place in the tenant's key history changed (`active`, `decrypt_only`,
+    /// `retired`).
+    KeyStatus {
+        /// The region.
+        region: String,
+        /// The key.
+        key: String,
+        /// Its status before (`none` when first attached).
+        from: String,
+        /// Its status now.
+        to: String,
+    },
+    /// A health probe of a key gave a different outcome than the previous probe.
+    KeyProbe {
+        /// The region.
+        region: Option<String>,
+        /// The key.
+        key: String,
+        /// `ok`, or the error code.
+        outcome: String,
+    },
+    /// The health probes of a tenant's keys since the previous summary.
+    ProbeSummary {
+        /// The period's start (ms since the Unix epoch).
+        since_ms: u64,
+        /// Probe round trips made (GenerateDataKey and Decrypt each).
+        probes: u64,
+        /// Of which failed.
+        failures: u64,
+    },
     /// An administrative action.
     AdminAction {
         /// Who (`admin`, `tenant-admin:<tenant>`).
@@ -79,7 +125,8 @@ pub enum Event {
         /// Details worth keeping, without secrets.
         detail: Option<String>,
     },
-    /// Encrypt and decrypt operations in one minute for one purpose and service.
+    /// Encrypt and decrypt operations for one purpose and service within one minute,
+    /// counted since the previous flush (a minute may have several such events: add them).
     Usage {
         /// The minute's start (ms since the Unix epoch).
         minute_ms: u64,
@@ -92,6 +139,14 @@ pub enum Event {
         /// Messages decrypted.
         decrypts: u64,
     },
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// A stored event, as read back and exported.

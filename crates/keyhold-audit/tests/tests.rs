@@ -18,9 +18,12 @@ fn call(n: u64) -> Event {
         operation: "GenerateDataKey".into(),
         key: "arn:aws:kms:eu-central-1:111122223333:key/k".into(),
         region: Some("eu-central-1".into()),
-        context: BTreeMap::from([("tenant".to_owned(), "acme".to_owned())]),
+        context: Some(BTreeMap::from([("tenant".to_owned(), "acme".to_owned())])),
+        context_digest: None,
         outcome: "ok".into(),
         latency_us: n,
+        count: 1,
+        last_ms: None,
     }
 }
 
