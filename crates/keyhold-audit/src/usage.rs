@@ -1,5 +1,7 @@
 //! Per-minute usage counts: encrypt and decrypt operations per tenant, purpose and
-//! service, kept in memory and drained into [`Event::Usage`] events once a minute is over.
+//! service, kept in memory and drained into [`Event::Usage`] events (a finished minute's,
+//! or with `all` every minute's counts so far, for a flush that must lose nothing on a
+//! crash); counts whose write failed are put back with [`UsageCounter::restore`].
 //!
 //! Counting is on every request's path, so it does not allocate once a (tenant, purpose,
 //! service) has been seen: the map is keyed by one string built in a per-thread buffer.
@@ -46,6 +48,16 @@ impl UsageCounter {
     /// Counts `n` decryptions at `now_ms`.
     pub fn decrypted(&self, tenant: &TenantId, purpose: &Purpose, service: &str, now_ms: u64, n: u64) {
         self.add(tenant, purpose, service, now_ms, 0, n);
+    }
+
+    /// Puts back the counts of a drained event whose write failed, so the next flush
+    /// writes them.
+    pub fn restore(&self, tenant: &TenantId, event: &Event) {
+        if let Event::Usage { minute_ms, purpose, service, encrypts, decrypts } = event
+            && let Ok(purpose) = Purpose::parse(purpose)
+        {
+            self.add(tenant, &purpose, service, *minute_ms, *encrypts, *decrypts);
+        }
     }
 
     fn add(&self, tenant: &TenantId, purpose: &Purpose, service: &str, now_ms: u64, enc: u64, dec: u64) {

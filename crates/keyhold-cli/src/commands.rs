@@ -278,7 +278,8 @@ fn decrypt(dir: &std::path::Path, args: DecryptArgs) -> Result<()> {
     let providers = rt.block_on(providers(dir, &args.aws, &tenant, need_aws))?;
     let service = service(providers, Settings { decrypt: config, ..Settings::default() }, &args.aws)?;
     // The tenant check happens inside, before any key is used or any byte is written.
-    let body = rt.block_on(service.body_decryptor(&tenant, header))?;
+    // Offline, the operator holds the keys: any key the providers serve may be asked.
+    let body = rt.block_on(service.body_decryptor(&tenant, header, &keyhold_service::AnyKey, &mut Vec::new()))?;
     let bar = progress(input_size(), args.quiet);
     decrypt_stream(body, leftover, &mut stdin, std::io::stdout().lock(), |n| bar.set_position(n))
         .context("decrypting")?;

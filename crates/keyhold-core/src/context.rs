@@ -10,6 +10,11 @@ pub const RESERVED_TENANT_KEY: &str = "tenant";
 /// The context key that carries the purpose in every keyhold message.
 pub const RESERVED_PURPOSE_KEY: &str = "purpose";
 
+/// The largest encryption context keyhold sends to a key provider, serialized (AWS KMS's
+/// own limit on EncryptionContext is 8,192 characters); larger ones are refused before any
+/// provider call.
+pub const MAX_CONTEXT_BYTES: usize = 8192;
+
 /// Why a context was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -91,6 +96,11 @@ impl EncryptionContext {
     /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
+    }
+
+    /// The length of [`EncryptionContext::to_bytes`], computed without serializing.
+    pub fn serialized_len(&self) -> usize {
+        if self.pairs.is_empty() { 0 } else { 2 + self.pairs.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>() }
     }
 
     /// The serialization the message format prescribes: empty for an empty context,

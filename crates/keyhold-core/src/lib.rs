@@ -16,7 +16,7 @@ mod secret;
 
 pub use arn::{ArnError, KeyArn, KeyResource};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use context::{ContextError, EncryptionContext, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY};
+pub use context::{ContextError, EncryptionContext, MAX_CONTEXT_BYTES, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY};
 pub use edk::EncryptedDataKey;
 pub use ids::{IdError, KeyRef, Purpose, RealmId, Region, TenantId};
 pub use secret::DataKey;

@@ -477,21 +477,26 @@ async fn unwrap_matches(
 
 fn describe_findings(d: &KeyDescription, region: &Region, findings: &mut Vec<Finding>) {
     let r = Some(region);
-    if d.spec != SYMMETRIC_DEFAULT {
+    // A provider that did not report spec or usage gives empty strings: the defaults
+    // (SYMMETRIC_DEFAULT, whose only usage is ENCRYPT_DECRYPT) apply, and an empty value
+    // is never printed.
+    let spec = if d.spec.is_empty() { SYMMETRIC_DEFAULT } else { d.spec.as_str() };
+    let usage = if d.usage.is_empty() && spec == SYMMETRIC_DEFAULT { ENCRYPT_DECRYPT } else { d.usage.as_str() };
+    if spec != SYMMETRIC_DEFAULT {
         findings.push(finding(
             Severity::Error,
             "key_spec_wrong",
             r,
-            format!("the key's spec is {}, but keyhold needs {SYMMETRIC_DEFAULT}", d.spec),
+            format!("the key's spec is {spec}, but keyhold needs {SYMMETRIC_DEFAULT}"),
             "create a new key with key spec SYMMETRIC_DEFAULT (a key's spec cannot be changed) and submit its ARN",
         ));
     }
-    if d.usage != ENCRYPT_DECRYPT {
+    if usage != ENCRYPT_DECRYPT {
         findings.push(finding(
             Severity::Error,
             "key_usage_wrong",
             r,
-            format!("the key's usage is {}, but keyhold needs {ENCRYPT_DECRYPT}", d.usage),
+            format!("the key's usage is {}, but keyhold needs {ENCRYPT_DECRYPT}", if usage.is_empty() { "not reported" } else { usage }),
             "create a new key with key usage ENCRYPT_DECRYPT (a key's usage cannot be changed) and submit its ARN",
         ));
     }

@@ -55,6 +55,28 @@ fn codes(report: &Report) -> Vec<&'static str> {
     report.all_findings().map(|f| f.code).collect()
 }
 
+/// Regression: moto's DescribeKey omits `KeyUsage` for a key created without one, and
+/// validation reported "the key's usage is , but keyhold needs ENCRYPT_DECRYPT" although
+/// the live round trip succeeded.
+#[tokio::test]
+async fn a_key_whose_describe_omits_key_usage_is_usable() {
+    let proxy = FaultProxy::moto().await;
+    let policy = key_policy(&PolicyParams {
+        tenant: &tenant(),
+        platform_principal: PRINCIPAL,
+        tenant_account: Some("123456789012"),
+    })
+    .unwrap()
+    .to_string();
+    let kms = moto_kms("eu-central-1").await;
+    let arn = kms.create_key().policy(policy).send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
+    kms.enable_key_rotation().key_id(key_id(&arn)).send().await.unwrap();
+    let report = run(&proxy, "de", &[arn]).await;
+    assert!(report.usable, "{}", report.to_text());
+    assert!(!codes(&report).contains(&"key_usage_wrong"), "{}", report.to_text());
+    assert!(!report.to_text().contains("usage is ,"), "{}", report.to_text());
+}
+
 #[tokio::test]
 async fn a_correctly_configured_dual_region_realm_is_usable_and_clean() {
     let proxy = FaultProxy::moto().await;

@@ -369,8 +369,14 @@ impl KeyProvider for AwsKms {
             },
             material_versions: None,
             description: m.description().unwrap_or_default().to_owned(),
-            spec: m.key_spec().map_or_else(String::new, |s| s.as_str().to_owned()),
-            usage: m.key_usage().map_or_else(String::new, |u| u.as_str().to_owned()),
+            // DescribeKey may omit both (moto does for keys created without them): they
+            // then have AWS's defaults, and a symmetric default key can only be
+            // ENCRYPT_DECRYPT.
+            spec: m.key_spec().map_or_else(|| keyhold_provider::SYMMETRIC_DEFAULT.to_owned(), |s| s.as_str().to_owned()),
+            usage: m.key_usage().map_or_else(
+                || keyhold_provider::ENCRYPT_DECRYPT.to_owned(),
+                |u| u.as_str().to_owned(),
+            ),
             multi_region: m.multi_region().unwrap_or(false),
         })
     }

@@ -102,13 +102,26 @@ impl Files {
         fs::create_dir_all(dir).map_err(io("create directory", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("restrict", dir))?;
         let master_path = dir.join("master.key");
+        let keys = dir.join("keys.json");
+        // A keystore without its master key cannot be opened: creating a new master key
+        // would make every sealed key unreadable, silently. Say what is wrong instead.
+        if !master_path.exists() && keys.exists() {
+            return Err(StoreError::Corrupt {
+                path: master_path,
+                reason: format!(
+                    "the master key is missing but {} holds keys sealed under it; restore master.key from \
+                     a backup (keyhold will not create a new one over existing keys)",
+                    keys.display()
+                ),
+            });
+        }
         let master = load_or_create_master(&master_path, rng)?;
         let master = UnboundKey::new(&AES_256_GCM, master.expose()).map_err(|_| StoreError::Corrupt {
             path: master_path.clone(),
             reason: "master key is not 32 bytes".into(),
         })?;
         Ok(Self {
-            keys: dir.join("keys.json"),
+            keys,
             lock: dir.join("keys.lock"),
             dir: dir.to_owned(),
             master: LessSafeKey::new(master),

@@ -201,3 +201,19 @@ fn corrupt_master_key_is_reported() {
         Ok(_) => panic!("opened with a corrupt master key"),
     }
 }
+
+/// Regression: a removed `master.key` beside an existing `keys.json` silently created a
+/// new master key, making every stored key unreadable.
+#[test]
+fn a_missing_master_key_beside_existing_keys_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = LocalKms::open(dir.path()).unwrap();
+    kms.create_key(&region("eu-central-1"), "x").unwrap();
+    drop(kms);
+    std::fs::remove_file(dir.path().join("local-kms/master.key")).unwrap();
+    match LocalKms::open(dir.path()) {
+        Err(e) => assert!(e.to_string().contains("master key is missing"), "{e}"),
+        Ok(_) => panic!("opened without its master key"),
+    }
+    assert!(!dir.path().join("local-kms/master.key").exists(), "no new master key may be created");
+}

@@ -81,6 +81,10 @@ pub enum ProviderError {
     /// A malformed argument (for example a key reference this provider cannot parse).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The call was made but its audit record could not be written, so its result is
+    /// withheld (keyhold fails closed: no key use is answered unrecorded); retry.
+    #[error("the audit trail could not record this key use; nothing is returned, retry")]
+    AuditUnavailable,
     /// A transient failure; retry.
     #[error("provider unavailable ({code}): {message}")]
     Unavailable {
@@ -101,7 +105,7 @@ impl ProviderError {
             | ProviderError::KeyNotFound { .. }
             | ProviderError::AccessDenied { .. } => ErrorClass::Revoked,
             ProviderError::Misconfigured { .. } => ErrorClass::Misconfigured,
-            ProviderError::Unavailable { .. } => ErrorClass::Retryable,
+            ProviderError::Unavailable { .. } | ProviderError::AuditUnavailable => ErrorClass::Retryable,
             ProviderError::InvalidCiphertext { .. } | ProviderError::InvalidRequest(_) => ErrorClass::Invalid,
         }
     }
@@ -116,6 +120,7 @@ impl ProviderError {
             ProviderError::Misconfigured { code, .. } | ProviderError::Unavailable { code, .. } => code,
             ProviderError::InvalidCiphertext { .. } => "InvalidCiphertextException",
             ProviderError::InvalidRequest(_) => "ValidationException",
+            ProviderError::AuditUnavailable => "AuditUnavailable",
         }
     }
 }

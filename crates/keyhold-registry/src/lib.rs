@@ -26,7 +26,9 @@ use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-pub use types::{AuditRow, KeyStatus, Purposes, ServiceIdentity, Tenant, TenantKey, TenantMode, TenantState};
+pub use types::{
+    AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, Tenant, TenantKey, TenantMode, TenantState,
+};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -56,6 +58,30 @@ pub enum RegistryError {
     /// The tenant was deleted (crypto-shredded); nothing about it changes any more.
     #[error("tenant {0} was deleted")]
     TenantDeleted(TenantId),
+    /// The tenant changed since the caller read it (another instance or request acted
+    /// first); nothing was changed. Read it again and decide again.
+    #[error("tenant {tenant} changed meanwhile (now {state}, version {version}); nothing was changed")]
+    Conflict {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its state now.
+        state: TenantState,
+        /// Its version now.
+        version: u64,
+    },
+    /// The key is attached to another tenant (or to another region): a key protects one
+    /// tenant's data only.
+    #[error("key {key} is already attached to another tenant or region")]
+    KeyInUse {
+        /// The key.
+        key: String,
+    },
+    /// The key was retired from this tenant's history and is never used again.
+    #[error("key {key} was retired and cannot be attached again")]
+    KeyRetired {
+        /// The key.
+        key: String,
+    },
     /// A stored value does not parse (the database was edited by hand, or by a newer
     /// keyhold).
     #[error("the registry holds an invalid value: {0}")]
@@ -132,14 +158,25 @@ impl Registry {
         self.backend
     }
 
+    /// Writes to the database (a one-row table), to tell whether it accepts writes.
+    pub async fn write_probe(&self, now_ms: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO registry_health (id, at_ms) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+        )
+        .bind(ms(now_ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Whether the database answers (for readiness checks).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    /// Creates a tenant in state `pending`; `role_arn` is the role keyhold assumes for a
-    /// BYOK tenant.
+    /// Creates a tenant in state `pending` (cause `created`, version 0); `role_arn` is the
+    /// role keyhold assumes for a BYOK tenant.
     pub async fn create_tenant(
         &self,
         id: &TenantId,
@@ -150,8 +187,8 @@ impl Registry {
     ) -> Result<Tenant> {
         let now = ms(now_ms);
         let r = sqlx::query(
-            "INSERT INTO tenants (id, realm, mode, state, reason, created_ms, updated_ms, role_arn) \
-             VALUES ($1, $2, $3, $4, NULL, $5, $5, $6)",
+            "INSERT INTO tenants (id, realm, mode, state, reason, created_ms, updated_ms, role_arn, version, cause) \
+             VALUES ($1, $2, $3, $4, NULL, $5, $5, $6, 0, $7)",
         )
         .bind(id.as_str())
         .bind(realm.as_str())
@@ -159,6 +196,7 @@ impl Registry {
         .bind(TenantState::Pending.as_str())
         .bind(now)
         .bind(role_arn)
+        .bind(Cause::Created.as_str())
         .execute(&self.pool)
         .await;
         match r {
@@ -167,7 +205,9 @@ impl Registry {
                 realm: realm.clone(),
                 mode,
                 state: TenantState::Pending,
+                cause: Some(Cause::Created),
                 reason: None,
+                version: 0,
                 role_arn: role_arn.map(str::to_owned),
                 created_ms: now_ms,
                 updated_ms: now_ms,
@@ -193,88 +233,181 @@ impl Registry {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    /// Moves a tenant to `state` with `reason`. A deleted tenant never changes again.
-    pub async fn set_tenant_state(
+    /// Moves `from` (the tenant as the caller read it) to `to`, compare-and-set: the
+    /// change happens only if the tenant is still in `from.state` at `from.version`, so of
+    /// two instances deciding on the same tenant only one wins; the other gets
+    /// [`RegistryError::Conflict`]. Moving to `deleted` also destroys every key reference
+    /// of the tenant (crypto-shredding), in the same transaction. A deleted tenant never
+    /// changes again.
+    pub async fn transition(
         &self,
-        id: &TenantId,
-        state: TenantState,
+        from: &Tenant,
+        to: TenantState,
+        cause: Cause,
         reason: Option<&str>,
         now_ms: u64,
     ) -> Result<Tenant> {
-        let r =
-            sqlx::query("UPDATE tenants SET state = $1, reason = $2, updated_ms = $3 WHERE id = $4 AND state <> $5")
-                .bind(state.as_str())
-                .bind(reason)
-                .bind(ms(now_ms))
-                .bind(id.as_str())
-                .bind(TenantState::Deleted.as_str())
-                .execute(&self.pool)
-                .await?;
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query(
+            "UPDATE tenants SET state = $1, cause = $2, reason = $3, updated_ms = $4, version = version + 1 \
+             WHERE id = $5 AND state = $6 AND version = $7 AND state <> $8",
+        )
+        .bind(to.as_str())
+        .bind(cause.as_str())
+        .bind(reason)
+        .bind(ms(now_ms))
+        .bind(from.id.as_str())
+        .bind(from.state.as_str())
+        .bind(ms(from.version))
+        .bind(TenantState::Deleted.as_str())
+        .execute(&mut *tx)
+        .await?;
         if r.rows_affected() == 0 {
-            return Err(match self.tenant(id).await? {
-                None => RegistryError::TenantNotFound(id.clone()),
-                Some(_) => RegistryError::TenantDeleted(id.clone()),
+            drop(tx);
+            return Err(match self.tenant(&from.id).await? {
+                None => RegistryError::TenantNotFound(from.id.clone()),
+                Some(t) if t.state == TenantState::Deleted => RegistryError::TenantDeleted(from.id.clone()),
+                Some(t) => RegistryError::Conflict { tenant: from.id.clone(), state: t.state, version: t.version },
             });
         }
-        self.tenant(id).await?.ok_or_else(|| RegistryError::TenantNotFound(id.clone()))
+        if to == TenantState::Deleted {
+            sqlx::query("DELETE FROM key_history WHERE tenant_id = $1").bind(from.id.as_str()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))
     }
 
-    /// Crypto-shreds a tenant: its key references are destroyed and it is marked deleted,
-    /// in one transaction. Its audit trail stays.
-    pub async fn delete_tenant(&self, id: &TenantId, reason: &str, now_ms: u64) -> Result<Tenant> {
+    /// Attaches `key` as the active key of `region` for `tenant`, with what validation
+    /// found (`check`, `findings` JSON): the region's previous active key becomes
+    /// `decrypt_only` (it still decrypts what it protects); a key already in the history
+    /// becomes active again. In one transaction, bumping the tenant's version. Returns the
+    /// status changes made, as (key, previous status or `None`, new status).
+    pub async fn attach_key(
+        &self,
+        tenant: &TenantId,
+        region: &Region,
+        key: &str,
+        check: KeyCheck,
+        findings: &str,
+        now_ms: u64,
+    ) -> Result<Vec<(String, Option<KeyStatus>, KeyStatus)>> {
         let mut tx = self.begin_write().await?;
         let state: Option<String> = sqlx::query("SELECT state FROM tenants WHERE id = $1")
-            .bind(id.as_str())
+            .bind(tenant.as_str())
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| r.try_get::<String, _>(0))
             .transpose()?;
         match state.as_deref() {
-            None => return Err(RegistryError::TenantNotFound(id.clone())),
-            Some(s) if s == TenantState::Deleted.as_str() => return Err(RegistryError::TenantDeleted(id.clone())),
+            None => return Err(RegistryError::TenantNotFound(tenant.clone())),
+            Some(s) if s == TenantState::Deleted.as_str() => return Err(RegistryError::TenantDeleted(tenant.clone())),
             Some(_) => {}
         }
-        sqlx::query("DELETE FROM tenant_keys WHERE tenant_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
-        sqlx::query("UPDATE tenants SET state = $1, reason = $2, updated_ms = $3 WHERE id = $4")
-            .bind(TenantState::Deleted.as_str())
-            .bind(reason)
+        let owner: Option<(String, String, String)> =
+            sqlx::query("SELECT tenant_id, region, status FROM key_history WHERE key_arn = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .transpose()?;
+        let mut changes = Vec::new();
+        let previous_status = match owner {
+            Some((t, _, _)) if t != tenant.as_str() => {
+                return Err(RegistryError::KeyInUse { key: key.to_owned() });
+            }
+            Some((_, r, _)) if r != region.as_str() => {
+                return Err(RegistryError::KeyInUse { key: key.to_owned() });
+            }
+            Some((_, _, status)) => {
+                let status = KeyStatus::from_str(&status).map_err(RegistryError::Corrupt)?;
+                if status == KeyStatus::Retired {
+                    return Err(RegistryError::KeyRetired { key: key.to_owned() });
+                }
+                Some(status)
+            }
+            None => None,
+        };
+        let demoted: Vec<String> = sqlx::query(
+            "SELECT key_arn FROM key_history WHERE tenant_id = $1 AND region = $2 AND status = $3 AND key_arn <> $4",
+        )
+        .bind(tenant.as_str())
+        .bind(region.as_str())
+        .bind(KeyStatus::Active.as_str())
+        .bind(key)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?;
+        for old in demoted {
+            sqlx::query("UPDATE key_history SET status = $1, status_ms = $2 WHERE tenant_id = $3 AND key_arn = $4")
+                .bind(KeyStatus::DecryptOnly.as_str())
+                .bind(ms(now_ms))
+                .bind(tenant.as_str())
+                .bind(old.as_str())
+                .execute(&mut *tx)
+                .await?;
+            changes.push((old, Some(KeyStatus::Active), KeyStatus::DecryptOnly));
+        }
+        sqlx::query(
+            "INSERT INTO key_history (tenant_id, region, key_arn, status, state, last_check_ms, findings, attached_ms, \
+             status_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $6) \
+             ON CONFLICT (tenant_id, region, key_arn) DO UPDATE SET status = excluded.status, \
+             state = excluded.state, last_check_ms = excluded.last_check_ms, findings = excluded.findings, \
+             status_ms = CASE WHEN key_history.status = excluded.status THEN key_history.status_ms \
+             ELSE excluded.status_ms END",
+        )
+        .bind(tenant.as_str())
+        .bind(region.as_str())
+        .bind(key)
+        .bind(KeyStatus::Active.as_str())
+        .bind(check.as_str())
+        .bind(ms(now_ms))
+        .bind(findings)
+        .execute(&mut *tx)
+        .await?;
+        if previous_status != Some(KeyStatus::Active) {
+            changes.push((key.to_owned(), previous_status, KeyStatus::Active));
+        }
+        sqlx::query("UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2")
             .bind(ms(now_ms))
-            .bind(id.as_str())
+            .bind(tenant.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.tenant(id).await?.ok_or_else(|| RegistryError::TenantNotFound(id.clone()))
+        Ok(changes)
     }
 
-    /// Records (or replaces) a tenant's key for a region.
-    pub async fn put_key(&self, key: &TenantKey) -> Result<()> {
-        match self.tenant(&key.tenant).await? {
-            None => return Err(RegistryError::TenantNotFound(key.tenant.clone())),
-            Some(t) if t.state == TenantState::Deleted => return Err(RegistryError::TenantDeleted(key.tenant.clone())),
-            Some(_) => {}
-        }
-        sqlx::query(
-            "INSERT INTO tenant_keys (tenant_id, region, key_arn, state, last_check_ms, findings) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant_id, region) DO UPDATE SET key_arn = excluded.key_arn, state = excluded.state, \
-             last_check_ms = excluded.last_check_ms, findings = excluded.findings",
+    /// Records what a validation or probe found of a key in the history (its status is
+    /// unchanged). Returns whether the key was found.
+    pub async fn record_check(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        check: KeyCheck,
+        findings: Option<&str>,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE key_history SET state = $1, last_check_ms = $2, findings = COALESCE($3, findings) \
+             WHERE tenant_id = $4 AND key_arn = $5",
         )
-        .bind(key.tenant.as_str())
-        .bind(key.region.as_str())
-        .bind(key.key.as_str())
-        .bind(key.state.as_str())
-        .bind(key.last_check_ms.map(ms))
-        .bind(key.findings.as_str())
+        .bind(check.as_str())
+        .bind(ms(now_ms))
+        .bind(findings)
+        .bind(tenant.as_str())
+        .bind(key)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() > 0)
     }
 
-    /// A tenant's keys, by region.
+    /// A tenant's key history: every key attached and not destroyed, by region, then
+    /// oldest first.
     pub async fn keys(&self, tenant: &TenantId) -> Result<Vec<TenantKey>> {
         let rows = sqlx::query(
-            "SELECT tenant_id, region, key_arn, state, last_check_ms, findings FROM tenant_keys \
-             WHERE tenant_id = $1 ORDER BY region",
+            "SELECT tenant_id, region, key_arn, status, state, last_check_ms, findings, attached_ms, status_ms \
+             FROM key_history WHERE tenant_id = $1 ORDER BY region, attached_ms, key_arn",
         )
         .bind(tenant.as_str())
         .fetch_all(&self.pool)
@@ -285,9 +418,12 @@ impl Registry {
                     tenant: parse(r, 0, TenantId::parse)?,
                     region: parse(r, 1, Region::parse)?,
                     key: r.try_get(2)?,
-                    state: parse(r, 3, KeyStatus::from_str)?,
-                    last_check_ms: r.try_get::<Option<i64>, _>(4)?.map(unms),
-                    findings: r.try_get(5)?,
+                    status: parse(r, 3, KeyStatus::from_str)?,
+                    state: parse(r, 4, KeyCheck::from_str)?,
+                    last_check_ms: r.try_get::<Option<i64>, _>(5)?.map(unms),
+                    findings: r.try_get(6)?,
+                    attached_ms: unms(r.try_get(7)?),
+                    status_ms: unms(r.try_get(8)?),
                 })
             })
             .collect()
@@ -464,7 +600,7 @@ impl Registry {
     }
 }
 
-const TENANT_COLUMNS: &str = "id, realm, mode, state, reason, created_ms, updated_ms, role_arn";
+const TENANT_COLUMNS: &str = "id, realm, mode, state, reason, created_ms, updated_ms, role_arn, version, cause";
 
 fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
     Ok(Tenant {
@@ -476,6 +612,11 @@ fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
         created_ms: unms(r.try_get(5)?),
         updated_ms: unms(r.try_get(6)?),
         role_arn: r.try_get(7)?,
+        version: unms(r.try_get(8)?),
+        cause: r
+            .try_get::<Option<String>, _>(9)?
+            .map(|c| Cause::from_str(&c).map_err(|e| RegistryError::Corrupt(format!("tenant cause: {e}"))))
+            .transpose()?,
     })
 }
 

@@ -76,8 +76,42 @@ text_enum!(
 );
 
 text_enum!(
-    /// What keyhold last learned of a tenant's key.
+    /// Why a tenant last changed state: stored as such, so decisions (may a probe resume
+    /// this tenant?) are made on the cause, never on the reason's text.
+    Cause {
+        /// The tenant was created (`pending`).
+        Created => "created",
+        /// Validation found every region's key usable.
+        KeysValidated => "keys_validated",
+        /// Validation found an error in a key that was in use.
+        ValidationFailed => "validation_failed",
+        /// A probe of an active key met a definitive refusal (disabled, pending deletion,
+        /// not found, access denied).
+        KeyRefused => "key_refused",
+        /// A probe of an active key failed transiently (throttling, outage).
+        KeyUnavailable => "key_unavailable",
+        /// A probe found every active key answering again.
+        KeysHealthy => "keys_healthy",
+        /// An admin deleted the tenant.
+        Deleted => "deleted",
+    }
+);
+
+text_enum!(
+    /// A key's place in its tenant's key history.
     KeyStatus {
+        /// The region's current key: encrypts new data and decrypts.
+        Active => "active",
+        /// Replaced by a newer key: still decrypts the messages it protects.
+        DecryptOnly => "decrypt_only",
+        /// Never used again, even if the key service would still answer.
+        Retired => "retired",
+    }
+);
+
+text_enum!(
+    /// What keyhold last learned of a tenant's key.
+    KeyCheck {
         /// Attached, validation found no error.
         Valid => "valid",
         /// Attached, validation found an error.
@@ -98,8 +132,13 @@ pub struct Tenant {
     pub mode: TenantMode,
     /// Its state.
     pub state: TenantState,
-    /// Why it is in that state (suspension cause, deletion request), if said.
+    /// Why it is in that state, as a typed cause (`None` for tenants from before causes
+    /// were recorded).
+    pub cause: Option<Cause>,
+    /// Why it is in that state, in words (suspension cause, deletion request), if said.
     pub reason: Option<String>,
+    /// Bumped by every change: transitions are compare-and-set on it.
+    pub version: u64,
     /// For a BYOK tenant: the role in its account keyhold assumes.
     pub role_arn: Option<String>,
     /// Creation time (ms since the Unix epoch).
@@ -108,7 +147,7 @@ pub struct Tenant {
     pub updated_ms: u64,
 }
 
-/// A tenant's key in one region.
+/// A key in a tenant's key history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantKey {
     /// The tenant.
@@ -117,12 +156,18 @@ pub struct TenantKey {
     pub region: Region,
     /// The key reference (AWS KMS key ARN, or local key id).
     pub key: String,
+    /// Its place in the history.
+    pub status: KeyStatus,
     /// What keyhold last learned of it.
-    pub state: KeyStatus,
+    pub state: KeyCheck,
     /// When it was last checked (ms since the Unix epoch).
     pub last_check_ms: Option<u64>,
     /// The last validation's findings, as JSON.
     pub findings: String,
+    /// When it was first attached (ms since the Unix epoch).
+    pub attached_ms: u64,
+    /// When its status last changed (ms since the Unix epoch).
+    pub status_ms: u64,
 }
 
 /// The purposes a service may encrypt and decrypt for.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use keyhold_registry::{
-    Backend, KeyStatus, Purposes, Registry, RegistryError, ServiceIdentity, TenantKey, TenantMode, TenantState,
+    Backend, Cause, KeyCheck, KeyStatus, Purposes, Registry, RegistryError, ServiceIdentity, TenantMode, TenantState,
 };
 
 /// A registry on `backend`, with the directory that must outlive it (SQLite).
@@ -69,7 +69,7 @@ macro_rules! both {
     };
 }
 
-both!(tenant_lifecycle, keys_per_region, service_identities, audit_is_chained_and_paged, concurrent_appends_chain);
+both!(tenant_lifecycle, key_history, service_identities, audit_is_chained_and_paged, concurrent_appends_chain);
 
 async fn tenant_lifecycle(backend: Backend) {
     let (reg, _dir) = registry(backend).await;
@@ -90,58 +90,99 @@ async fn tenant_lifecycle(backend: Backend) {
     assert_eq!(reg.tenant(&t("acme")).await.unwrap().unwrap(), acme);
     assert_eq!(reg.tenant(&t("nobody")).await.unwrap(), None);
 
-    let s = reg.set_tenant_state(&t("acme"), TenantState::Suspended, Some("key disabled"), 3000).await.unwrap();
-    assert_eq!((s.state, s.reason.as_deref(), s.updated_ms), (TenantState::Suspended, Some("key disabled"), 3000));
-    let s = reg.set_tenant_state(&t("acme"), TenantState::Active, None, 4000).await.unwrap();
-    assert_eq!((s.state, s.reason), (TenantState::Active, None));
+    // Transitions are compare-and-set on (state, version): a stale copy loses.
+    let s = reg.transition(&acme, TenantState::Suspended, Cause::KeyRefused, Some("key disabled"), 3000).await.unwrap();
+    assert_eq!(
+        (s.state, s.cause, s.reason.as_deref(), s.updated_ms, s.version),
+        (TenantState::Suspended, Some(Cause::KeyRefused), Some("key disabled"), 3000, 1)
+    );
     assert!(matches!(
-        reg.set_tenant_state(&t("nobody"), TenantState::Active, None, 1).await,
+        reg.transition(&acme, TenantState::Active, Cause::KeysHealthy, None, 3500).await,
+        Err(RegistryError::Conflict { state: TenantState::Suspended, version: 1, .. })
+    ));
+    let s = reg.transition(&s, TenantState::Active, Cause::KeysHealthy, None, 4000).await.unwrap();
+    assert_eq!((s.state, s.reason.as_deref(), s.version), (TenantState::Active, None, 2));
+    let mut nobody = s.clone();
+    nobody.id = t("nobody");
+    assert!(matches!(
+        reg.transition(&nobody, TenantState::Active, Cause::KeysHealthy, None, 1).await,
         Err(RegistryError::TenantNotFound(_))
     ));
 
     // Crypto-shred: keys gone, state final.
-    reg.put_key(&key("acme", "eu-central-1", "lk-1")).await.unwrap();
-    let d = reg.delete_tenant(&t("acme"), "requested by the tenant", 5000).await.unwrap();
+    reg.attach_key(&t("acme"), &region("eu-central-1"), "lk-1", KeyCheck::Valid, "[]", 4500).await.unwrap();
+    let s = reg.tenant(&t("acme")).await.unwrap().unwrap();
+    let d = reg.transition(&s, TenantState::Deleted, Cause::Deleted, Some("requested by the tenant"), 5000).await.unwrap();
     assert_eq!((d.state, d.reason.as_deref()), (TenantState::Deleted, Some("requested by the tenant")));
     assert!(reg.keys(&t("acme")).await.unwrap().is_empty());
     assert!(matches!(
-        reg.set_tenant_state(&t("acme"), TenantState::Active, None, 6000).await,
+        reg.transition(&d, TenantState::Active, Cause::KeysHealthy, None, 6000).await,
         Err(RegistryError::TenantDeleted(_))
     ));
-    assert!(matches!(reg.put_key(&key("acme", "eu-west-1", "lk-2")).await, Err(RegistryError::TenantDeleted(_))));
-    assert!(matches!(reg.delete_tenant(&t("acme"), "again", 7000).await, Err(RegistryError::TenantDeleted(_))));
-    assert!(matches!(reg.delete_tenant(&t("nobody"), "x", 7000).await, Err(RegistryError::TenantNotFound(_))));
+    assert!(matches!(
+        reg.attach_key(&t("acme"), &region("eu-west-1"), "lk-2", KeyCheck::Valid, "[]", 1).await,
+        Err(RegistryError::TenantDeleted(_))
+    ));
     // The other tenant is untouched.
     assert_eq!(reg.tenant(&t("globex")).await.unwrap().unwrap().state, TenantState::Pending);
 }
 
-fn key(tenant: &str, region: &str, k: &str) -> TenantKey {
-    TenantKey {
-        tenant: t(tenant),
-        region: Region::parse(region).unwrap(),
-        key: k.to_owned(),
-        state: KeyStatus::Valid,
-        last_check_ms: Some(10),
-        findings: "[]".to_owned(),
-    }
+fn region(r: &str) -> Region {
+    Region::parse(r).unwrap()
 }
 
-async fn keys_per_region(backend: Backend) {
+async fn key_history(backend: Backend) {
     let (reg, _dir) = registry(backend).await;
     reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, None, 1).await.unwrap();
-    assert!(matches!(reg.put_key(&key("nobody", "eu-west-1", "k")).await, Err(RegistryError::TenantNotFound(_))));
-    reg.put_key(&key("acme", "eu-west-1", "arn:aws:kms:eu-west-1:111122223333:key/b")).await.unwrap();
-    reg.put_key(&key("acme", "eu-central-1", "arn:aws:kms:eu-central-1:111122223333:key/a")).await.unwrap();
-    // Replacing a region's key.
-    let mut replaced = key("acme", "eu-west-1", "arn:aws:kms:eu-west-1:111122223333:key/c");
-    replaced.state = KeyStatus::Invalid;
-    replaced.last_check_ms = None;
-    replaced.findings = r#"[{"code":"key_disabled"}]"#.to_owned();
-    reg.put_key(&replaced).await.unwrap();
+    reg.create_tenant(&t("globex"), &realm("eu"), TenantMode::Cmk, None, 1).await.unwrap();
+    assert!(matches!(
+        reg.attach_key(&t("nobody"), &region("eu-west-1"), "k", KeyCheck::Valid, "[]", 1).await,
+        Err(RegistryError::TenantNotFound(_))
+    ));
+    let (a, b, c) = (
+        "arn:aws:kms:eu-central-1:111122223333:key/a",
+        "arn:aws:kms:eu-west-1:111122223333:key/b",
+        "arn:aws:kms:eu-west-1:111122223333:key/c",
+    );
+    let changes = reg.attach_key(&t("acme"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 10).await.unwrap();
+    assert_eq!(changes, [(b.to_owned(), None, KeyStatus::Active)]);
+    reg.attach_key(&t("acme"), &region("eu-central-1"), a, KeyCheck::Valid, "[]", 20).await.unwrap();
+    // Replacing a region's key keeps the old one, decrypt-only.
+    let changes = reg
+        .attach_key(&t("acme"), &region("eu-west-1"), c, KeyCheck::Invalid, r#"[{"code":"key_disabled"}]"#, 30)
+        .await
+        .unwrap();
+    assert_eq!(
+        changes,
+        [(b.to_owned(), Some(KeyStatus::Active), KeyStatus::DecryptOnly), (c.to_owned(), None, KeyStatus::Active)]
+    );
     let keys = reg.keys(&t("acme")).await.unwrap();
-    assert_eq!(keys.len(), 2);
-    assert_eq!(keys[0].region.as_str(), "eu-central-1");
-    assert_eq!(keys[1], replaced);
+    let summary: Vec<(&str, &str, KeyStatus, KeyCheck)> =
+        keys.iter().map(|k| (k.region.as_str(), k.key.as_str(), k.status, k.state)).collect();
+    assert_eq!(
+        summary,
+        [
+            ("eu-central-1", a, KeyStatus::Active, KeyCheck::Valid),
+            ("eu-west-1", b, KeyStatus::DecryptOnly, KeyCheck::Valid),
+            ("eu-west-1", c, KeyStatus::Active, KeyCheck::Invalid),
+        ]
+    );
+    assert_eq!((keys[1].attached_ms, keys[1].status_ms), (10, 30));
+    // Attaching the old key again makes it active again, the other decrypt-only.
+    reg.attach_key(&t("acme"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 40).await.unwrap();
+    let statuses: Vec<KeyStatus> = reg.keys(&t("acme")).await.unwrap().iter().map(|k| k.status).collect();
+    assert_eq!(statuses, [KeyStatus::Active, KeyStatus::Active, KeyStatus::DecryptOnly]);
+    // A key protects one tenant's data: another tenant cannot attach it.
+    assert!(matches!(
+        reg.attach_key(&t("globex"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 50).await,
+        Err(RegistryError::KeyInUse { .. })
+    ));
+    assert!(reg.record_check(&t("acme"), c, KeyCheck::Revoked, None, 60).await.unwrap());
+    assert!(!reg.record_check(&t("globex"), c, KeyCheck::Revoked, None, 60).await.unwrap());
+    let k = reg.keys(&t("acme")).await.unwrap().into_iter().find(|k| k.key == c).unwrap();
+    assert_eq!((k.state, k.last_check_ms, k.findings.as_str()), (KeyCheck::Revoked, Some(60), r#"[{"code":"key_disabled"}]"#));
+    // Every attach bumped the version.
+    assert_eq!(reg.tenant(&t("acme")).await.unwrap().unwrap().version, 4);
 }
 
 async fn service_identities(backend: Backend) {

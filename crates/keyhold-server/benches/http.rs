@@ -164,7 +164,7 @@ fn main() {
         ] {
             phase(&client, &url, &dev, body, connections, 1).await;
         }
-        let calls_before: u64 = state.metrics.provider_calls().values().sum();
+        let calls_before: u64 = state.metrics().provider_calls().values().sum();
         let (mut echo, mut enc, mut dec, mut encb, mut decb) =
             (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
         let mut ops = 0u64;
@@ -185,7 +185,7 @@ fn main() {
             }
             eprintln!("round {} of {rounds} done", round + 1);
         }
-        let calls: u64 = state.metrics.provider_calls().values().sum::<u64>() - calls_before;
+        let calls: u64 = state.metrics().provider_calls().values().sum::<u64>() - calls_before;
 
         let (e, en, de) = (median(echo.rps.clone()), median(enc.rps.clone()), median(dec.rps.clone()));
         let (eb, db) = (median(encb.rps.clone()), median(decb.rps.clone()));

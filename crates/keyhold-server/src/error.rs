@@ -6,9 +6,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keyhold_lifecycle::LifecycleError;
 use keyhold_provider::{ErrorClass, ProviderError};
 use keyhold_registry::RegistryError;
-use keyhold_service::ServiceError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -35,8 +35,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable code: `invalid_request`, `unauthenticated`, `forbidden`, `tenant_not_found`,
     /// `tenant_exists`, `tenant_not_active`, `tenant_suspended`, `tenant_deleted`,
-    /// `tenant_mismatch`, `malformed_ciphertext`, `key_unavailable`, `key_revoked`,
-    /// `key_misconfigured`, `not_configured`, `registry_unavailable`, `internal`.
+    /// `tenant_mismatch`, `malformed_ciphertext`, `key_not_in_tenant`, `key_in_use`,
+    /// `key_retired`, `conflict`, `key_unavailable`, `key_revoked`, `key_misconfigured`,
+    /// `not_configured`, `audit_unavailable`, `registry_unavailable`, `internal`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
@@ -66,6 +67,11 @@ impl ApiError {
     /// 404 `tenant_not_found`.
     pub fn tenant_not_found(tenant: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "tenant_not_found", format!("tenant {tenant} does not exist"))
+    }
+
+    /// 500 `internal`, with a generic body (the cause goes to the log).
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "keyhold failed; retry, or tell the operator")
     }
 
     /// 404 for an unknown route.
@@ -100,6 +106,43 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        use LifecycleError as L;
+        let message = e.to_string();
+        let (status, code) = match &e {
+            L::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            L::MalformedCiphertext(_) => (StatusCode::BAD_REQUEST, "malformed_ciphertext"),
+            L::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            L::TenantNotFound(_) => (StatusCode::NOT_FOUND, "tenant_not_found"),
+            L::TenantExists(_) => (StatusCode::CONFLICT, "tenant_exists"),
+            L::TenantDeleted(_) => (StatusCode::GONE, "tenant_deleted"),
+            L::TenantPending(_) => (StatusCode::CONFLICT, "tenant_not_active"),
+            L::TenantSuspended { .. } => (StatusCode::FORBIDDEN, "tenant_suspended"),
+            L::TenantMismatch(_) => (StatusCode::FORBIDDEN, "tenant_mismatch"),
+            L::KeyNotInTenant(_) => (StatusCode::BAD_REQUEST, "key_not_in_tenant"),
+            L::KeyInUse(_) => (StatusCode::CONFLICT, "key_in_use"),
+            L::KeyRetired(_) => (StatusCode::CONFLICT, "key_retired"),
+            L::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            L::NotConfigured(_) => (StatusCode::CONFLICT, "not_configured"),
+            L::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            L::Provider { source, .. } => return provider_error(source),
+            L::NoProviderFor(_) => (StatusCode::CONFLICT, "key_misconfigured"),
+            L::Registry(_) => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registry_unavailable",
+                    "the registry failed or is unreachable; retry",
+                );
+            }
+            // keyhold's own failures: the body stays generic, the chain is in the message
+            // only for operators' logs.
+            _ => return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "keyhold failed; retry, or tell the operator"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
 /// A key provider's refusal or failure as an API error.
 pub fn provider_error(e: &ProviderError) -> ApiError {
     match e.class() {
@@ -113,6 +156,11 @@ pub fn provider_error(e: &ProviderError) -> ApiError {
             "key_misconfigured",
             format!("the tenant's key cannot be used ({}): {e}", e.code()),
         ),
+        ErrorClass::Retryable if matches!(e, ProviderError::AuditUnavailable) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit trail could not record this key use; the request was refused and returned nothing, retry",
+        ),
         ErrorClass::Retryable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "key_unavailable",
@@ -123,34 +171,6 @@ pub fn provider_error(e: &ProviderError) -> ApiError {
             "malformed_ciphertext",
             format!("the ciphertext's data key does not unwrap: {e}"),
         ),
-    }
-}
-
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::TenantMismatch { expected, .. } => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "tenant_mismatch",
-                format!("the ciphertext does not belong to tenant {expected}; nothing was decrypted"),
-            ),
-            ServiceError::Provider { source, .. } => provider_error(&source),
-            ServiceError::Decrypt(err) => {
-                ApiError::invalid_ciphertext(format!("the ciphertext is not a valid message: {err}"))
-            }
-            ServiceError::NoProviderFor(key) => ApiError::new(
-                StatusCode::CONFLICT,
-                "key_misconfigured",
-                format!("no key provider serves key {key}; configure AWS access or attach a local key"),
-            ),
-            ServiceError::Randomness => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "internal", "the system random generator failed; retry")
-            }
-            ServiceError::NoUsableEncryptedDataKey => ApiError::invalid_ciphertext(
-                "the ciphertext carries no data key that any of the tenant's keys can unwrap",
-            ),
-            other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", other.to_string()),
-        }
     }
 }
 

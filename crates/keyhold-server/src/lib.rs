@@ -5,10 +5,9 @@
 //! - [`auth`]: Ed25519 JWTs for services (verified against each service's registered key)
 //!   and for the admin and tenant admins (verified against the admin key).
 //! - [`error`]: `{"error":{"code","message"}}`, status from the variant.
-//! - [`state`]: shared state; every key-provider call is audited and counted.
+//! - [`state`]: shared state: the lifecycle layer (`keyhold-lifecycle`), which makes every
+//!   decision about a tenant, the admin key and the verified-token cache.
 //! - [`devcreds`]: the development admin key and `dev` service a fresh data dir gets.
-//! - [`monitor`]: the key health monitor that suspends a tenant whose key refuses and
-//!   resumes it when the key answers again.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //! - [`serve`]: assembling the state from configuration, listening (plain or [`tls`]),
 //!   graceful shutdown.
@@ -19,8 +18,6 @@ pub mod api;
 pub mod auth;
 pub mod devcreds;
 pub mod error;
-pub mod metrics;
-pub mod monitor;
 pub mod openapi;
 pub mod serve;
 pub mod state;
@@ -47,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants/{id}", get(api::get_tenant).delete(api::delete_tenant))
         .route("/v1/tenants/{id}/key-policy", get(api::get_key_policy))
         .route("/v1/tenants/{id}/cloudformation", get(api::get_cloudformation))
+        .route("/v1/tenants/{id}/keys", get(api::list_keys))
         .route("/v1/tenants/{id}/keys/{region}", put(api::attach_key))
         .route("/v1/tenants/{id}/validate", post(api::validate_tenant))
         .route("/v1/tenants/{id}/audit", get(api::audit))
@@ -71,6 +69,6 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
     let started = Instant::now();
     let resp = next.run(req).await.into_response();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    state.metrics.request(route, resp.status().as_u16(), started.elapsed());
+    state.metrics().request(route, resp.status().as_u16(), started.elapsed());
     resp
 }

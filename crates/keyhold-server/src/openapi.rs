@@ -14,7 +14,7 @@ use crate::error::{ErrorBody, ErrorDetail};
     info(title = "keyhold", description = "Customer-managed keys for multi-tenant platforms: HTTP API v1."),
     paths(
         api::create_tenant, api::list_tenants, api::get_tenant, api::delete_tenant, api::get_key_policy,
-        api::get_cloudformation, api::attach_key, api::validate_tenant, api::encrypt, api::decrypt,
+        api::get_cloudformation, api::attach_key, api::list_keys, api::validate_tenant, api::encrypt, api::decrypt,
         api::encrypt_batch, api::decrypt_batch, api::audit, api::audit_verify, api::healthz, api::readyz,
         api::metrics
     ),

@@ -1,6 +1,7 @@
 //! Running the server: assembling the state from a [`ServeConfig`] (registry, local and
-//! AWS KMS providers, development credentials), listening with or without TLS, flushing
-//! usage counts to the audit trail every few seconds, and shutting down gracefully.
+//! AWS KMS providers, development credentials, the lifecycle layer), listening with or
+//! without TLS, flushing usage counts to the audit trail every
+//! [`ServeConfig::usage_flush_interval`], and shutting down gracefully.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +15,9 @@ use keyhold_provider::KeyProvider;
 use keyhold_provider_aws::{AwsKmsConfig, AwsSdkConfig, TenantRouter};
 use keyhold_provider_local::LocalKms;
 use keyhold_registry::Registry;
-use keyhold_service::{Keyhold, Settings};
+use keyhold_audit::Auditor;
+use keyhold_lifecycle::{Lifecycle, Parts};
+use keyhold_service::Settings;
 
 use crate::AppState;
 use crate::devcreds::{self, Created};
@@ -41,12 +44,18 @@ pub struct ServeConfig {
     pub aws: Option<AwsSdkConfig>,
     /// How often the health monitor probes every tenant's keys; `None` disables it.
     pub probe_interval: Option<Duration>,
+    /// How often usage counts (and other events held in memory) are written to the audit
+    /// trail: the most a `kill -9` can lose.
+    pub usage_flush_interval: Duration,
 }
+
+/// The default [`ServeConfig::usage_flush_interval`].
+pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(2);
 
 impl ServeConfig {
     /// The embedded default over `data_dir`: SQLite registry and local keys there, plain
     /// HTTP on [`DEFAULT_LISTEN`], the standard AWS configuration, no platform principal,
-    /// the health monitor every [`crate::monitor::DEFAULT_INTERVAL`].
+    /// the health monitor every [`keyhold_lifecycle::monitor::DEFAULT_INTERVAL`].
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -57,7 +66,8 @@ impl ServeConfig {
             local_region: None,
             settings: Settings::default(),
             aws: None,
-            probe_interval: Some(crate::monitor::DEFAULT_INTERVAL),
+            probe_interval: Some(keyhold_lifecycle::monitor::DEFAULT_INTERVAL),
+            usage_flush_interval: DEFAULT_USAGE_FLUSH,
         }
     }
 }
@@ -106,26 +116,21 @@ pub async fn build(
         Some(sdk) => TenantRouter::new(sdk, AwsKmsConfig::default()),
         None => TenantRouter::from_env(AwsKmsConfig::default()).await,
     });
-    let providers: Vec<Arc<dyn KeyProvider>> = vec![Arc::new(local), aws.clone()];
-    let settings = config.settings;
-    let local_region = config.local_region.clone();
-    let keyhold_clock = clock.clone();
-    let state = AppState::new(
+    let local = Arc::new(local);
+    let providers: Vec<Arc<dyn KeyProvider>> = vec![local.clone(), aws.clone()];
+    let lifecycle = Lifecycle::new(Parts {
+        auditor: Auditor::new(registry.clone()),
         registry,
-        move |providers| {
-            let k = Keyhold::new(providers, settings, keyhold_clock);
-            match local_region {
-                Some(r) => k.with_local_region(r),
-                None => k,
-            }
-        },
         providers,
+        local: Some(local),
+        aws: Some(aws),
         catalog,
-        admin_public_key,
-        config.platform_principal.clone(),
+        platform_principal: config.platform_principal.clone(),
+        settings: config.settings,
+        local_region: config.local_region.clone(),
         clock,
-        Some(aws),
-    );
+    });
+    let state = AppState::new(Arc::new(lifecycle), admin_public_key);
     Ok((Arc::new(state), created))
 }
 
@@ -141,16 +146,17 @@ pub async fn run(
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServeError::Listen(config.listen, e))?;
     let addr = listener.local_addr().map_err(|e| ServeError::Listen(config.listen, e))?;
     let flusher = {
-        let state = state.clone();
+        let lifecycle = state.lifecycle.clone();
+        let every = config.usage_flush_interval.max(Duration::from_millis(10));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                state.flush_usage(false).await;
+                lifecycle.flush(false).await;
             }
         })
     };
-    let monitor = config.probe_interval.map(|i| crate::monitor::spawn(state.clone(), i));
+    let monitor = config.probe_interval.map(|i| keyhold_lifecycle::monitor::spawn(state.lifecycle.clone(), i));
     let app = crate::router(state.clone());
     ready(addr);
     let served = match &config.tls {
@@ -164,7 +170,7 @@ pub async fn run(
     if let Some(m) = monitor {
         m.abort();
     }
-    state.flush_usage(true).await;
+    state.lifecycle.flush(true).await;
     served.map_err(|e| ServeError::Listen(addr, e))
 }
 

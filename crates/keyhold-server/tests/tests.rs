@@ -269,7 +269,8 @@ async fn tokens_and_scopes_are_enforced() {
     // A service limited to some purposes.
     let (svc, _) = SigningKey::generate().unwrap();
     f.state
-        .registry
+        .lifecycle
+        .registry()
         .put_service(&keyhold_registry::ServiceIdentity {
             name: "hr".into(),
             public_key: svc.public_key(),
@@ -296,12 +297,12 @@ async fn another_tenants_ciphertext_is_refused_and_nothing_is_decrypted() {
     f.active_tenant("acme").await;
     f.active_tenant("globex").await;
     let (_, e) = f.encrypt("acme", b"acme secret", json!({})).await;
-    let before = f.state.metrics.provider_calls();
+    let before = f.state.metrics().provider_calls();
     let (s, d) = f.decrypt("globex", &e["ciphertext"]).await;
     assert_eq!((s, d["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_mismatch")));
     assert!(d.get("plaintext").is_none());
     // No key was asked to unwrap anything.
-    assert_eq!(f.state.metrics.provider_calls(), before);
+    assert_eq!(f.state.metrics().provider_calls(), before);
 }
 
 #[tokio::test]
@@ -387,7 +388,7 @@ async fn the_audit_trail_records_and_verifies_and_never_holds_secrets() {
     let (_, v) = f.call(Method::GET, "/v1/tenants/acme/audit/verify", Some(&ta), None).await;
     assert_eq!(v["ok"], true);
     assert_eq!(v["events"].as_u64().unwrap() as usize, events.len());
-    f.state.registry.execute_raw("UPDATE audit_events SET at_ms = at_ms + 1 WHERE seq = 2").await.unwrap();
+    f.state.lifecycle.registry().execute_raw("UPDATE audit_events SET at_ms = at_ms + 1 WHERE seq = 2").await.unwrap();
     let (_, v) = f.call(Method::GET, "/v1/tenants/acme/audit/verify", Some(&ta), None).await;
     assert_eq!(v["ok"], false);
     assert_eq!(v["problem"]["problem"], "edited");
@@ -529,7 +530,7 @@ async fn the_api_runs_on_postgres() {
     sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
     let f = fixture_on(Some(url)).await;
-    assert_eq!(f.state.registry.backend(), keyhold_registry::Backend::Postgres);
+    assert_eq!(f.state.lifecycle.registry().backend(), keyhold_registry::Backend::Postgres);
     f.active_tenant("acme").await;
     let (_, e) = f.encrypt("acme", b"on postgres", json!({})).await;
     let (s, d) = f.decrypt("acme", &e["ciphertext"]).await;
@@ -620,13 +621,13 @@ async fn a_change_made_through_another_instance_is_seen_within_the_view_ttl() {
     };
     assert_eq!(b.decrypt("acme", &e["ciphertext"]).await.0, StatusCode::OK);
     // Suspended through A (an operator's validation after the tenant disabled its keys).
-    let t = a.state.registry.tenant(&keyhold_core::TenantId::parse("acme").unwrap()).await.unwrap().unwrap();
-    a.state.change_state(&t, keyhold_registry::TenantState::Suspended, Some("revoked")).await.unwrap();
+    let t = a.state.lifecycle.registry().tenant(&keyhold_core::TenantId::parse("acme").unwrap()).await.unwrap().unwrap();
+    a.state.lifecycle.transition(&t, keyhold_registry::TenantState::Suspended, keyhold_registry::Cause::KeyRefused, Some("revoked")).await.unwrap();
     // B still trusts its view for up to TENANT_VIEW_TTL_MS, then reads the registry.
-    a.clock.advance(std::time::Duration::from_millis(keyhold_server::state::TENANT_VIEW_TTL_MS));
+    a.clock.advance(std::time::Duration::from_millis(keyhold_lifecycle::TENANT_VIEW_TTL_MS));
     let (s, err) = b.decrypt("acme", &e["ciphertext"]).await;
     assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_suspended")));
-    assert_eq!(b.state.keyhold.cache_stats().decrypt_entries, 0, "B dropped the tenant's cached keys");
+    assert_eq!(b.state.lifecycle.keyhold().cache_stats().decrypt_entries, 0, "B dropped the tenant's cached keys");
 }
 
 /// The health monitor: a key the tenant disables suspends the tenant at the next probe,
@@ -639,28 +640,28 @@ async fn the_monitor_suspends_on_revocation_and_resumes_on_restore() {
     let keys = f.active_tenant("acme").await;
     let (_, e) = f.encrypt("acme", b"cached", json!({})).await;
     assert_eq!(f.decrypt("acme", &e["ciphertext"]).await.0, StatusCode::OK);
-    let pass = keyhold_server::monitor::probe_all(&f.state).await;
+    let pass = f.state.lifecycle.probe_all().await;
     assert_eq!((pass.probed, pass.suspended), (1, 0));
 
     let k0 = keyhold_core::KeyRef::parse(&keys[0]).unwrap();
     f.local().disable_key(&k0).unwrap();
-    let pass = keyhold_server::monitor::probe_all(&f.state).await;
+    let pass = f.state.lifecycle.probe_all().await;
     assert_eq!(pass.suspended, 1);
     // Warm caches do not help: the tenant is refused at once.
     let (s, err) = f.encrypt("acme", b"x", json!({})).await;
     assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_suspended")));
-    assert_eq!(f.state.keyhold.cache_stats().encrypt_entries, 0);
+    assert_eq!(f.state.lifecycle.keyhold().cache_stats().encrypt_entries, 0);
     let (_, t) = f.call(Method::GET, "/v1/tenants/acme", Some(&f.admin_token()), None).await;
     assert!(t["reason"].as_str().unwrap().contains("DisabledException"), "{t}");
 
     f.local().enable_key(&k0).unwrap();
-    let pass = keyhold_server::monitor::probe_all(&f.state).await;
+    let pass = f.state.lifecycle.probe_all().await;
     assert_eq!(pass.resumed, 1);
     assert_eq!(f.decrypt("acme", &e["ciphertext"]).await.0, StatusCode::OK);
 
     // On a schedule: with a 200 ms interval, a revocation is enforced within the interval
     // plus its jitter plus one probe.
-    let monitor = keyhold_server::monitor::spawn(f.state.clone(), std::time::Duration::from_millis(200));
+    let monitor = keyhold_lifecycle::monitor::spawn(f.state.lifecycle.clone(), std::time::Duration::from_millis(200));
     f.local().disable_key(&k0).unwrap();
     let started = std::time::Instant::now();
     loop {

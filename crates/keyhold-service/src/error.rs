@@ -31,6 +31,9 @@ pub enum ServiceError {
         /// The tenant in the message, if any.
         found: Option<String>,
     },
+    /// Every key the message names is outside the tenant's key history; none was asked.
+    #[error("none of the keys this message names is one of the tenant's keys; no key was asked")]
+    KeyNotInTenant,
     /// No encrypted data key in the message belongs to a configured provider.
     #[error("no encrypted data key in the message can be unwrapped by a configured key provider")]
     NoUsableEncryptedDataKey,

@@ -58,6 +58,39 @@ pub struct EncryptParams {
     pub suite: AlgorithmSuite,
 }
 
+/// Which root keys decryption may ask: the tenant's key history, for a server.
+pub trait AllowedKeys: Send + Sync {
+    /// Whether `key` may be asked to unwrap a data key of this message.
+    fn allows(&self, key: &KeyRef) -> bool;
+}
+
+/// Every key a provider serves (offline use, where the operator holds the keys).
+pub struct AnyKey;
+
+impl AllowedKeys for AnyKey {
+    fn allows(&self, _key: &KeyRef) -> bool {
+        true
+    }
+}
+
+/// Exactly these keys (a tenant's key history).
+pub struct KeySet<'a>(pub &'a [KeyRef]);
+
+impl AllowedKeys for KeySet<'_> {
+    fn allows(&self, key: &KeyRef) -> bool {
+        self.0.contains(key)
+    }
+}
+
+/// A key that refused or failed while decrypting a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFailure {
+    /// The key.
+    pub key: KeyRef,
+    /// What kind of failure.
+    pub class: ErrorClass,
+}
+
 /// Settings of a [`Keyhold`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Settings {
@@ -190,6 +223,8 @@ impl Keyhold {
     }
 
     /// Decrypts one message held in memory, refusing it unless it belongs to `tenant`.
+    /// Any key a provider serves may be asked: callers serving tenants use
+    /// [`Keyhold::decrypt_among`] to ask only the tenant's own keys.
     pub async fn decrypt(&self, tenant: &TenantId, message: &[u8]) -> Result<Decrypted, ServiceError> {
         let mut plaintext = Vec::new();
         let header = self.decrypt_into(tenant, message, &mut plaintext).await?;
@@ -205,31 +240,50 @@ impl Keyhold {
         out: &mut Vec<u8>,
     ) -> Result<Header, ServiceError> {
         let header = keyhold_envelope::read_header(message, &self.settings.decrypt)?;
-        self.decrypt_parsed_into(tenant, header, message, out).await
+        self.decrypt_among(tenant, header, message, &AnyKey, &mut Vec::new(), out).await
     }
 
-    /// As [`Keyhold::decrypt_into`], for a caller that has already parsed the header (to
-    /// check more of its context before any key is used).
-    pub async fn decrypt_parsed_into(
+    /// Decrypts a message whose header the caller has parsed (to check its context before
+    /// any key is used), appending the plaintext to `out`; only keys `allowed` accepts are
+    /// asked, and every key that refused or failed is pushed to `failures` (whether or not
+    /// another key then succeeded), so the caller can act on a refusal.
+    pub async fn decrypt_among(
         &self,
         tenant: &TenantId,
         header: Header,
         message: &[u8],
+        allowed: &dyn AllowedKeys,
+        failures: &mut Vec<KeyFailure>,
         out: &mut Vec<u8>,
     ) -> Result<Header, ServiceError> {
-        let key = self.data_key(tenant, &header).await?;
+        let key = self.data_key(tenant, &header, allowed, failures).await?;
         Ok(keyhold_envelope::decrypt_into(header, &key, message, &self.settings.decrypt, out)?)
     }
 
     /// Checks a parsed header's tenant and returns a body decryptor (for streaming
-    /// callers).
-    pub async fn body_decryptor(&self, tenant: &TenantId, header: Header) -> Result<BodyDecryptor, ServiceError> {
-        let key = self.data_key(tenant, &header).await?;
+    /// callers), asking only keys `allowed` accepts.
+    pub async fn body_decryptor(
+        &self,
+        tenant: &TenantId,
+        header: Header,
+        allowed: &dyn AllowedKeys,
+        failures: &mut Vec<KeyFailure>,
+    ) -> Result<BodyDecryptor, ServiceError> {
+        let key = self.data_key(tenant, &header, allowed, failures).await?;
         Ok(BodyDecryptor::new(header, &key, &self.settings.decrypt)?)
     }
 
-    /// Refuses a header that does not carry `tenant`, then unwraps its data key.
-    pub async fn data_key(&self, tenant: &TenantId, header: &Header) -> Result<Arc<DataKey>, ServiceError> {
+    /// Refuses a header that does not carry `tenant`, then unwraps its data key, asking
+    /// only keys `allowed` accepts, each at most once per message (a message naming one
+    /// key many times costs one call). A message none of whose keys is allowed is
+    /// [`ServiceError::KeyNotInTenant`], and no provider is called.
+    pub async fn data_key(
+        &self,
+        tenant: &TenantId,
+        header: &Header,
+        allowed: &dyn AllowedKeys,
+        failures: &mut Vec<KeyFailure>,
+    ) -> Result<Arc<DataKey>, ServiceError> {
         check_tenant(tenant, header)?;
         let context_bytes = header.context_bytes();
         // The local region's keys first (when this instance knows its region), then the
@@ -241,8 +295,11 @@ impl Keyhold {
         let remote = |e: &EdkRef<'_>| self.local_region.is_some() && !local(e);
         let ordered = header.edk_refs().filter(local).chain(header.edk_refs().filter(remote));
         let mut last_error = None;
+        let mut foreign = false;
         for edk in ordered {
             // The cache first: a hit needs no provider lookup and no allocation but the key.
+            // An entry exists only if an allowed key unwrapped it (callers flush a tenant's
+            // entries when its key history changes).
             let entry_id = edk_digest(tenant, &edk, context_bytes);
             if let Some(k) = self.cache.get_decrypt(tenant, &entry_id) {
                 return Ok(k);
@@ -251,6 +308,13 @@ impl Keyhold {
             let Some((provider, key)) = self.providers.iter().find_map(|p| p.key_for(&edk).map(|k| (p, k))) else {
                 continue;
             };
+            if !allowed.allows(&key) {
+                foreign = true;
+                continue;
+            }
+            if failures.iter().any(|f| f.key == key) {
+                continue;
+            }
             // One unwrap per encrypted data key at a time; whoever waited finds it cached.
             let _flight = self.flights.enter(&entry_id).await;
             if let Some(k) = self.cache.recheck_decrypt(tenant, &entry_id) {
@@ -264,6 +328,7 @@ impl Keyhold {
                 }
                 // Try the next region's key; remember the most telling failure.
                 Err(e) => {
+                    failures.push(KeyFailure { key: key.clone(), class: e.class() });
                     let better = match &last_error {
                         None => true,
                         Some(ServiceError::Provider { source, .. }) => rank(&e) > rank(source),
@@ -275,7 +340,11 @@ impl Keyhold {
                 }
             }
         }
-        Err(last_error.unwrap_or(ServiceError::NoUsableEncryptedDataKey))
+        Err(last_error.unwrap_or(if foreign {
+            ServiceError::KeyNotInTenant
+        } else {
+            ServiceError::NoUsableEncryptedDataKey
+        }))
     }
 
     fn provider_for(&self, key: &KeyRef) -> Result<&Arc<dyn KeyProvider>, ServiceError> {

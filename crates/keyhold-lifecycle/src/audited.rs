@@ -1,0 +1,163 @@
+//! A key provider whose every call is in the tenant's audit trail before its result is
+//! used: the request path's providers are wrapped in [`Audited`].
+//!
+//! A successful call is recorded with its encryption context (capped at
+//! [`keyhold_core::MAX_CONTEXT_BYTES`] before any call is made); a failed one with the
+//! SHA-256 of its serialized context instead, so a caller cannot make keyhold store what it
+//! likes, and identical failures are aggregated by the [`Journal`]. If the record cannot
+//! be written the call's result is withheld ([`ProviderError::AuditUnavailable`]): a data
+//! key unwrapped but not recorded is dropped (zeroized) unused.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use aws_lc_rs::digest;
+use keyhold_audit::Event;
+use keyhold_core::{DataKey, EncryptedDataKey, EncryptionContext, KeyRef, RESERVED_TENANT_KEY, Region, TenantId};
+use keyhold_provider::{KeyDescription, KeyProvider, ProviderError, Rotation};
+
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+
+/// Wraps `inner` so its calls are audited through `journal` and counted in `metrics`.
+pub fn audited(inner: Arc<dyn KeyProvider>, journal: &Arc<Journal>, metrics: &Arc<Metrics>) -> Arc<dyn KeyProvider> {
+    Arc::new(Audited { inner, journal: journal.clone(), metrics: metrics.clone() })
+}
+
+/// A provider whose every call is written to the tenant's audit trail (the tenant is the
+/// encryption context's `tenant`) and counted in the metrics.
+pub struct Audited {
+    inner: Arc<dyn KeyProvider>,
+    journal: Arc<Journal>,
+    metrics: Arc<Metrics>,
+}
+
+impl Audited {
+    /// Records the call; on failure to record, the result is replaced by
+    /// [`ProviderError::AuditUnavailable`].
+    async fn record<T>(
+        &self,
+        operation: &'static str,
+        key: &KeyRef,
+        context: Option<&EncryptionContext>,
+        started: Instant,
+        result: Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        self.metrics.provider_call(operation, if result.is_ok() { "ok" } else { "error" });
+        let tenant = context.and_then(|c| c.get(RESERVED_TENANT_KEY)).and_then(|t| TenantId::parse(t).ok());
+        let Some(tenant) = tenant else {
+            // Calls without a tenant (describe during validation) have no trail to go to;
+            // validation records its findings itself.
+            return result;
+        };
+        let region = self.inner.region_of(key).map(|r| r.to_string());
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let written = match &result {
+            Ok(_) => {
+                let event = Event::ProviderCall {
+                    operation: operation.to_owned(),
+                    key: key.to_string(),
+                    region,
+                    context: context.map(|c| c.as_map().clone()),
+                    context_digest: None,
+                    outcome: "ok".to_owned(),
+                    latency_us,
+                    count: 1,
+                    last_ms: None,
+                };
+                self.journal.record(&tenant, &event).await.map(|_| ())
+            }
+            Err(e) => {
+                let digest = context.map(context_digest).unwrap_or_default();
+                self.journal
+                    .record_failure(&tenant, operation, key.as_str(), region, e.code(), digest, latency_us)
+                    .await
+            }
+        };
+        match written {
+            Ok(()) => result,
+            Err(_) => Err(ProviderError::AuditUnavailable),
+        }
+    }
+}
+
+/// The SHA-256 (hex) of a context's serialization.
+pub fn context_digest(context: &EncryptionContext) -> String {
+    let mut d = digest::Context::new(&digest::SHA256);
+    for (k, v) in context.iter() {
+        for field in [k, v] {
+            d.update(&(field.len() as u64).to_be_bytes());
+            d.update(field.as_bytes());
+        }
+    }
+    d.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[async_trait]
+impl KeyProvider for Audited {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn accepts(&self, key: &KeyRef) -> bool {
+        self.inner.accepts(key)
+    }
+
+    fn key_for(&self, edk: &EncryptedDataKey) -> Option<KeyRef> {
+        self.inner.key_for(edk)
+    }
+
+    fn region_of(&self, key: &KeyRef) -> Option<Region> {
+        self.inner.region_of(key)
+    }
+
+    fn wraps_in_region(&self, provider_id: &str, provider_info: &[u8], region: &Region) -> bool {
+        self.inner.wraps_in_region(provider_id, provider_info, region)
+    }
+
+    async fn generate_data_key(
+        &self,
+        key: &KeyRef,
+        len: usize,
+        context: &EncryptionContext,
+    ) -> Result<(DataKey, EncryptedDataKey), ProviderError> {
+        let started = Instant::now();
+        let r = self.inner.generate_data_key(key, len, context).await;
+        self.record("GenerateDataKey", key, Some(context), started, r).await
+    }
+
+    async fn wrap(
+        &self,
+        key: &KeyRef,
+        data_key: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<EncryptedDataKey, ProviderError> {
+        let started = Instant::now();
+        let r = self.inner.wrap(key, data_key, context).await;
+        self.record("Encrypt", key, Some(context), started, r).await
+    }
+
+    async fn unwrap(&self, edk: &EncryptedDataKey, context: &EncryptionContext) -> Result<DataKey, ProviderError> {
+        let started = Instant::now();
+        let r = self.inner.unwrap(edk, context).await;
+        match self.inner.key_for(edk) {
+            Some(key) => self.record("Decrypt", &key, Some(context), started, r).await,
+            None => r,
+        }
+    }
+
+    async fn describe(&self, key: &KeyRef) -> Result<KeyDescription, ProviderError> {
+        let started = Instant::now();
+        let r = self.inner.describe(key).await;
+        self.record("DescribeKey", key, None, started, r).await
+    }
+
+    async fn rotation(&self, key: &KeyRef) -> Result<Rotation, ProviderError> {
+        self.inner.rotation(key).await
+    }
+
+    async fn key_policy(&self, key: &KeyRef) -> Result<Option<String>, ProviderError> {
+        self.inner.key_policy(key).await
+    }
+}

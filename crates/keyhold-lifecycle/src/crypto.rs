@@ -1,0 +1,168 @@
+//! Serving a tenant's encrypt and decrypt requests: the checks before any key is used
+//! (service purposes, context size, tenant state, the journal's health), decryption that
+//! asks only keys of the tenant's history, and the reaction to a refusal, which is a
+//! probe, never a state change decided by the request.
+
+use std::time::Instant;
+
+use keyhold_core::{EncryptionContext, MAX_CONTEXT_BYTES, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, TenantId};
+use keyhold_envelope::{AlgorithmSuite, Header};
+use keyhold_provider::ErrorClass;
+use keyhold_registry::{Purposes, TenantState};
+use keyhold_service::{EncryptParams, KeyFailure, KeySet, ServiceError};
+
+use crate::{Lifecycle, LifecycleError, TenantView};
+
+/// The platform service a request comes from, as authenticated by the edge.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// Its registered name (recorded in usage counts).
+    pub service: &'a str,
+    /// The purposes it may use.
+    pub purposes: &'a Purposes,
+}
+
+/// A decryption's result.
+pub struct Decrypted {
+    /// The authenticated header (purpose and caller context).
+    pub header: Header,
+    /// The purpose it was encrypted for.
+    pub purpose: Purpose,
+}
+
+impl Lifecycle {
+    /// Encrypts `plaintext` for `tenant` under its active keys, appending the message to
+    /// `out`.
+    pub async fn encrypt(
+        &self,
+        caller: &Caller<'_>,
+        tenant: &TenantId,
+        purpose: &Purpose,
+        context: EncryptionContext,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), LifecycleError> {
+        if !caller.purposes.allows(purpose) {
+            return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
+        }
+        for (k, _) in context.iter() {
+            if k == RESERVED_TENANT_KEY || k == RESERVED_PURPOSE_KEY || k.starts_with("aws-crypto-") {
+                return Err(LifecycleError::Invalid(format!("encryption context key {k:?} is reserved")));
+            }
+        }
+        // What the provider will be sent: the caller's pairs plus the reserved ones.
+        let size = context.serialized_len()
+            + if context.is_empty() { 2 } else { 0 }
+            + 4
+            + RESERVED_TENANT_KEY.len()
+            + tenant.as_str().len()
+            + 4
+            + RESERVED_PURPOSE_KEY.len()
+            + purpose.as_str().len();
+        if size > MAX_CONTEXT_BYTES {
+            return Err(LifecycleError::Invalid(format!(
+                "the encryption context is {size} bytes serialized; the limit is {MAX_CONTEXT_BYTES} (AWS KMS's): \
+                 keep context to a few low-cardinality pairs and put the rest in the plaintext"
+            )));
+        }
+        self.journal.check()?;
+        let view = self.tenant_view(tenant).await?;
+        servable(&view)?;
+        let params = EncryptParams {
+            tenant: tenant.clone(),
+            purpose: purpose.clone(),
+            keys: view.active.clone(),
+            context,
+            suite: AlgorithmSuite::default(),
+        };
+        let started = Instant::now();
+        match self.keyhold.encrypt_into(&params, plaintext, out).await {
+            Ok(()) => {
+                self.journal.usage().encrypted(tenant, purpose, caller.service, self.now_ms(), 1);
+                Ok(())
+            }
+            Err(e) => {
+                if let ServiceError::Provider { key, source } = &e
+                    && source.class() == ErrorClass::Revoked
+                {
+                    let failures = [KeyFailure { key: key.clone(), class: ErrorClass::Revoked }];
+                    self.after_refusal(&view, &failures, started).await;
+                }
+                Err(LifecycleError::from_service(tenant, e))
+            }
+        }
+    }
+
+    /// Decrypts `message` of `tenant`, appending the plaintext to `out`. The header is
+    /// checked first (tenant, purpose, context size), then only keys of the tenant's
+    /// history are asked.
+    pub async fn decrypt(
+        &self,
+        caller: &Caller<'_>,
+        tenant: &TenantId,
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Decrypted, LifecycleError> {
+        let header = keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt)
+            .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}")))?;
+        keyhold_service::check_tenant(tenant, &header).map_err(|_| LifecycleError::TenantMismatch(tenant.clone()))?;
+        let purpose = header.context_value(RESERVED_PURPOSE_KEY).and_then(|p| Purpose::parse(p).ok()).ok_or_else(|| {
+            LifecycleError::MalformedCiphertext("the ciphertext carries no purpose; keyhold did not write it".into())
+        })?;
+        if !caller.purposes.allows(&purpose) {
+            return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
+        }
+        if header.context_bytes().len() > MAX_CONTEXT_BYTES {
+            return Err(LifecycleError::MalformedCiphertext(format!(
+                "the message's encryption context is {} bytes; keyhold writes at most {MAX_CONTEXT_BYTES}",
+                header.context_bytes().len()
+            )));
+        }
+        self.journal.check()?;
+        let view = self.tenant_view(tenant).await?;
+        servable(&view)?;
+        let mut failures = Vec::new();
+        let started = Instant::now();
+        let result = self.keyhold.decrypt_among(tenant, header, message, &KeySet(&view.allowed), &mut failures, out).await;
+        if failures.iter().any(|f| f.class == ErrorClass::Revoked) && self.after_refusal(&view, &failures, started).await
+        {
+            // The probe confirmed the revocation: nothing is answered for this tenant.
+            out.clear();
+            return Err(suspended(tenant, "its key refused"));
+        }
+        match result {
+            Ok(header) => {
+                self.journal.usage().decrypted(tenant, &purpose, caller.service, self.now_ms(), 1);
+                Ok(Decrypted { header, purpose })
+            }
+            Err(e) => Err(LifecycleError::from_service(tenant, e)),
+        }
+    }
+
+    /// A key refused on the request path. A refusal by an active key makes a probe of the
+    /// tenant's active keys (coalesced: requests refused before a probe started wait for
+    /// it and share its verdict); the probe alone decides. A refusal by a decrypt-only key
+    /// changes nothing. Returns whether the tenant is suspended now.
+    async fn after_refusal(&self, view: &TenantView, failures: &[KeyFailure], refused_at: Instant) -> bool {
+        let by_active = failures.iter().any(|f| f.class == ErrorClass::Revoked && view.active.contains(&f.key));
+        if !by_active {
+            return false;
+        }
+        self.probe_now(&view.tenant.id, refused_at).await == Some(TenantState::Suspended)
+    }
+}
+
+/// Whether the tenant may be served.
+fn servable(view: &TenantView) -> Result<(), LifecycleError> {
+    let t = &view.tenant;
+    match t.state {
+        TenantState::Active | TenantState::Degraded => Ok(()),
+        TenantState::Pending => Err(LifecycleError::TenantPending(t.id.clone())),
+        TenantState::Suspended => Err(suspended(&t.id, t.reason.as_deref().unwrap_or("access was revoked"))),
+        TenantState::Deleted => Err(LifecycleError::TenantDeleted(t.id.clone())),
+    }
+}
+
+fn suspended(tenant: &TenantId, reason: &str) -> LifecycleError {
+    LifecycleError::TenantSuspended { tenant: tenant.clone(), reason: reason.to_owned() }
+}

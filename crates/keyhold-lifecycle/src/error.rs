@@ -1,0 +1,122 @@
+//! What the lifecycle layer answers when it refuses or fails: one variant per outcome a
+//! caller acts on differently. The HTTP edge picks its status from the variant alone.
+
+use keyhold_core::{KeyRef, TenantId};
+use keyhold_provider::ProviderError;
+use keyhold_registry::RegistryError;
+use keyhold_service::ServiceError;
+
+/// Why a lifecycle call was refused or failed. Messages say what to fix and never hold
+/// key material or plaintext.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LifecycleError {
+    /// The request is malformed; the message says what to fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// The ciphertext is not a message keyhold can read.
+    #[error("{0}")]
+    MalformedCiphertext(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such tenant.
+    #[error("tenant {0} does not exist")]
+    TenantNotFound(TenantId),
+    /// A tenant with this id exists already.
+    #[error("tenant {0} already exists")]
+    TenantExists(TenantId),
+    /// The tenant was deleted; nothing is served for it any more.
+    #[error("tenant {0} was deleted")]
+    TenantDeleted(TenantId),
+    /// The tenant has not got a validated key for every region of its realm yet.
+    #[error("tenant {0} is pending: attach and validate a key for every region of its realm")]
+    TenantPending(TenantId),
+    /// The tenant is suspended (its key refused, or validation failed).
+    #[error("tenant {tenant} is suspended: {reason}")]
+    TenantSuspended {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The message belongs to another tenant (or none); nothing was decrypted.
+    #[error("the ciphertext does not belong to tenant {0}; nothing was decrypted")]
+    TenantMismatch(TenantId),
+    /// None of the keys the message names is in the tenant's key history; no key was
+    /// asked and nothing changed.
+    #[error(
+        "the ciphertext names no key of tenant {0}'s key history; no key was asked (a forged or \
+         corrupted message, or one encrypted for another tenant)"
+    )]
+    KeyNotInTenant(TenantId),
+    /// The key is already attached to another tenant or region.
+    #[error("key {0} is already attached to another tenant or region; a key protects one tenant's data")]
+    KeyInUse(String),
+    /// The key was retired from the tenant's history.
+    #[error("key {0} was retired and cannot be attached again")]
+    KeyRetired(String),
+    /// The tenant changed while this call was deciding (another instance or request acted
+    /// first); nothing was changed. Retry.
+    #[error("tenant {0} changed while this call was in progress; nothing was changed, retry")]
+    Conflict(TenantId),
+    /// keyhold lacks configuration this call needs.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The audit trail cannot be written, so the request is refused (keyhold fails
+    /// closed); no plaintext or ciphertext is returned. Retry.
+    #[error("the audit trail cannot be written; the request was refused and returned nothing, retry")]
+    AuditUnavailable,
+    /// The tenant's key refused or failed.
+    #[error("key {key}: {source}")]
+    Provider {
+        /// The key.
+        key: KeyRef,
+        /// What the provider said.
+        #[source]
+        source: ProviderError,
+    },
+    /// No configured provider serves the tenant's key.
+    #[error("no key provider serves key {0}; configure AWS access or attach a local key")]
+    NoProviderFor(KeyRef),
+    /// The registry failed or is unreachable; retry.
+    #[error("the registry failed; retry")]
+    Registry(#[source] RegistryError),
+    /// keyhold itself failed (a bug, or the system's random source).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<RegistryError> for LifecycleError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::TenantExists(t) => Self::TenantExists(t),
+            RegistryError::TenantNotFound(t) => Self::TenantNotFound(t),
+            RegistryError::TenantDeleted(t) => Self::TenantDeleted(t),
+            RegistryError::Conflict { tenant, .. } => Self::Conflict(tenant),
+            RegistryError::KeyInUse { key } => Self::KeyInUse(key),
+            RegistryError::KeyRetired { key } => Self::KeyRetired(key),
+            other => Self::Registry(other),
+        }
+    }
+}
+
+impl LifecycleError {
+    /// The service core's error for a request of `tenant`.
+    pub(crate) fn from_service(tenant: &TenantId, e: ServiceError) -> Self {
+        match e {
+            ServiceError::TenantMismatch { expected, .. } => Self::TenantMismatch(expected),
+            ServiceError::KeyNotInTenant => Self::KeyNotInTenant(tenant.clone()),
+            ServiceError::Provider { source: ProviderError::AuditUnavailable, .. } => Self::AuditUnavailable,
+            ServiceError::Provider { key, source } => Self::Provider { key, source },
+            ServiceError::Decrypt(err) => Self::MalformedCiphertext(format!("the ciphertext is not a valid message: {err}")),
+            ServiceError::NoProviderFor(key) => Self::NoProviderFor(key),
+            ServiceError::NoUsableEncryptedDataKey => Self::MalformedCiphertext(
+                "the ciphertext carries no data key that any of the tenant's keys can unwrap".into(),
+            ),
+            ServiceError::Randomness => Self::Internal("the system random generator failed; retry".into()),
+            ServiceError::NoKeys => Self::TenantPending(tenant.clone()),
+            other => Self::Invalid(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The one event sink: every key use, state change, probe finding and usage count of a
+//! tenant goes through [`Journal`] into its audit trail.
+//!
+//! The rules it keeps:
+//! - **Fail closed.** [`Journal::record`] returns only once the event is durable; callers
+//!   answering a request fail it when it errs (no key use is answered unrecorded).
+//! - **Usage counts are durable within one flush interval.** Cache hits are counted in
+//!   memory (the database stays off the hot path) and written every flush interval,
+//!   partial minutes included; a failed write puts the counts back. A `kill -9` loses at
+//!   most the counts of the last interval. While a flush is failing, [`Journal::check`]
+//!   refuses requests, so the unrecorded window stays bounded by one interval.
+//! - **Bounded size.** Identical failed provider calls (same tenant, operation, key,
+//!   outcome and context digest) within [`REPEAT_WINDOW_MS`] become one event with a count:
+//!   the first is written at once, the rest are counted and written when the window closes.
+//! - **Nothing dropped.** A state-change event whose write failed is queued and retried
+//!   by every flush; until it is written, requests are refused.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keyhold_audit::{AuditError, Auditor, Event, UsageCounter};
+use keyhold_core::{Clock, TenantId};
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+
+/// How long identical failed provider calls are aggregated into one event.
+pub const REPEAT_WINDOW_MS: u64 = 60_000;
+
+/// A failed call as aggregated: everything but its time and latency.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RepeatKey {
+    tenant: TenantId,
+    operation: String,
+    key: String,
+    outcome: String,
+    context_digest: String,
+}
+
+#[derive(Debug)]
+struct Repeat {
+    region: Option<String>,
+    first_ms: u64,
+    last_ms: u64,
+    /// Calls after the first, not yet written.
+    extra: u64,
+    latency_us: u64,
+}
+
+/// The audit journal.
+pub struct Journal {
+    auditor: Auditor,
+    usage: UsageCounter,
+    repeats: Mutex<HashMap<RepeatKey, Repeat>>,
+    pending: Mutex<Vec<(TenantId, u64, Event)>>,
+    behind: AtomicBool,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Journal {
+    /// A journal writing to `auditor`.
+    pub fn new(auditor: Auditor, metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            auditor,
+            usage: UsageCounter::new(),
+            repeats: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            behind: AtomicBool::new(false),
+            metrics,
+            clock,
+        }
+    }
+
+    /// The audit trail itself (reading, verifying, exporting).
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
+    /// Per-minute usage counts (cache hits and misses alike).
+    pub fn usage(&self) -> &UsageCounter {
+        &self.usage
+    }
+
+    /// Refuses when the journal is behind (a usage flush or a state-change event could
+    /// not be written): requests must not be served while their record cannot be kept.
+    pub fn check(&self) -> Result<(), crate::LifecycleError> {
+        if self.behind.load(Ordering::Relaxed) { Err(crate::LifecycleError::AuditUnavailable) } else { Ok(()) }
+    }
+
+    /// Appends `event` to `tenant`'s trail; returns once it is durable.
+    pub async fn record(&self, tenant: &TenantId, event: &Event) -> Result<u64, AuditError> {
+        match self.auditor.record(tenant, self.clock.now_millis(), event).await {
+            Ok(seq) => Ok(seq),
+            Err(e) => {
+                self.metrics.audit_failure();
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends a state-change event; if that fails, queues it for the next flush and
+    /// refuses requests until it is written.
+    pub async fn record_or_queue(&self, tenant: &TenantId, event: Event) {
+        let at = self.clock.now_millis();
+        if self.auditor.record(tenant, at, &event).await.is_err() {
+            self.metrics.audit_failure();
+            lock(&self.pending).push((tenant.clone(), at, event));
+            self.behind.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failed provider call: written at once unless an identical failure was
+    /// written within the window, in which case it is counted for the aggregate event.
+    #[allow(clippy::too_many_arguments, reason = "one call's fields, flattened")]
+    pub(crate) async fn record_failure(
+        &self,
+        tenant: &TenantId,
+        operation: &str,
+        key: &str,
+        region: Option<String>,
+        outcome: &str,
+        context_digest: String,
+        latency_us: u64,
+    ) -> Result<(), AuditError> {
+        let now = self.clock.now_millis();
+        let rk = RepeatKey {
+            tenant: tenant.clone(),
+            operation: operation.to_owned(),
+            key: key.to_owned(),
+            outcome: outcome.to_owned(),
+            context_digest,
+        };
+        let expired = {
+            let mut repeats = lock(&self.repeats);
+            match repeats.get_mut(&rk) {
+                Some(r) if now.saturating_sub(r.first_ms) < REPEAT_WINDOW_MS => {
+                    r.extra += 1;
+                    r.last_ms = now;
+                    return Ok(());
+                }
+                Some(_) => repeats.remove(&rk),
+                None => None,
+            }
+        };
+        // The previous window's remainder first, so the trail stays in time order.
+        if let Some(old) = expired.filter(|r| r.extra > 0) {
+            self.record(tenant, &aggregate(&rk, &old)).await?;
+        }
+        let event = Event::ProviderCall {
+            operation: rk.operation.clone(),
+            key: rk.key.clone(),
+            region: region.clone(),
+            context: None,
+            context_digest: Some(rk.context_digest.clone()),
+            outcome: rk.outcome.clone(),
+            latency_us,
+            count: 1,
+            last_ms: None,
+        };
+        self.record(tenant, &event).await?;
+        lock(&self.repeats).insert(rk, Repeat { region, first_ms: now, last_ms: now, extra: 0, latency_us });
+        Ok(())
+    }
+
+    /// Writes what is held in memory: queued state events, usage counts (every minute,
+    /// the current one included, with `all` or not), and aggregated failures whose window
+    /// closed (every one with `all`). On failure the counts stay for the next flush and
+    /// requests are refused until a flush succeeds.
+    pub async fn flush(&self, all: bool) {
+        let now = self.clock.now_millis();
+        let mut ok = true;
+
+        let queued = std::mem::take(&mut *lock(&self.pending));
+        let mut failed = Vec::new();
+        for (tenant, at, event) in queued {
+            if !ok || self.auditor.record(&tenant, at, &event).await.is_err() {
+                ok = false;
+                failed.push((tenant, at, event));
+            }
+        }
+        if !failed.is_empty() {
+            self.metrics.audit_failure();
+            let mut pending = lock(&self.pending);
+            failed.append(&mut pending);
+            *pending = failed;
+        }
+
+        for (tenant, event) in self.usage.drain(now, true) {
+            if !ok || self.auditor.record(&tenant, now, &event).await.is_err() {
+                ok = false;
+                self.usage.restore(&tenant, &event);
+            }
+        }
+
+        let closed: Vec<(RepeatKey, Repeat)> = {
+            let mut repeats = lock(&self.repeats);
+            let keys: Vec<RepeatKey> = repeats
+                .iter()
+                .filter(|(_, r)| all || now.saturating_sub(r.first_ms) >= REPEAT_WINDOW_MS)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter().filter_map(|k| repeats.remove(&k).map(|r| (k, r))).collect()
+        };
+        for (k, r) in closed {
+            if r.extra == 0 {
+                continue;
+            }
+            let event = aggregate(&k, &r);
+            if !ok || self.auditor.record(&k.tenant, now, &event).await.is_err() {
+                ok = false;
+                lock(&self.repeats).insert(k, r);
+            }
+        }
+        if !ok {
+            self.metrics.audit_failure();
+        }
+        self.behind.store(!ok, Ordering::Relaxed);
+    }
+}
+
+/// The event standing for the calls after the first of a window.
+fn aggregate(k: &RepeatKey, r: &Repeat) -> Event {
+    Event::ProviderCall {
+        operation: k.operation.clone(),
+        key: k.key.clone(),
+        region: r.region.clone(),
+        context: None,
+        context_digest: Some(k.context_digest.clone()),
+        outcome: k.outcome.clone(),
+        latency_us: r.latency_us,
+        count: r.extra,
+        last_ms: Some(r.last_ms),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

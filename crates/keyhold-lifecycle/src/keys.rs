@@ -1,0 +1,263 @@
+//! Attaching and validating a tenant's keys: validation-driven activation and the key
+//! history.
+//!
+//! Attaching a key for a region validates the set it would make (the other regions'
+//! active keys plus the new one). For a `pending` tenant (onboarding) the key is recorded
+//! whatever validation found, so the administrator sees the findings; for a tenant in
+//! service it is attached only if the set is usable, so a broken key never replaces a
+//! working one. The region's previous key becomes `decrypt_only`.
+//!
+//! Attaches and validations of one tenant run one at a time on an instance; across
+//! instances every attach re-reads the active set after committing and validates it again
+//! if another attach changed it, so the last attach to commit always sees (and can
+//! activate on) every key: concurrent attaches for different regions lose nothing.
+
+use std::collections::BTreeMap;
+
+use keyhold_audit::Event;
+use keyhold_core::{KeyArn, Region, TenantId};
+use keyhold_onboarding::{Report, Severity, Validation};
+use keyhold_provider::KeyProvider;
+use keyhold_registry::{Cause, KeyCheck, KeyStatus, Tenant, TenantMode, TenantState};
+use std::sync::Arc;
+
+use crate::{Lifecycle, LifecycleError};
+
+/// The outcome of attaching a key.
+#[derive(Debug)]
+pub struct AttachOutcome {
+    /// The validation report of the tenant's key set.
+    pub report: Report,
+    /// Whether the key was attached (a tenant in service keeps its keys when the new set
+    /// is not usable).
+    pub attached: bool,
+}
+
+/// Checks a role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
+pub fn check_role_arn(arn: &str) -> Result<(), LifecycleError> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = matches!(parts.as_slice(), ["arn", p, "iam", "", account, resource]
+        if !p.is_empty() && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|n| !n.is_empty() && !n.contains(char::is_whitespace)));
+    if ok {
+        Ok(())
+    } else {
+        Err(LifecycleError::Invalid(format!(
+            "role_arn {arn:?} is not an IAM role ARN such as arn:aws:iam::111122223333:role/keyhold-access"
+        )))
+    }
+}
+
+impl Lifecycle {
+    /// Validates `key` for `region` of the tenant's realm and attaches it (see the module
+    /// docs); the tenant becomes `active` when every region's active key validates.
+    pub async fn attach_key(
+        &self,
+        actor: &str,
+        id: &TenantId,
+        region: &Region,
+        key: &str,
+    ) -> Result<AttachOutcome, LifecycleError> {
+        let lock = Self::tenant_lock(&self.key_locks, id);
+        let _guard = lock.lock().await;
+        let t = self.tenant(id).await?;
+        if t.state == TenantState::Deleted {
+            return Err(LifecycleError::TenantDeleted(id.clone()));
+        }
+        let realm = self.realm_of(&t)?.clone();
+        if !realm.regions.contains(region) {
+            return Err(LifecycleError::Invalid(format!(
+                "region {region} is not in realm {} ({})",
+                realm.id,
+                realm.regions.iter().map(Region::as_str).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if key.starts_with("arn:") {
+            match KeyArn::parse(key) {
+                Ok(a) if a.region() != region => {
+                    return Err(LifecycleError::Invalid(format!("key {key} is in {}, not {region}", a.region())));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(LifecycleError::Invalid(e.to_string())),
+            }
+        }
+        if let Some(k) = self.registry.keys(id).await?.iter().find(|k| k.key == key) {
+            if k.status == KeyStatus::Retired {
+                return Err(LifecycleError::KeyRetired(key.to_owned()));
+            }
+            if &k.region != region {
+                return Err(LifecycleError::KeyInUse(key.to_owned()));
+            }
+        }
+        self.journal.check()?;
+        self.admin_event(actor, id, "attach_key", Some(format!("{region}: {key}"))).await;
+        let mut proposed = self.active_set(id).await?;
+        proposed.insert(region.clone(), key.to_owned());
+        let report = self.run_validation(&t, &proposed).await;
+        let own_errors = report_errors(&report, key);
+        let attach = t.state == TenantState::Pending || report.usable;
+        if !attach {
+            return Ok(AttachOutcome { report, attached: false });
+        }
+        let check = if own_errors.is_empty() { KeyCheck::Valid } else { KeyCheck::Invalid };
+        let findings = key_findings_json(&report, key);
+        let changes = self.registry.attach_key(id, region, key, check, &findings, self.now_ms()).await?;
+        for (k, from, to) in changes {
+            self.journal
+                .record_or_queue(
+                    id,
+                    Event::KeyStatus {
+                        region: region.to_string(),
+                        key: k,
+                        from: from.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                        to: to.to_string(),
+                    },
+                )
+                .await;
+        }
+        self.forget_view(id);
+        self.record_report(id, &report).await?;
+        // Another instance may have attached a key meanwhile: the set to decide on is the
+        // one in the registry now.
+        let now_set = self.active_set(id).await?;
+        let report = if now_set == proposed {
+            report
+        } else {
+            let r = self.run_validation(&t, &now_set).await;
+            self.record_report(id, &r).await?;
+            r
+        };
+        if report.usable {
+            self.settle(id, TenantState::Active, Cause::KeysValidated, "every region's key validated").await?;
+        }
+        Ok(AttachOutcome { report, attached: true })
+    }
+
+    /// Validates the tenant's active keys again (after it fixed a finding or restored
+    /// access): a usable set makes it `active`; errors suspend a tenant in service.
+    pub async fn validate(&self, actor: &str, id: &TenantId) -> Result<Report, LifecycleError> {
+        let lock = Self::tenant_lock(&self.key_locks, id);
+        let _guard = lock.lock().await;
+        let t = self.tenant(id).await?;
+        if t.state == TenantState::Deleted {
+            return Err(LifecycleError::TenantDeleted(id.clone()));
+        }
+        self.journal.check()?;
+        let set = self.active_set(id).await?;
+        let report = self.run_validation(&t, &set).await;
+        self.record_report(id, &report).await?;
+        self.admin_event(actor, id, "validate_keys", Some(format!("usable: {}", report.usable))).await;
+        if report.usable {
+            self.settle(id, TenantState::Active, Cause::KeysValidated, "every region's key validated").await?;
+        } else if matches!(t.state, TenantState::Active | TenantState::Degraded) {
+            self.settle(id, TenantState::Suspended, Cause::ValidationFailed, "validation found errors").await?;
+        }
+        self.forget_view(id);
+        Ok(report)
+    }
+
+    /// Moves the tenant to `to` unless it is there already, re-reading it when another
+    /// instance changed it meanwhile.
+    async fn settle(&self, id: &TenantId, to: TenantState, cause: Cause, reason: &str) -> Result<(), LifecycleError> {
+        for _ in 0..5 {
+            let t = self.tenant(id).await?;
+            if t.state == to || t.state == TenantState::Deleted {
+                return Ok(());
+            }
+            match self.transition(&t, to, cause, Some(reason)).await {
+                Ok(_) => return Ok(()),
+                Err(LifecycleError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LifecycleError::Conflict(id.clone()))
+    }
+
+    /// The tenant's active keys by region.
+    async fn active_set(&self, id: &TenantId) -> Result<BTreeMap<Region, String>, LifecycleError> {
+        Ok(self
+            .registry
+            .keys(id)
+            .await?
+            .into_iter()
+            .filter(|k| k.status == KeyStatus::Active)
+            .map(|k| (k.region, k.key))
+            .collect())
+    }
+
+    /// Runs the validation dry run over `keys` (region to key).
+    async fn run_validation(&self, t: &Tenant, keys: &BTreeMap<Region, String>) -> Report {
+        let realm = match self.realm_of(t) {
+            Ok(r) => r.clone(),
+            Err(_) => return empty_report(t),
+        };
+        let ordered: Vec<String> = realm
+            .regions
+            .iter()
+            .filter_map(|r| keys.get(r).cloned())
+            .chain(keys.iter().filter(|(r, _)| !realm.regions.contains(r)).map(|(_, k)| k.clone()))
+            .collect();
+        self.register_role(t).await;
+        let providers: Vec<Arc<dyn KeyProvider>> = self.providers.clone();
+        // A BYOK tenant's key policy grants its own role (through its account's IAM), not
+        // the platform principal: there is no platform statement to analyse; the live
+        // round trip through the assumed role is what proves access.
+        let principal = match t.mode {
+            TenantMode::Byok => None,
+            _ => self.platform_principal.as_deref(),
+        };
+        keyhold_onboarding::validate(&Validation {
+            tenant: &t.id,
+            realm: &realm,
+            keys: &ordered,
+            platform_principal: principal,
+            providers: &providers,
+        })
+        .await
+    }
+
+    /// Records each key's findings (for keys in the history) and one key-state event each.
+    async fn record_report(&self, id: &TenantId, report: &Report) -> Result<(), LifecycleError> {
+        let now = self.now_ms();
+        for k in &report.keys {
+            let errors = report_errors(report, &k.key);
+            let check = if errors.is_empty() { KeyCheck::Valid } else { KeyCheck::Invalid };
+            let findings = key_findings_json(report, &k.key);
+            if self.registry.record_check(id, &k.key, check, Some(&findings), now).await? {
+                self.journal
+                    .record_or_queue(
+                        id,
+                        Event::KeyState {
+                            region: k.region.clone(),
+                            key: k.key.clone(),
+                            state: check.to_string(),
+                            findings: k.findings.iter().map(|f| f.code.to_owned()).collect(),
+                        },
+                    )
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The error codes validation found for `key`.
+fn report_errors(report: &Report, key: &str) -> Vec<&'static str> {
+    report
+        .keys
+        .iter()
+        .filter(|k| k.key == key)
+        .flat_map(|k| k.findings.iter())
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| f.code)
+        .collect()
+}
+
+fn key_findings_json(report: &Report, key: &str) -> String {
+    let findings: Vec<_> = report.keys.iter().filter(|k| k.key == key).flat_map(|k| k.findings.iter()).collect();
+    serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into())
+}
+
+fn empty_report(t: &Tenant) -> Report {
+    Report { tenant: t.id.to_string(), realm: t.realm.to_string(), usable: false, keys: Vec::new(), findings: Vec::new() }
+}

@@ -1,0 +1,376 @@
+//! The tenant lifecycle: everything a tenant's state depends on, and the only place that
+//! changes it. The HTTP edge, the CLI and any console call this layer; they decide
+//! nothing themselves.
+//!
+//! - **Tenants and their key history** ([`Lifecycle::create_tenant`],
+//!   [`Lifecycle::attach_key`], [`Lifecycle::validate`], [`Lifecycle::delete_tenant`]):
+//!   per region every key ever attached, `active`, `decrypt_only` (replaced; still
+//!   decrypts what it protects) or `retired`. A key belongs to one tenant.
+//! - **Transitions** ([`Lifecycle::transition`]) are compare-and-set in the registry on
+//!   the tenant's state and version, carry a typed [`Cause`], and emit exactly one
+//!   [`Event::TenantState`] through the [`Journal`]. They come only from validation, probes
+//!   and admin actions, never from what a request carries.
+//! - **Serving** ([`Lifecycle::encrypt`], [`Lifecycle::decrypt`]): refuses tenants that are
+//!   not active, asks only keys of the tenant's history, and on a refusal by an active key
+//!   runs an immediate probe of the tenant's active keys (coalesced per tenant): the probe
+//!   decides, so a forged or stale message suspends no one while a genuine revocation is
+//!   enforced at once. A refusal by a `decrypt_only` key fails that request only.
+//! - **Probes** ([`monitor`]): the health monitor, a real round trip per active key;
+//!   recorded in the trail when the outcome changes, plus a periodic summary.
+//! - **The journal** ([`journal`]): the audit trail's one writer; fails closed.
+//!
+//! **Revocation bound.** A tenant that revokes access is refused on this instance from the
+//! first request that meets the refusal (or the next probe, whichever comes first); other
+//! instances sharing the registry see the suspension when their tenant view expires
+//! ([`TENANT_VIEW_TTL_MS`]). Without traffic: KMS propagation + one probe interval.
+
+#![forbid(unsafe_code)]
+
+mod audited;
+mod crypto;
+mod error;
+pub mod journal;
+mod keys;
+pub mod metrics;
+pub mod monitor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use keyhold_audit::{Auditor, Event};
+use keyhold_core::{Clock, KeyRef, RealmId, TenantId};
+use keyhold_onboarding::{Realm, RealmCatalog, external_id};
+use keyhold_provider::KeyProvider;
+use keyhold_provider_aws::TenantRouter;
+use keyhold_provider_local::LocalKms;
+use keyhold_registry::{Cause, KeyStatus, Registry, Tenant, TenantKey, TenantMode, TenantState};
+use keyhold_service::{Keyhold, Settings};
+
+pub use audited::{audited, context_digest};
+pub use crypto::{Caller, Decrypted};
+pub use error::LifecycleError;
+pub use journal::Journal;
+pub use keys::{AttachOutcome, check_role_arn};
+pub use metrics::Metrics;
+
+/// How long a tenant's in-memory view is trusted before the registry is read again, so a
+/// change made through another instance (suspension, deletion, new keys) is seen within
+/// this bound.
+pub const TENANT_VIEW_TTL_MS: u64 = 5_000;
+
+/// What the encrypt and decrypt paths need to know of a tenant.
+#[derive(Debug)]
+pub struct TenantView {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// Its active keys in realm order (home region first): what encrypts.
+    pub active: Arc<[KeyRef]>,
+    /// Every key decryption may ask: active and decrypt-only keys of its history.
+    pub allowed: Arc<[KeyRef]>,
+    /// When it was read from the registry (ms since the Unix epoch).
+    pub loaded_ms: u64,
+}
+
+/// What a [`Lifecycle`] is built from.
+pub struct Parts {
+    /// The registry.
+    pub registry: Registry,
+    /// The audit trail over the registry.
+    pub auditor: Auditor,
+    /// The key providers, unwrapped (the lifecycle audits them itself).
+    pub providers: Vec<Arc<dyn KeyProvider>>,
+    /// The embedded local provider, for crypto-shredding local tenants' keys.
+    pub local: Option<Arc<LocalKms>>,
+    /// The AWS KMS router: BYOK tenants' calls go through their assumed roles.
+    pub aws: Option<Arc<TenantRouter>>,
+    /// The realm catalog.
+    pub catalog: RealmCatalog,
+    /// The IAM principal keyhold runs as, for generated policies and their analysis.
+    pub platform_principal: Option<String>,
+    /// Service-layer settings.
+    pub settings: Settings,
+    /// The region this instance runs in (decryption asks its keys first).
+    pub local_region: Option<keyhold_core::Region>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The tenant lifecycle layer.
+pub struct Lifecycle {
+    registry: Registry,
+    journal: Arc<Journal>,
+    keyhold: Keyhold,
+    /// The audited providers (serving and validation).
+    providers: Vec<Arc<dyn KeyProvider>>,
+    /// The same providers unaudited: probes record their outcome changes themselves.
+    raw: Vec<Arc<dyn KeyProvider>>,
+    local: Option<Arc<LocalKms>>,
+    aws: Option<Arc<TenantRouter>>,
+    catalog: RealmCatalog,
+    platform_principal: Option<String>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    views: RwLock<HashMap<TenantId, Arc<TenantView>>>,
+    /// Per tenant: when its last request-triggered probe started (probes coalesce).
+    probe_gates: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// Per tenant: key attaches and validations run one at a time.
+    key_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    probes: monitor::ProbeMemory,
+}
+
+impl Lifecycle {
+    /// Assembles the layer.
+    pub fn new(parts: Parts) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let journal = Arc::new(Journal::new(parts.auditor, metrics.clone(), parts.clock.clone()));
+        let audited_providers: Vec<Arc<dyn KeyProvider>> =
+            parts.providers.iter().map(|p| audited(p.clone(), &journal, &metrics)).collect();
+        let mut keyhold = Keyhold::new(audited_providers.clone(), parts.settings, parts.clock.clone());
+        if let Some(r) = parts.local_region {
+            keyhold = keyhold.with_local_region(r);
+        }
+        Self {
+            registry: parts.registry,
+            journal,
+            keyhold,
+            providers: audited_providers,
+            raw: parts.providers,
+            local: parts.local,
+            aws: parts.aws,
+            catalog: parts.catalog,
+            platform_principal: parts.platform_principal,
+            clock: parts.clock,
+            metrics,
+            views: RwLock::new(HashMap::new()),
+            probe_gates: Mutex::new(HashMap::new()),
+            key_locks: Mutex::new(HashMap::new()),
+            probes: monitor::ProbeMemory::default(),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The audit journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The service core (cache statistics, settings).
+    pub fn keyhold(&self) -> &Keyhold {
+        &self.keyhold
+    }
+
+    /// The metrics the layer keeps (provider calls, audit failures; the edge adds
+    /// requests).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The realm catalog.
+    pub fn catalog(&self) -> &RealmCatalog {
+        &self.catalog
+    }
+
+    /// The platform principal, if configured.
+    pub fn platform_principal(&self) -> Option<&str> {
+        self.platform_principal.as_deref()
+    }
+
+    /// Now, in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_millis()
+    }
+
+    /// Creates a tenant (`pending` until its keys validate); `actor` is recorded.
+    pub async fn create_tenant(
+        &self,
+        actor: &str,
+        id: &TenantId,
+        realm: &str,
+        mode: TenantMode,
+        role_arn: Option<&str>,
+    ) -> Result<Tenant, LifecycleError> {
+        let realm = self.catalog.get(realm).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let realm_id = RealmId::parse(realm.id.as_str()).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        match (mode, role_arn) {
+            (TenantMode::Byok, Some(arn)) => check_role_arn(arn)?,
+            (TenantMode::Byok, None) => {
+                return Err(LifecycleError::Invalid(
+                    "a byok tenant needs role_arn: the role its byok-role template created".into(),
+                ));
+            }
+            (_, Some(_)) => return Err(LifecycleError::Invalid("role_arn is only for mode byok".into())),
+            (_, None) => {}
+        }
+        self.journal.check()?;
+        let t = self.registry.create_tenant(id, &realm_id, mode, role_arn, self.now_ms()).await?;
+        self.journal
+            .record_or_queue(
+                id,
+                Event::TenantState {
+                    from: "none".into(),
+                    to: t.state.to_string(),
+                    cause: Cause::Created.to_string(),
+                    reason: None,
+                },
+            )
+            .await;
+        self.admin_event(actor, id, "create_tenant", Some(format!("realm {} mode {}", t.realm, t.mode))).await;
+        Ok(t)
+    }
+
+    /// One tenant, from the registry.
+    pub async fn tenant(&self, id: &TenantId) -> Result<Tenant, LifecycleError> {
+        self.registry.tenant(id).await?.ok_or_else(|| LifecycleError::TenantNotFound(id.clone()))
+    }
+
+    /// A tenant's key history (every key attached and not destroyed).
+    pub async fn key_history(&self, id: &TenantId) -> Result<Vec<TenantKey>, LifecycleError> {
+        Ok(self.registry.keys(id).await?)
+    }
+
+    /// The tenant's realm.
+    pub fn realm_of(&self, t: &Tenant) -> Result<&Realm, LifecycleError> {
+        self.catalog
+            .get(t.realm.as_str())
+            .map_err(|e| LifecycleError::NotConfigured(format!("the tenant's realm is not in the catalog: {e}")))
+    }
+
+    /// Deletes a tenant: every key reference is destroyed and its cached data keys
+    /// dropped at once; a `local` tenant's keys are also scheduled for deletion in the
+    /// local provider (unusable at once, offline included; destroyed after the 7-day
+    /// waiting period). A CMK or BYOK tenant shreds its data by deleting its own KMS keys.
+    pub async fn delete_tenant(&self, actor: &str, id: &TenantId) -> Result<Tenant, LifecycleError> {
+        let t = self.tenant(id).await?;
+        if t.state == TenantState::Deleted {
+            return Err(LifecycleError::TenantDeleted(id.clone()));
+        }
+        self.journal.check()?;
+        let keys = self.registry.keys(id).await?;
+        self.admin_event(actor, id, "delete_tenant", None).await;
+        let deleted = self.transition(&t, TenantState::Deleted, Cause::Deleted, Some("deleted by an admin")).await?;
+        if t.mode == TenantMode::Local
+            && let Some(local) = &self.local
+        {
+            let mut failed = Vec::new();
+            for k in &keys {
+                let Ok(key) = KeyRef::parse(&k.key) else { continue };
+                if local.schedule_key_deletion(&key, 7).is_err() && local.describe_key(&key).is_ok() {
+                    failed.push(k.key.clone());
+                }
+            }
+            if !failed.is_empty() {
+                return Err(LifecycleError::Internal(format!(
+                    "tenant {id} was deleted but local keys {} could not be scheduled for deletion; run \
+                     `keyhold local-kms schedule-key-deletion` for each",
+                    failed.join(", ")
+                )));
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Moves `from` (as read) to `to` with `cause`, compare-and-set; emits one
+    /// [`Event::TenantState`]; refreshes the view and, on suspension or deletion, drops the
+    /// tenant's cached data keys at once.
+    pub async fn transition(
+        &self,
+        from: &Tenant,
+        to: TenantState,
+        cause: Cause,
+        reason: Option<&str>,
+    ) -> Result<Tenant, LifecycleError> {
+        let updated = self.registry.transition(from, to, cause, reason, self.now_ms()).await?;
+        self.forget_view(&from.id);
+        if matches!(to, TenantState::Suspended | TenantState::Deleted) {
+            self.keyhold.flush_tenant(&from.id);
+        }
+        if let (TenantState::Deleted, Some(aws)) = (to, &self.aws) {
+            aws.forget(&from.id);
+        }
+        self.journal
+            .record_or_queue(
+                &from.id,
+                Event::TenantState {
+                    from: from.state.to_string(),
+                    to: to.to_string(),
+                    cause: cause.to_string(),
+                    reason: reason.map(str::to_owned),
+                },
+            )
+            .await;
+        Ok(updated)
+    }
+
+    /// Records an administrative action in the tenant's trail.
+    pub async fn admin_event(&self, actor: &str, tenant: &TenantId, action: &str, detail: Option<String>) {
+        self.journal
+            .record_or_queue(tenant, Event::AdminAction { actor: actor.to_owned(), action: action.to_owned(), detail })
+            .await;
+    }
+
+    /// The tenant and its keys, from memory or the registry.
+    pub async fn tenant_view(&self, id: &TenantId) -> Result<Arc<TenantView>, LifecycleError> {
+        let now = self.now_ms();
+        let previous = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned();
+        if let Some(v) = &previous
+            && now.saturating_sub(v.loaded_ms) < TENANT_VIEW_TTL_MS
+        {
+            return Ok(v.clone());
+        }
+        let tenant = self.tenant(id).await?;
+        let history = self.registry.keys(id).await?;
+        let mut active = Vec::new();
+        if let Ok(realm) = self.catalog.get(tenant.realm.as_str()) {
+            for region in &realm.regions {
+                if let Some(k) = history.iter().find(|k| &k.region == region && k.status == KeyStatus::Active)
+                    && let Ok(r) = KeyRef::parse(&k.key)
+                {
+                    active.push(r);
+                }
+            }
+        }
+        let allowed: Vec<KeyRef> = history
+            .iter()
+            .filter(|k| k.status != KeyStatus::Retired)
+            .filter_map(|k| KeyRef::parse(&k.key).ok())
+            .collect();
+        self.register_role(&tenant).await;
+        let removed = previous.as_ref().is_some_and(|p| p.allowed.iter().any(|k| !allowed.contains(k)));
+        if removed || matches!(tenant.state, TenantState::Suspended | TenantState::Deleted) {
+            // Another instance suspended or deleted it, or a key left its history: drop
+            // our cached keys too.
+            self.keyhold.flush_tenant(id);
+        }
+        let view = Arc::new(TenantView { tenant, active: active.into(), allowed: allowed.into(), loaded_ms: now });
+        self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), view.clone());
+        Ok(view)
+    }
+
+    /// Forgets the in-memory view of a tenant (after any change to it).
+    pub fn forget_view(&self, id: &TenantId) {
+        self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+    }
+
+    /// For a BYOK tenant, makes sure its role is registered with the AWS router (so its
+    /// calls use the assumed role's credentials).
+    async fn register_role(&self, tenant: &Tenant) {
+        if let (TenantMode::Byok, Some(role), Some(aws)) = (tenant.mode, &tenant.role_arn, &self.aws) {
+            aws.assume_for(&tenant.id, role, &external_id(&tenant.id)).await;
+        }
+    }
+
+    /// Writes what the journal holds in memory (usage counts, aggregated failures,
+    /// queued events); `all` also closes open aggregation windows (at shutdown).
+    pub async fn flush(&self, all: bool) {
+        self.journal.flush(all).await;
+    }
+
+    fn tenant_lock<T: Default>(map: &Mutex<HashMap<TenantId, Arc<T>>>, id: &TenantId) -> Arc<T> {
+        map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(id.clone()).or_default().clone()
+    }
+}

@@ -1,0 +1,87 @@
+//! The tenant's audit trail: pages of events, verification of the chain and its signed
+//! head, signed checkpoints.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use keyhold_audit::Record;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{Shared, manages, tenant_id};
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// `?after=&limit=` of the audit call.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Events after this sequence number (default 0: from the start).
+    pub after: Option<u64>,
+    /// At most this many (default and maximum 1000).
+    pub limit: Option<u32>,
+}
+
+/// An audit page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The events, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Record>,
+}
+
+/// The tenant's audit trail, a page at a time.
+#[utoipa::path(get, path = "/v1/tenants/{id}/audit", params(("id" = String, Path, description = "tenant id"), AuditQuery),
+    responses((status = 200, body = AuditPage)), security(("bearer" = [])))]
+pub async fn audit(
+    p: Principal,
+    State(state): Shared,
+    Path(id): Path<String>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let id = tenant_id(&id)?;
+    manages(&p, &id)?;
+    state.lifecycle.tenant(&id).await?;
+    state.lifecycle.flush(false).await;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
+    let events =
+        state.lifecycle.journal().auditor().read(&id, q.after.unwrap_or(0), limit).await.map_err(audit_error)?;
+    Ok(Json(AuditPage { events }))
+}
+
+fn audit_error(e: keyhold_audit::AuditError) -> ApiError {
+    match e {
+        keyhold_audit::AuditError::Registry(r) => r.into(),
+        _ => ApiError::internal(),
+    }
+}
+
+/// The verification of a trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyOut {
+    /// Whether the chain is intact.
+    pub ok: bool,
+    /// Events verified.
+    pub events: u64,
+    /// The first break, if any.
+    #[schema(value_type = Option<Object>)]
+    pub problem: Option<keyhold_audit::ChainBreak>,
+    /// The break in words.
+    pub message: Option<String>,
+}
+
+/// Verifies the tenant's audit trail (hash chain and recorded head).
+#[utoipa::path(get, path = "/v1/tenants/{id}/audit/verify", params(("id" = String, Path, description = "tenant id")),
+    responses((status = 200, body = VerifyOut)), security(("bearer" = [])))]
+pub async fn audit_verify(
+    p: Principal,
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<VerifyOut>, ApiError> {
+    let id = tenant_id(&id)?;
+    manages(&p, &id)?;
+    state.lifecycle.tenant(&id).await?;
+    Ok(Json(match state.lifecycle.journal().auditor().verify(&id).await.map_err(audit_error)? {
+        Ok(n) => VerifyOut { ok: true, events: n, problem: None, message: None },
+        Err(b) => VerifyOut { ok: false, events: 0, message: Some(b.to_string()), problem: Some(b) },
+    }))
+}
+

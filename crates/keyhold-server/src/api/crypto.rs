@@ -1,0 +1,195 @@
+//! Encrypt and decrypt, one item at a time or in batches of up to [`MAX_BATCH`]: the
+//! handlers parse the body (base64, ids, context) and call the lifecycle layer, which
+//! checks the tenant, the purpose and the keys before any key is used.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use keyhold_core::{EncryptionContext, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY};
+use keyhold_lifecycle::Caller;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiJson, Shared, tenant_id};
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+/// The most items a batch request may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// One item to encrypt.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptItem {
+    /// The tenant whose keys protect the data.
+    pub tenant: String,
+    /// The data's purpose (must be allowed to the calling service).
+    pub purpose: String,
+    /// The plaintext, base64.
+    pub plaintext: String,
+    /// Extra encryption context (not `tenant` or `purpose`; low-cardinality values).
+    #[serde(default)]
+    pub context: BTreeMap<String, String>,
+}
+
+/// An encryption's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EncryptOut {
+    /// An AWS Encryption SDK message, base64.
+    pub ciphertext: String,
+}
+
+/// One item to decrypt.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptItem {
+    /// The tenant the caller acts for; a ciphertext of another tenant is refused.
+    pub tenant: String,
+    /// The message, base64.
+    pub ciphertext: String,
+}
+
+/// A decryption's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecryptOut {
+    /// The plaintext, base64.
+    pub plaintext: String,
+    /// The purpose it was encrypted for.
+    pub purpose: String,
+    /// The caller context it was encrypted with (without `tenant` and `purpose`).
+    pub context: BTreeMap<String, String>,
+}
+
+fn caller(p: &Principal) -> Result<Caller<'_>, ApiError> {
+    match p {
+        Principal::Service { name, purposes } => Ok(Caller { service: name, purposes }),
+        _ => Err(ApiError::forbidden("encrypt and decrypt need a service token")),
+    }
+}
+
+async fn encrypt_one(state: &AppState, p: &Principal, item: EncryptItem) -> Result<EncryptOut, ApiError> {
+    let caller = caller(p)?;
+    let tenant = tenant_id(&item.tenant)?;
+    let purpose = Purpose::parse(&item.purpose).map_err(|e| ApiError::invalid(format!("invalid purpose: {e}")))?;
+    let plaintext =
+        B64.decode(&item.plaintext).map_err(|e| ApiError::invalid(format!("plaintext is not base64: {e}")))?;
+    let context = EncryptionContext::from_caller_pairs(item.context)
+        .map_err(|e| ApiError::invalid(format!("invalid context: {e}")))?;
+    let mut ct = Vec::new();
+    state.lifecycle.encrypt(&caller, &tenant, &purpose, context, &plaintext, &mut ct).await?;
+    Ok(EncryptOut { ciphertext: B64.encode(ct) })
+}
+
+async fn decrypt_one(state: &AppState, p: &Principal, item: DecryptItem) -> Result<DecryptOut, ApiError> {
+    let caller = caller(p)?;
+    let tenant = tenant_id(&item.tenant)?;
+    let ct = B64.decode(&item.ciphertext).map_err(|e| ApiError::invalid(format!("ciphertext is not base64: {e}")))?;
+    let mut plaintext = Vec::new();
+    let d = state.lifecycle.decrypt(&caller, &tenant, &ct, &mut plaintext).await?;
+    let context = d
+        .header
+        .context()
+        .iter()
+        .filter(|(k, _)| *k != RESERVED_TENANT_KEY && *k != RESERVED_PURPOSE_KEY)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Ok(DecryptOut { plaintext: B64.encode(&plaintext), purpose: d.purpose.to_string(), context })
+}
+
+/// Encrypts one plaintext for a tenant.
+#[utoipa::path(post, path = "/v1/encrypt", request_body = EncryptItem,
+    responses((status = 200, body = EncryptOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn encrypt(
+    p: Principal,
+    State(state): Shared,
+    ApiJson(item): ApiJson<EncryptItem>,
+) -> Result<Json<EncryptOut>, ApiError> {
+    Ok(Json(encrypt_one(&state, &p, item).await?))
+}
+
+/// Decrypts one ciphertext of a tenant.
+#[utoipa::path(post, path = "/v1/decrypt", request_body = DecryptItem,
+    responses((status = 200, body = DecryptOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn decrypt(
+    p: Principal,
+    State(state): Shared,
+    ApiJson(item): ApiJson<DecryptItem>,
+) -> Result<Json<DecryptOut>, ApiError> {
+    Ok(Json(decrypt_one(&state, &p, item).await?))
+}
+
+/// A batch request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Batch<T> {
+    /// Up to 1000 items.
+    pub items: Vec<T>,
+}
+
+/// One batch result: the item's result, or its error.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult<T> {
+    /// Success.
+    Ok(T),
+    /// Failure.
+    Err(ErrorBody),
+}
+
+/// A batch response, one result per item in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchOut<T> {
+    /// The results.
+    pub results: Vec<BatchResult<T>>,
+}
+
+/// Runs `one` on each item in order (a service token and at most [`MAX_BATCH`] items),
+/// each item's error becoming its result.
+async fn run_batch<T, O, F>(p: &Principal, items: Vec<T>, one: impl Fn(T) -> F) -> Result<Json<BatchOut<O>>, ApiError>
+where
+    F: Future<Output = Result<O, ApiError>>,
+{
+    caller(p)?;
+    if items.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH} items, not {}", items.len())));
+    }
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        results.push(match one(item).await {
+            Ok(v) => BatchResult::Ok(v),
+            Err(e) => BatchResult::Err(ErrorBody {
+                error: crate::error::ErrorDetail { code: e.code.to_owned(), message: e.message },
+            }),
+        });
+    }
+    Ok(Json(BatchOut { results }))
+}
+
+/// Encrypts up to 1000 items; each gets its own result or error.
+#[utoipa::path(post, path = "/v1/encrypt/batch", request_body = Batch<EncryptItem>,
+    responses((status = 200, body = BatchOut<EncryptOut>), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn encrypt_batch(
+    p: Principal,
+    State(state): Shared,
+    ApiJson(batch): ApiJson<Batch<EncryptItem>>,
+) -> Result<Json<BatchOut<EncryptOut>>, ApiError> {
+    run_batch(&p, batch.items, |item| encrypt_one(&state, &p, item)).await
+}
+
+/// Decrypts up to 1000 items; each gets its own result or error.
+#[utoipa::path(post, path = "/v1/decrypt/batch", request_body = Batch<DecryptItem>,
+    responses((status = 200, body = BatchOut<DecryptOut>), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn decrypt_batch(
+    p: Principal,
+    State(state): Shared,
+    ApiJson(batch): ApiJson<Batch<DecryptItem>>,
+) -> Result<Json<BatchOut<DecryptOut>>, ApiError> {
+    run_batch(&p, batch.items, |item| decrypt_one(&state, &p, item)).await
+}
+

@@ -1,0 +1,85 @@
+//! A tenant's keys: attaching a key for a region (validated first), the key history, and
+//! validation of the active set.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use keyhold_core::Region;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::tenants::KeyOut;
+use super::{ApiJson, Shared, manages, tenant_id};
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorBody};
+
+/// `PUT /v1/tenants/{id}/keys/{region}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachKey {
+    /// The key's ARN (or, for a `local` tenant, a local key id).
+    pub key_arn: String,
+}
+
+fn report_json(report: &keyhold_onboarding::Report, attached: Option<bool>) -> Result<serde_json::Value, ApiError> {
+    let mut v = serde_json::to_value(report).map_err(|_| ApiError::internal())?;
+    if let (Some(a), Some(o)) = (attached, v.as_object_mut()) {
+        o.insert("attached".into(), serde_json::Value::Bool(a));
+    }
+    Ok(v)
+}
+
+/// Validates a key for one region of the tenant's realm and attaches it as the region's
+/// active key (the previous one becomes `decrypt_only`); returns the validation report of
+/// the tenant's key set with `attached`. A tenant in service keeps its keys when the new
+/// set is not usable; the tenant becomes `active` when every region's key validates.
+#[utoipa::path(put, path = "/v1/tenants/{id}/keys/{region}", request_body = AttachKey,
+    params(("id" = String, Path, description = "tenant id"), ("region" = String, Path, description = "region of the realm")),
+    responses((status = 200, body = Object, description = "validation report"), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn attach_key(
+    p: Principal,
+    State(state): Shared,
+    Path((id, region)): Path<(String, String)>,
+    ApiJson(body): ApiJson<AttachKey>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = tenant_id(&id)?;
+    manages(&p, &id)?;
+    let region = Region::parse(&region).map_err(|e| ApiError::invalid(format!("invalid region: {e}")))?;
+    let outcome = state.lifecycle.attach_key(&p.actor(), &id, &region, &body.key_arn).await?;
+    Ok(Json(report_json(&outcome.report, Some(outcome.attached))?))
+}
+
+/// A tenant's key history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeysOut {
+    /// Every key attached and not destroyed, by region, oldest first.
+    pub keys: Vec<KeyOut>,
+}
+
+/// The tenant's key history: every key ever attached per region, with its status.
+#[utoipa::path(get, path = "/v1/tenants/{id}/keys", params(("id" = String, Path, description = "tenant id")),
+    responses((status = 200, body = KeysOut), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_keys(p: Principal, State(state): Shared, Path(id): Path<String>) -> Result<Json<KeysOut>, ApiError> {
+    let id = tenant_id(&id)?;
+    manages(&p, &id)?;
+    state.lifecycle.tenant(&id).await?;
+    let keys = state.lifecycle.key_history(&id).await?;
+    Ok(Json(KeysOut { keys: keys.into_iter().map(KeyOut::from).collect() }))
+}
+
+/// Validates the tenant's active keys again (after the tenant fixed a finding, or
+/// restored access); a usable set makes the tenant `active`.
+#[utoipa::path(post, path = "/v1/tenants/{id}/validate", params(("id" = String, Path, description = "tenant id")),
+    responses((status = 200, body = Object, description = "validation report"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn validate_tenant(
+    p: Principal,
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = tenant_id(&id)?;
+    manages(&p, &id)?;
+    let report = state.lifecycle.validate(&p.actor(), &id).await?;
+    Ok(Json(report_json(&report, None)?))
+}

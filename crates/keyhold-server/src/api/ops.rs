@@ -1,0 +1,33 @@
+//! Operations: liveness, readiness, Prometheus metrics.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use keyhold_registry::TenantState;
+
+use super::Shared;
+use crate::error::{ApiError, ErrorBody};
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the registry answers.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(state): Shared) -> Result<&'static str, ApiError> {
+    state.lifecycle.registry().ping().await?;
+    Ok("ready\n")
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(state): Shared) -> Response {
+    let mut by_state = Vec::new();
+    let tenants = state.lifecycle.registry().tenants().await.unwrap_or_default();
+    for s in TenantState::ALL {
+        by_state.push((s.as_str(), tenants.iter().filter(|t| t.state == *s).count()));
+    }
+    let body = state.metrics().render(&state.lifecycle.keyhold().cache_stats(), &by_state);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
