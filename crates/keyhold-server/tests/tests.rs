@@ -23,6 +23,8 @@ use keyhold_server::{AppState, router};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
+mod promises;
+
 struct Fixture {
     state: Arc<AppState>,
     dir: tempfile::TempDir,
