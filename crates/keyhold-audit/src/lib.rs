@@ -1,5 +1,14 @@
-//! The audit trail: what happened to each tenant's keys and data, append-only and
-//! hash-chained per tenant, so that an edited, deleted or reordered event is detected.
+//! The audit trail: what happened to each tenant's keys and data, append-only,
+//! hash-chained per tenant, and with each trail's head signed by an audit key that does
+//! not live in the database.
+//!
+//! What is guaranteed: an edited, deleted, reordered or added event, deleted newest
+//! events, and a trail rewritten (or deleted whole) by someone with write access to the
+//! database but without the audit key are all detected, by [`Auditor::verify`] against
+//! the database and by [`verify_export`] against an export, offline. The limit: someone
+//! with database write access who kept an old copy of a trail's rows and signed head can
+//! roll the trail back to it; a [`Checkpoint`] the tenant keeps detects that, since its
+//! signed sequence number is later than the rolled-back head's.
 //!
 //! - [`Event`]: provider calls (operation, key, region, context, outcome, latency),
 //!   tenant and key state changes, admin actions, per-minute usage counts. Events carry
@@ -8,25 +17,41 @@
 //! - [`chain_hash`]: SHA-256 over a domain tag, the previous hash, the sequence number,
 //!   the time and the event's JSON, each length-delimited. The first event's previous
 //!   hash is all zeros.
-//! - [`Auditor`]: appends to the registry's storage and reads back; [`verify`] walks a
-//!   trail and names the first broken event; [`Auditor::export`] writes JSON lines.
+//! - [`AuditKey`]: the Ed25519 key that signs each new head ([`head_message`]: a domain
+//!   tag, the tenant id, the sequence number and the hash), kept in a 0600 file.
+//! - [`Auditor`]: appends to the registry's storage (never losing an append: see
+//!   `keyhold-registry`), reads back, verifies through a streaming [`Verifier`] that names
+//!   the first break ([`ChainBreak`]), hands out signed checkpoints, and exports JSON lines
+//!   ending with the checkpoint. Verification and export hold one page of events at a
+//!   time.
+//! - [`verify_export`]: checks an export offline, line by line, against a trusted public
+//!   key ([`parse_public_key`] reads one from the command line).
 //! - [`UsageCounter`]: counts encrypt and decrypt operations per tenant, purpose and
 //!   service in memory, and turns each finished minute into one [`Event::Usage`] per
 //!   combination.
 
 #![forbid(unsafe_code)]
 
+mod auditor;
+mod export;
+mod key;
 mod usage;
+mod verify;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use keyhold_core::TenantId;
-use keyhold_registry::{AuditRow, Registry, RegistryError};
+use keyhold_registry::RegistryError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use auditor::Auditor;
+pub use export::{
+    Checkpoint, ExportError, ExportVerification, MAX_LINE, PublicKeyError, parse_public_key, verify_export,
+};
+pub use key::{AuditKey, AuditKeyError, head_message, head_signature_valid};
 pub use usage::UsageCounter;
+pub use verify::{ChainBreak, Verifier};
 
 /// Domain separation for the chain hash; bump on any change to its input layout.
 const DOMAIN: &[u8] = b"keyhold-audit-v1";
@@ -160,6 +185,9 @@ pub struct Record {
     pub at_ms: u64,
     /// The event.
     pub event: Event,
+    /// The event exactly as stored and hashed (its JSON): what makes the hash
+    /// recomputable offline, whatever a reader's JSON serializer would produce.
+    pub body: String,
     /// The previous event's hash, hex.
     pub prev_hash: String,
     /// This event's chain hash, hex.
@@ -179,49 +207,12 @@ pub enum AuditError {
     /// Writing an export failed.
     #[error("writing the audit export: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Where a trail is broken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
-#[serde(tag = "problem", rename_all = "snake_case")]
-pub enum ChainBreak {
-    /// An event's content no longer matches its hash.
-    #[error("event {seq} was edited: its content does not match its hash")]
-    Edited {
-        /// The event.
-        seq: u64,
-    },
-    /// Sequence numbers skip: events were deleted.
-    #[error("event {expected} is missing (the next stored event is {found}): events were deleted")]
-    Missing {
-        /// The sequence number that should come next.
-        expected: u64,
-        /// The one found instead.
-        found: u64,
-    },
-    /// An event does not link to its predecessor: moved or replaced.
-    #[error("event {seq} does not follow event {prev}: events were reordered or replaced")]
-    Unlinked {
-        /// The event.
-        seq: u64,
-        /// Its predecessor in the trail.
-        prev: u64,
-    },
-    /// The trail ends before (or differs from) the recorded head: its newest events were
-    /// deleted or replaced.
-    #[error("the trail ends at event {last} but the recorded head is event {head}: newest events were deleted")]
-    Truncated {
-        /// The last event present.
-        last: u64,
-        /// The recorded head.
-        head: u64,
-    },
-    /// A stored event is not valid JSON for an event.
-    #[error("event {seq} does not parse as an audit event")]
-    Unreadable {
-        /// The event.
-        seq: u64,
-    },
+    /// The tenant has no audit trail (no event was ever recorded for it).
+    #[error("tenant {0} has no audit trail")]
+    NoTrail(TenantId),
+    /// The trail is broken, so keyhold does not vouch for its head.
+    #[error("the audit trail is broken: {0}")]
+    Broken(#[source] ChainBreak),
 }
 
 /// The chain hash of an event.
@@ -236,108 +227,13 @@ pub fn chain_hash(prev: &[u8; 32], seq: u64, at_ms: u64, body: &str) -> [u8; 32]
     h.finalize().into()
 }
 
-/// Checks a whole trail, oldest first, against the recorded head: returns how many events
-/// it holds, or the first break.
-pub fn verify(rows: &[AuditRow], head: Option<(u64, [u8; 32])>) -> Result<u64, ChainBreak> {
-    let mut prev_hash = [0u8; 32];
-    let mut expected = 1u64;
-    for row in rows {
-        if row.seq > expected {
-            return Err(ChainBreak::Missing { expected, found: row.seq });
-        }
-        if row.seq < expected || row.prev_hash != prev_hash {
-            return Err(ChainBreak::Unlinked { seq: row.seq, prev: expected.saturating_sub(1) });
-        }
-        if chain_hash(&row.prev_hash, row.seq, row.at_ms, &row.body) != row.hash {
-            return Err(ChainBreak::Edited { seq: row.seq });
-        }
-        if serde_json::from_str::<Event>(&row.body).is_err() {
-            return Err(ChainBreak::Unreadable { seq: row.seq });
-        }
-        prev_hash = row.hash;
-        expected += 1;
-    }
-    let last = expected - 1;
-    match head {
-        None if last == 0 => Ok(0),
-        Some((seq, hash)) if seq == last && hash == prev_hash => Ok(last),
-        Some((seq, _)) => Err(ChainBreak::Truncated { last, head: seq }),
-        None => Err(ChainBreak::Truncated { last, head: 0 }),
-    }
-}
-
-/// Appends to and reads the audit trails in a registry.
-#[derive(Debug, Clone)]
-pub struct Auditor {
-    registry: Registry,
-}
-
-/// How many events are read per page when walking a trail.
-const PAGE: u32 = 1000;
-
-impl Auditor {
-    /// An auditor over `registry`'s storage.
-    pub fn new(registry: Registry) -> Self {
-        Self { registry }
-    }
-
-    /// Appends `event` to `tenant`'s trail.
-    pub async fn record(&self, tenant: &TenantId, at_ms: u64, event: &Event) -> Result<u64, AuditError> {
-        let body = serde_json::to_string(event)?;
-        Ok(self.registry.append_audit(tenant, at_ms, &body, chain_hash).await?.seq)
-    }
-
-    /// Up to `limit` records after `after_seq`.
-    pub async fn read(&self, tenant: &TenantId, after_seq: u64, limit: u32) -> Result<Vec<Record>, AuditError> {
-        self.registry.audit(tenant, after_seq, limit).await?.iter().map(record).collect()
-    }
-
-    /// Verifies `tenant`'s whole trail.
-    pub async fn verify(&self, tenant: &TenantId) -> Result<Result<u64, ChainBreak>, AuditError> {
-        let mut rows = Vec::new();
-        loop {
-            let after = rows.last().map_or(0, |r: &AuditRow| r.seq);
-            let page = self.registry.audit(tenant, after, PAGE).await?;
-            let done = page.len() < PAGE as usize;
-            rows.extend(page);
-            if done {
-                break;
-            }
-        }
-        Ok(verify(&rows, self.registry.audit_head(tenant).await?))
-    }
-
-    /// Writes `tenant`'s whole trail as JSON lines (one [`Record`] per line); returns how
-    /// many.
-    pub async fn export(&self, tenant: &TenantId, out: &mut impl Write) -> Result<u64, AuditError> {
-        let mut after = 0;
-        let mut n = 0;
-        loop {
-            let page = self.registry.audit(tenant, after, PAGE).await?;
-            for row in &page {
-                serde_json::to_writer(&mut *out, &record(row)?)?;
-                out.write_all(b"\n")?;
-                after = row.seq;
-                n += 1;
-            }
-            if page.len() < PAGE as usize {
-                return Ok(n);
-            }
-        }
-    }
-}
-
-fn record(row: &AuditRow) -> Result<Record, AuditError> {
-    Ok(Record {
-        tenant: row.tenant.to_string(),
-        seq: row.seq,
-        at_ms: row.at_ms,
-        event: serde_json::from_str(&row.body)?,
-        prev_hash: hex(&row.prev_hash),
-        hash: hex(&row.hash),
-    })
-}
-
+/// Lower-case hex, as hashes appear in records and checkpoints.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }

@@ -97,7 +97,8 @@ pub struct ClientArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// A TOML file with any of: listen, database_url, tls_cert, tls_key,
-    /// platform_principal, local_region, realms_file, probe_interval.
+    /// platform_principal, local_region, realms_file, probe_interval,
+    /// usage_flush_interval_ms.
     #[arg(long, env = "KEYHOLD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8700].
@@ -124,6 +125,10 @@ pub struct ServeArgs {
     /// Seconds between probes of every tenant's keys (0 disables) [default: 30].
     #[arg(long, env = "KEYHOLD_PROBE_INTERVAL")]
     pub probe_interval: Option<u64>,
+    /// Milliseconds between writes of usage counts to the audit trail: the most a crash
+    /// (`kill -9`) can lose [default: 2000].
+    #[arg(long, env = "KEYHOLD_USAGE_FLUSH_INTERVAL_MS")]
+    pub usage_flush_interval_ms: Option<u64>,
 }
 
 /// `keyhold token` flags.
@@ -222,7 +227,8 @@ pub enum KeyCmd {
 /// `keyhold audit` commands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Write a tenant's audit trail as JSON lines.
+    /// Write a tenant's audit trail as JSON lines, ending with its signed checkpoint (what
+    /// `audit verify --file` checks offline).
     Export {
         /// Tenant id.
         #[arg(long)]
@@ -231,11 +237,26 @@ pub enum AuditCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Verify a tenant's audit trail (exit 0 when intact, 2 when broken).
+    /// Verify a tenant's audit trail (exit 0 when intact, 2 when broken): through a
+    /// running server with --tenant, or offline, an export file with --file and the
+    /// audit public key with --public-key, trusting no database.
     Verify {
-        /// Tenant id.
-        #[arg(long)]
-        tenant: String,
+        /// Tenant id (verification by the server).
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        tenant: Option<String>,
+        /// An export (`keyhold audit export`) to verify offline.
+        #[arg(long, requires = "public_key")]
+        file: Option<PathBuf>,
+        /// The audit public key to trust (base64 or hex of the 32 bytes, or a file holding
+        /// it, as `GET /v1/audit/public-key` or `keyhold audit public-key` print it).
+        #[arg(long, requires = "file")]
+        public_key: Option<String>,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the audit public key of a running server (base64), to verify exports with.
+    PublicKey {
         /// Server and token.
         #[command(flatten)]
         client: ClientArgs,

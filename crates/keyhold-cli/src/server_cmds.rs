@@ -32,6 +32,7 @@ struct ConfigFile {
     local_region: Option<String>,
     realms_file: Option<std::path::PathBuf>,
     probe_interval: Option<u64>,
+    usage_flush_interval_ms: Option<u64>,
 }
 
 pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
@@ -62,7 +63,13 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         Some(s) => Some(std::time::Duration::from_secs(s)),
         None => defaults.probe_interval,
     };
+    let usage_flush_interval = match args.usage_flush_interval_ms.or(file.usage_flush_interval_ms) {
+        Some(0) => bail!("--usage-flush-interval-ms must be at least 1"),
+        Some(ms) => std::time::Duration::from_millis(ms),
+        None => defaults.usage_flush_interval,
+    };
     let config = ServeConfig {
+        usage_flush_interval,
         database_url: args.database_url.or(file.database_url),
         listen,
         tls,
@@ -197,22 +204,56 @@ pub fn audit(cmd: AuditCmd) -> Result<ExitCode> {
         match cmd {
             AuditCmd::Export { tenant, client } => {
                 let client = Client::new(&client)?;
+                let segment = path_segment(&tenant)?;
+                // The checkpoint first: the export ends at the head it signs, however many
+                // events are appended while it runs.
+                let checkpoint =
+                    client.call(Method::GET, &format!("/v1/tenants/{segment}/audit/checkpoint"), None).await?;
+                let head = checkpoint.get("seq").and_then(Value::as_u64).unwrap_or(0);
                 let mut after = 0u64;
                 let mut out = std::io::stdout().lock();
-                loop {
-                    let path = format!("/v1/tenants/{}/audit?after={after}&limit=1000", path_segment(&tenant)?);
+                while after < head {
+                    let path = format!("/v1/tenants/{segment}/audit?after={after}&limit=1000");
                     let page = client.call(Method::GET, &path, None).await?;
                     let events = page.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
-                    for e in &events {
+                    if events.is_empty() {
+                        bail!("the trail ended at event {after}, before its checkpoint's head {head}");
+                    }
+                    for e in events.iter().filter(|e| e.get("seq").and_then(Value::as_u64).is_some_and(|s| s <= head)) {
                         writeln!(out, "{}", serde_json::to_string(e)?)?;
                         after = e.get("seq").and_then(Value::as_u64).unwrap_or(after);
                     }
-                    if events.len() < 1000 {
-                        return Ok(ExitCode::SUCCESS);
+                    if events.last().and_then(|e| e.get("seq")).and_then(Value::as_u64).is_some_and(|s| s >= head) {
+                        break;
+                    }
+                }
+                writeln!(out, "{}", serde_json::json!({ "checkpoint": checkpoint }))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            AuditCmd::Verify { file: Some(file), public_key: Some(key), .. } => {
+                let key = match std::fs::read_to_string(&key) {
+                    Ok(text) => text.trim().to_owned(),
+                    Err(_) => key,
+                };
+                let key = keyhold_audit::parse_public_key(&key).context("invalid --public-key")?;
+                let reader = std::io::BufReader::new(
+                    std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?,
+                );
+                match keyhold_audit::verify_export(reader, &key) {
+                    Ok(v) => {
+                        println!(
+                            "audit export of {} intact: {} events, signed head at event {}",
+                            v.tenant, v.events, v.head_seq
+                        );
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        println!("audit export {} BROKEN: {e}", file.display());
+                        Ok(ExitCode::from(2))
                     }
                 }
             }
-            AuditCmd::Verify { tenant, client } => {
+            AuditCmd::Verify { tenant: Some(tenant), client, .. } => {
                 let path = format!("/v1/tenants/{}/audit/verify", path_segment(&tenant)?);
                 let v = Client::new(&client)?.call(Method::GET, &path, None).await?;
                 if v.get("ok").and_then(Value::as_bool) == Some(true) {
@@ -228,6 +269,12 @@ pub fn audit(cmd: AuditCmd) -> Result<ExitCode> {
                     );
                     Ok(ExitCode::from(2))
                 }
+            }
+            AuditCmd::Verify { .. } => bail!("give --tenant (through the server) or --file with --public-key"),
+            AuditCmd::PublicKey { client } => {
+                let v = Client::new(&client)?.call(Method::GET, "/v1/audit/public-key", None).await?;
+                println!("{}", v.get("public_key").and_then(Value::as_str).unwrap_or_default());
+                Ok(ExitCode::SUCCESS)
             }
         }
     })

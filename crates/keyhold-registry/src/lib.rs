@@ -9,8 +9,16 @@
 //!
 //! The audit trail is append-only here: there is no update or delete of an event. The
 //! chain hash of each new event is computed by the caller's function from the previous
-//! event's hash, inside the transaction that reads it (`keyhold-audit` owns the hashing
-//! and the verification).
+//! event's hash, inside the transaction that reads it, and the caller's signature over the
+//! new head is stored with the head (`keyhold-audit` owns the hashing, the signing key and
+//! the verification).
+//!
+//! Appends to one trail are serialised, so none is lost however many instances write to
+//! one tenant: on SQLite by the database write lock (`BEGIN IMMEDIATE`), on PostgreSQL by
+//! a transaction-scoped advisory lock per tenant taken before the head is read. A
+//! transient failure (busy, serialization failure, deadlock, a lost race for the sequence
+//! number) is retried with exponential backoff and jitter for about ten seconds; after
+//! that the error is returned, and the caller fails its request closed.
 //!
 //! A database failure is [`RegistryError::Database`] (retryable); everything else names
 //! what the caller did wrong.
@@ -19,15 +27,17 @@
 
 mod types;
 
+use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use types::{
-    AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, Tenant, TenantKey, TenantMode, TenantState,
+    AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, Tenant, TenantKey, TenantMode,
+    TenantState,
 };
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -86,6 +96,10 @@ pub enum RegistryError {
     /// keyhold).
     #[error("the registry holds an invalid value: {0}")]
     Corrupt(String),
+    /// The caller's signing function could not sign a new audit head, so the event was not
+    /// stored.
+    #[error("the new audit head could not be signed; the event was not stored")]
+    HeadNotSigned,
     /// The database failed or is unreachable; retry.
     #[error("registry database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -106,8 +120,17 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// How many times an append that lost a race for the next sequence number is retried.
-const APPEND_ATTEMPTS: usize = 8;
+/// The first pause before retrying an append that failed transiently; it doubles after
+/// each attempt up to [`APPEND_MAX_BACKOFF`].
+const APPEND_FIRST_BACKOFF: Duration = Duration::from_millis(2);
+
+/// The longest pause between two append attempts.
+const APPEND_MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// How long an append keeps retrying transient failures before it reports the error: long
+/// enough to ride out a burst of contention or a failover, short enough that the request
+/// waiting on it fails instead of hanging.
+const APPEND_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Registry {
     /// Connects to `url` (`sqlite://PATH` creating the file if needed, or
@@ -462,28 +485,36 @@ impl Registry {
     }
 
     /// Appends an event to `tenant`'s audit trail. `chain(prev_hash, seq, at_ms, body)`
-    /// computes the new event's hash; the first event's previous hash is all zeros.
-    /// Concurrent appends are serialized by the `(tenant, seq)` key: the loser retries.
+    /// computes the new event's hash (the first event's previous hash is all zeros), and
+    /// `sign(seq, hash)` the signature stored with the new head (`None` if it cannot sign:
+    /// then nothing is stored and [`RegistryError::HeadNotSigned`] is returned).
+    ///
+    /// Appends to one tenant's trail are serialised (see the crate documentation), and a
+    /// transient failure is retried with backoff for about ten seconds before its error is
+    /// returned: an append is either stored or reported, never silently dropped.
     pub async fn append_audit(
         &self,
         tenant: &TenantId,
         at_ms: u64,
         body: &str,
         chain: impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
+        sign: impl Fn(u64, &[u8; 32]) -> Option<Vec<u8>>,
     ) -> Result<AuditRow> {
-        let mut last_error = None;
-        for _ in 0..APPEND_ATTEMPTS {
-            match self.try_append(tenant, at_ms, body, &chain).await {
-                Ok(row) => return Ok(row),
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() || is_busy(e.as_ref()) => {
-                    last_error = Some(sqlx::Error::Database(e));
-                    // Let the competing appender finish before retrying.
-                    tokio::task::yield_now().await;
+        let started = Instant::now();
+        let mut backoff = APPEND_FIRST_BACKOFF;
+        loop {
+            match self.try_append(tenant, at_ms, body, &chain, &sign).await {
+                Ok(Some(row)) => return Ok(row),
+                Ok(None) => return Err(RegistryError::HeadNotSigned),
+                Err(sqlx::Error::Database(e)) if is_transient(e.as_ref()) && started.elapsed() < APPEND_DEADLINE => {
+                    // Full jitter: appenders that collided once spread out instead of
+                    // colliding again in lockstep.
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(APPEND_MAX_BACKOFF);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(last_error.map_or_else(|| RegistryError::Corrupt("append retries exhausted".into()), Into::into))
     }
 
     /// Begins a write transaction: on SQLite it takes the write lock at once (`BEGIN
@@ -502,8 +533,19 @@ impl Registry {
         at_ms: u64,
         body: &str,
         chain: &impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
-    ) -> std::result::Result<AuditRow, sqlx::Error> {
+        sign: &impl Fn(u64, &[u8; 32]) -> Option<Vec<u8>>,
+    ) -> std::result::Result<Option<AuditRow>, sqlx::Error> {
         let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // Serialise appends to this trail across every connection and instance until
+            // this transaction ends, so the head read next is the one this append
+            // extends. Executed rather than fetched: the Any driver cannot decode `void`.
+            // Two tenants whose ids hash alike merely share a lock.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         let last = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_optional(&mut *tx)
@@ -519,6 +561,8 @@ impl Registry {
             }
         };
         let hash = chain(&prev_hash, seq, at_ms, body);
+        // Dropping the transaction rolls it back: an unsigned head is never stored.
+        let Some(sig) = sign(seq, &hash) else { return Ok(None) };
         sqlx::query(
             "INSERT INTO audit_events (tenant_id, seq, at_ms, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -530,19 +574,21 @@ impl Registry {
         .bind(hash.to_vec())
         .execute(&mut *tx)
         .await?;
-        // The head moves only if it is still where this append read it (PostgreSQL
-        // appenders that raced both read it; the loser's event insert already failed).
+        // Under the lock the head is still where this append read it; should two appends
+        // ever race anyway, the loser's event insert above has already failed on the
+        // `(tenant, seq)` key and it retries.
         sqlx::query(
-            "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            "INSERT INTO audit_heads (tenant_id, seq, hash, sig) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, sig = excluded.sig",
         )
         .bind(tenant.as_str())
         .bind(ms(seq))
         .bind(hash.to_vec())
+        .bind(sig)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(AuditRow { tenant: tenant.clone(), seq, at_ms, body: body.to_owned(), prev_hash, hash })
+        Ok(Some(AuditRow { tenant: tenant.clone(), seq, at_ms, body: body.to_owned(), prev_hash, hash }))
     }
 
     /// Up to `limit` events of `tenant` with sequence numbers above `after_seq`, oldest
@@ -576,10 +622,10 @@ impl Registry {
             .collect()
     }
 
-    /// The newest event's sequence number and hash of `tenant`'s trail, as recorded
-    /// beside the trail (`None` before the first event).
-    pub async fn audit_head(&self, tenant: &TenantId) -> Result<Option<(u64, [u8; 32])>> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant_id = $1")
+    /// The head of `tenant`'s trail as recorded beside it: the newest event's sequence
+    /// number and hash, and the signature over them (`None` before the first event).
+    pub async fn audit_head(&self, tenant: &TenantId) -> Result<Option<AuditHead>> {
+        let row = sqlx::query("SELECT seq, hash, sig FROM audit_heads WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -587,7 +633,7 @@ impl Registry {
             let hash: Vec<u8> = r.try_get(1)?;
             let hash = <[u8; 32]>::try_from(hash.as_slice())
                 .map_err(|_| RegistryError::Corrupt(format!("audit head hash of {} bytes", hash.len())))?;
-            Ok((unms(r.try_get(0)?), hash))
+            Ok(AuditHead { seq: unms(r.try_get(0)?), hash, sig: r.try_get(2)? })
         })
         .transpose()
     }
@@ -642,14 +688,26 @@ fn unms(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
-    // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6) and their extended codes (low byte);
-    // PostgreSQL: serialization failure.
-    match e.code().as_deref() {
-        Some("40001") => true,
-        Some(c) => c.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
-        None => false,
-    }
+/// Whether an append that failed with `e` may succeed if tried again.
+fn is_transient(e: &dyn sqlx::error::DatabaseError) -> bool {
+    // PostgreSQL: serialization failure, deadlock. SQLite: SQLITE_BUSY (5) and
+    // SQLITE_LOCKED (6) with their extended codes (low byte). Both: a lost race for the
+    // next sequence number.
+    e.is_unique_violation()
+        || match e.code().as_deref() {
+            Some("40001" | "40P01") => true,
+            Some(c) => c.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
+            None => false,
+        }
+}
+
+/// A pause drawn uniformly from `[0, max]`.
+fn jitter(max: Duration) -> Duration {
+    // The std hasher's per-instance random keys are randomness enough for spreading
+    // retries out; nothing depends on it being unpredictable.
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(r % max_us.saturating_add(1))
 }
 
 /// Purposes parse from the registry's text form.

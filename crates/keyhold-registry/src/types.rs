@@ -227,3 +227,16 @@ pub struct AuditRow {
     /// This event's chain hash.
     pub hash: [u8; 32],
 }
+
+/// The recorded head of a tenant's audit trail: its newest event, and the audit key's
+/// signature over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The newest event's sequence number.
+    pub seq: u64,
+    /// The newest event's chain hash.
+    pub hash: [u8; 32],
+    /// The audit key's signature over the head (`None` for a head written before heads
+    /// were signed, or one whose signature was removed).
+    pub sig: Option<Vec<u8>>,
+}

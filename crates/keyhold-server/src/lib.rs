@@ -49,6 +49,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants/{id}/validate", post(api::validate_tenant))
         .route("/v1/tenants/{id}/audit", get(api::audit))
         .route("/v1/tenants/{id}/audit/verify", get(api::audit_verify))
+        .route("/v1/tenants/{id}/audit/checkpoint", get(api::audit_checkpoint))
+        .route("/v1/audit/public-key", get(api::audit_public_key))
         .route("/v1/encrypt", post(api::encrypt))
         .route("/v1/decrypt", post(api::decrypt))
         .route("/v1/encrypt/batch", post(api::encrypt_batch))

@@ -15,7 +15,7 @@ use keyhold_provider::KeyProvider;
 use keyhold_provider_aws::{AwsKmsConfig, AwsSdkConfig, TenantRouter};
 use keyhold_provider_local::LocalKms;
 use keyhold_registry::Registry;
-use keyhold_audit::Auditor;
+use keyhold_audit::{AuditKey, Auditor};
 use keyhold_lifecycle::{Lifecycle, Parts};
 use keyhold_service::Settings;
 
@@ -48,6 +48,9 @@ pub struct ServeConfig {
     /// trail: the most a `kill -9` can lose.
     pub usage_flush_interval: Duration,
 }
+
+/// The audit signing key's file in the data dir (Ed25519, PKCS#8, mode 0600).
+pub const AUDIT_KEY_FILE: &str = "audit-signing.key";
 
 /// The default [`ServeConfig::usage_flush_interval`].
 pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(2);
@@ -90,6 +93,9 @@ pub enum ServeError {
     /// Local provider.
     #[error("local key provider: {0}")]
     Local(String),
+    /// The audit signing key could not be read or created.
+    #[error("audit signing key: {0}")]
+    AuditKey(String),
     /// Listening or serving.
     #[error("listening on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
@@ -117,9 +123,14 @@ pub async fn build(
         None => TenantRouter::from_env(AwsKmsConfig::default()).await,
     });
     let local = Arc::new(local);
+    // The audit signing key lives in the data dir, never in the database: someone who can
+    // write the database cannot re-sign a rewritten trail.
+    let audit_key = Arc::new(
+        AuditKey::load_or_create(&config.data_dir.join(AUDIT_KEY_FILE)).map_err(|e| ServeError::AuditKey(e.to_string()))?,
+    );
     let providers: Vec<Arc<dyn KeyProvider>> = vec![local.clone(), aws.clone()];
     let lifecycle = Lifecycle::new(Parts {
-        auditor: Auditor::new(registry.clone()),
+        auditor: Auditor::new(registry.clone(), audit_key),
         registry,
         providers,
         local: Some(local),

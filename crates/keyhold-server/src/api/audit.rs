@@ -68,7 +68,9 @@ pub struct VerifyOut {
     pub message: Option<String>,
 }
 
-/// Verifies the tenant's audit trail (hash chain and recorded head).
+/// Verifies the tenant's audit trail: the hash chain, and the head's signature by the
+/// audit key (which is not in the database); a trail that was rewritten, truncated or
+/// wiped fails.
 #[utoipa::path(get, path = "/v1/tenants/{id}/audit/verify", params(("id" = String, Path, description = "tenant id")),
     responses((status = 200, body = VerifyOut)), security(("bearer" = [])))]
 pub async fn audit_verify(
@@ -79,9 +81,52 @@ pub async fn audit_verify(
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
     state.lifecycle.tenant(&id).await?;
-    Ok(Json(match state.lifecycle.journal().auditor().verify(&id).await.map_err(audit_error)? {
+    Ok(Json(match state.lifecycle.journal().auditor().verify(&id, true).await.map_err(audit_error)? {
         Ok(n) => VerifyOut { ok: true, events: n, problem: None, message: None },
         Err(b) => VerifyOut { ok: false, events: 0, message: Some(b.to_string()), problem: Some(b) },
     }))
 }
 
+
+/// The tenant's signed checkpoint: the trail's head (sequence number and hash) signed by
+/// keyhold's audit key. A tenant that keeps checkpoints can prove later that its trail was
+/// not rolled back; the last line of an export is one.
+#[utoipa::path(get, path = "/v1/tenants/{id}/audit/checkpoint", params(("id" = String, Path, description = "tenant id")),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn audit_checkpoint(
+    p: Principal,
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<keyhold_audit::Checkpoint>, ApiError> {
+    let id = tenant_id(&id)?;
+    manages(&p, &id)?;
+    state.lifecycle.tenant(&id).await?;
+    state.lifecycle.flush(false).await;
+    match state.lifecycle.journal().auditor().checkpoint(&id).await {
+        Ok(c) => Ok(Json(c)),
+        Err(keyhold_audit::AuditError::Registry(r)) => Err(r.into()),
+        Err(e) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "audit_broken",
+            format!("the trail does not verify, so keyhold signs no checkpoint for it: {e}"),
+        )),
+    }
+}
+
+/// The audit key's public half.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicKeyOut {
+    /// `ed25519`.
+    pub algorithm: &'static str,
+    /// The 32-byte public key, base64.
+    pub public_key: String,
+}
+
+/// The public key that signs every trail's head and every checkpoint: what a tenant
+/// verifies an export against offline (`keyhold audit verify --file --public-key`).
+#[utoipa::path(get, path = "/v1/audit/public-key", responses((status = 200, body = PublicKeyOut)))]
+pub async fn audit_public_key(State(state): Shared) -> Json<PublicKeyOut> {
+    use base64::Engine as _;
+    let key = state.lifecycle.journal().auditor().public_key();
+    Json(PublicKeyOut { algorithm: "ed25519", public_key: base64::engine::general_purpose::STANDARD.encode(key) })
+}
