@@ -197,8 +197,17 @@ impl Lifecycle {
             .filter_map(|r| keys.get(r).cloned())
             .chain(keys.iter().filter(|(r, _)| !realm.regions.contains(r)).map(|(_, k)| k.clone()))
             .collect();
-        self.register_role(t).await;
-        let providers: Vec<Arc<dyn KeyProvider>> = self.providers.clone();
+        // A BYOK tenant's own provider (its assumed role) first: calls without a context
+        // (DescribeKey) would otherwise go out with the platform's credentials.
+        let providers: Vec<Arc<dyn KeyProvider>> = match (t.mode, &t.role_arn, &self.aws) {
+            (TenantMode::Byok, Some(role), Some(aws)) => {
+                let own = aws.assume_for(&t.id, role, &keyhold_onboarding::external_id(&t.id)).await;
+                std::iter::once(crate::audited(own, &self.journal, &self.metrics))
+                    .chain(self.providers.iter().cloned())
+                    .collect()
+            }
+            _ => self.providers.clone(),
+        };
         // A BYOK tenant's key policy grants its own role (through its account's IAM), not
         // the platform principal: there is no platform statement to analyse; the live
         // round trip through the assumed role is what proves access.

@@ -275,7 +275,7 @@ async fn a_request_that_cannot_be_audited_is_refused() {
         reg.execute_raw("DROP TRIGGER no_audit").await.unwrap();
         let r = f.decrypt("acme", &e["ciphertext"]).await;
         assert_eq!(r.0, StatusCode::OK);
-        reg.execute_raw("CREATE TRIGGER no_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'x'); END")
+        reg.execute_raw("CREATE TRIGGER no_audit_2 BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'x'); END")
             .await
             .unwrap();
         r
@@ -284,7 +284,7 @@ async fn a_request_that_cannot_be_audited_is_refused() {
     f.state.lifecycle.flush(false).await;
     let (s, d) = f.decrypt("acme", &e["ciphertext"]).await;
     assert_eq!((s, code(&d)), (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")), "{d}");
-    reg.execute_raw("DROP TRIGGER no_audit").await.unwrap();
+    reg.execute_raw("DROP TRIGGER no_audit_2").await.unwrap();
     f.state.lifecycle.flush(false).await;
     let (s, _) = f.decrypt("acme", &e["ciphertext"]).await;
     assert_eq!(s, StatusCode::OK);
