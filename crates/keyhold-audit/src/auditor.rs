@@ -16,7 +16,7 @@ use keyhold_registry::{AuditHead, AuditRow, Registry};
 
 use crate::export::{Checkpoint, CheckpointLine};
 use crate::verify::{ChainBreak, Verifier};
-use crate::{AuditError, AuditKey, Event, Record, chain_hash, hex};
+use crate::{AuditError, AuditKey, Event, Record, chain_hash, head_signature_valid, hex};
 
 /// How many events are read per page when walking a trail.
 const PAGE: u32 = 1000;
@@ -26,12 +26,22 @@ const PAGE: u32 = 1000;
 pub struct Auditor {
     registry: Registry,
     key: Arc<AuditKey>,
+    genesis_rule: bool,
 }
 
 impl Auditor {
     /// An auditor over `registry`'s storage, signing heads with `key`.
     pub fn new(registry: Registry, key: Arc<AuditKey>) -> Self {
-        Self { registry, key }
+        Self { registry, key, genesis_rule: false }
+    }
+
+    /// Starts a trail only with a tenant's creation event (`tenant_state` from `none`):
+    /// once a trail was wiped in the database, nothing keyhold appends can make it look
+    /// like a fresh, intact trail. The server sets this; every tenant it creates has its
+    /// creation as event 1.
+    pub fn with_genesis_rule(mut self) -> Self {
+        self.genesis_rule = true;
+        self
     }
 
     /// The public half of the audit signing key: what a tenant verifies exports against.
@@ -44,7 +54,23 @@ impl Auditor {
     /// failures): the caller fails its request closed.
     pub async fn record(&self, tenant: &TenantId, at_ms: u64, event: &Event) -> Result<u64, AuditError> {
         let body = serde_json::to_string(event)?;
-        let sign = |seq, hash: &[u8; 32]| self.key.sign_head(tenant, seq, hash).map(|s| s.to_vec());
+        let public = self.key.public_key();
+        let genesis_ok = !self.genesis_rule || matches!(event, Event::TenantState { from, .. } if from == "none");
+        let sign = |prev: Option<&AuditHead>, seq, hash: &[u8; 32]| {
+            // Extend only a head this key signed: a trail rewritten in the database (its
+            // head replaced, its signature removed) is never re-legitimised by a new
+            // signature on top; appends to it fail, closed.
+            let extends_signed = match prev {
+                None => genesis_ok,
+                Some(h) => {
+                    h.sig.as_deref().is_some_and(|sig| head_signature_valid(&public, tenant, h.seq, &h.hash, sig))
+                }
+            };
+            if !extends_signed {
+                return None;
+            }
+            self.key.sign_head(tenant, seq, hash).map(|s| s.to_vec())
+        };
         Ok(self.registry.append_audit(tenant, at_ms, &body, chain_hash, sign).await?.seq)
     }
 

@@ -81,11 +81,8 @@ async fn providers(
         let config = AwsKmsConfig::default();
         let kms = match &aws.assume_role {
             Some(role_arn) => {
-                let role = AssumeRole {
-                    role_arn: role_arn.clone(),
-                    external_id: aws.external_id.clone().unwrap_or_else(|| external_id(tenant)),
-                    session_name: format!("keyhold-{}", tenant.as_str().replace(':', "-")),
-                };
+                let external = aws.external_id.clone().unwrap_or_else(|| external_id(tenant));
+                let role = AssumeRole::for_tenant(tenant, role_arn, &external);
                 AwsKms::assume_role(&role, config).await
             }
             None => AwsKms::from_env(config).await,

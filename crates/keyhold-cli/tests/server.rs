@@ -100,6 +100,13 @@ fn quick_start_through_the_server() {
     assert!(export.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
     let verify = String::from_utf8(ok(run(d, &["audit", "verify", "--tenant", "acme"], b"", &env))).unwrap();
     assert!(verify.contains("intact"), "{verify}");
+    // Offline: the export ends with a signed checkpoint, checked against the public key.
+    std::fs::write(d.join("trail.jsonl"), &export).unwrap();
+    let key = String::from_utf8(ok(run(d, &["audit", "public-key"], b"", &env))).unwrap();
+    let trail = d.join("trail.jsonl");
+    let offline =
+        ok(run(d, &["audit", "verify", "--file", trail.to_str().unwrap(), "--public-key", key.trim()], b"", &[]));
+    assert!(String::from_utf8_lossy(&offline).contains("intact"));
     let show = String::from_utf8(ok(run(d, &["tenant", "delete", "acme"], b"", &env))).unwrap();
     assert!(show.contains("\"deleted\""), "{show}");
     // No token: the server says so.
@@ -225,4 +232,106 @@ fn registered_services_are_limited_to_their_purposes() {
     let out = run(d, &["decrypt", "--tenant", "acme"], &billing, &env);
     assert!(!out.status.success() && out.stdout.is_empty());
     assert!(stderr(&out).contains("may not use purpose billing"), "{}", stderr(&out));
+}
+
+/// Sets up tenant acme (realm de, one local key) on `server`; returns a dev-service env.
+fn active_tenant(d: &Path, server: &Server) -> Vec<(String, String)> {
+    let k = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
+    let admin = token(d, &["--admin"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+    ok(run(d, &["tenant", "create", "--id", "acme", "--realm", "de", "--mode", "local"], b"", &env));
+    ok(run(d, &["key", "attach", "--tenant", "acme", "--region", "eu-central-1", "--key", k.trim()], b"", &env));
+    vec![("KEYHOLD_URL".into(), server.url.clone()), ("KEYHOLD_TOKEN".into(), token(d, &["--service", "dev"]))]
+}
+
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Finding 5: usage counts lived only in memory until their minute ended, so a `kill -9`
+/// lost up to a minute of them (a third of the operations in the review). Now they are
+/// written every flush interval, the current minute included: after one interval, a
+/// `kill -9` loses nothing.
+#[test]
+fn usage_counts_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &["--listen", "127.0.0.1:0", "--usage-flush-interval-ms", "200"], &[]);
+    let env = active_tenant(d, &server);
+    let env = pairs(&env);
+    let n = 25;
+    let mut ct = Vec::new();
+    for i in 0..n {
+        ct = ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], format!("{i}").as_bytes(), &env));
+    }
+    for _ in 0..5 {
+        ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &env));
+    }
+    // Two flush intervals later, killed without a chance to flush.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = Server::start(d, &["--listen", "127.0.0.1:0"], &[]);
+    let admin = token(d, &["--admin"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+    let export = String::from_utf8(ok(run(d, &["audit", "export", "--tenant", "acme"], b"", &env))).unwrap();
+    let (mut encrypts, mut decrypts) = (0, 0);
+    for line in export.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["event"]["type"] == "usage" {
+            encrypts += v["event"]["encrypts"].as_u64().unwrap();
+            decrypts += v["event"]["decrypts"].as_u64().unwrap();
+        }
+    }
+    assert_eq!((encrypts, decrypts), (n, 5), "{export}");
+}
+
+/// Findings 6 and the offline check: a tenant exports its trail (ending with a signed
+/// checkpoint) and verifies it with the audit public key alone; an edited or cut export
+/// fails; a trail wiped in the database fails verification by the server.
+#[test]
+fn a_tenant_verifies_its_export_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &["--listen", "127.0.0.1:0"], &[]);
+    let env = active_tenant(d, &server);
+    let env = pairs(&env);
+    ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], b"x", &env));
+    let ta = token(d, &["--tenant-admin", "acme"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", ta.as_str())];
+    let export = ok(run(d, &["audit", "export", "--tenant", "acme"], b"", &env));
+    let key = String::from_utf8(ok(run(d, &["audit", "public-key"], b"", &env))).unwrap();
+    let file = d.join("export.jsonl");
+    std::fs::write(&file, &export).unwrap();
+    let verify = |path: &Path, key: &str| {
+        run(d, &["audit", "verify", "--file", path.to_str().unwrap(), "--public-key", key], b"", &[])
+    };
+    let out = verify(&file, key.trim());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
+    // The key may also be given as a file.
+    let key_file = d.join("audit.pub");
+    std::fs::write(&key_file, &key).unwrap();
+    assert_eq!(verify(&file, key_file.to_str().unwrap()).status.code(), Some(0));
+
+    let text = String::from_utf8(export).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = d.join("cut.jsonl");
+    std::fs::write(&cut, [&lines[..1], &lines[2..]].concat().join("\n")).unwrap();
+    assert_eq!(verify(&cut, key.trim()).status.code(), Some(2), "an export missing an event");
+    let truncated = d.join("truncated.jsonl");
+    std::fs::write(&truncated, lines[..lines.len() - 1].join("\n")).unwrap();
+    assert_eq!(verify(&truncated, key.trim()).status.code(), Some(2), "an export without its checkpoint");
+    let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    assert_eq!(verify(&file, other).status.code(), Some(2), "another key");
+
+    // Someone with write access to the database wipes the tenant's whole trail.
+    let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"DELETE FROM audit_events WHERE tenant_id='acme'\"); c.execute(\"DELETE FROM audit_heads WHERE tenant_id='acme'\"); c.commit()";
+    let status = Command::new("python3").args(["-c", script]).arg(d.join("registry.db")).status().unwrap();
+    assert!(status.success());
+    let out = run(d, &["audit", "verify", "--tenant", "acme"], b"", &env);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
-use keyhold_core::{EncryptionContext, MAX_CONTEXT_BYTES, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, TenantId};
+use keyhold_core::{
+    EncryptionContext, MAX_CONTEXT_BYTES, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, TenantId,
+};
 use keyhold_envelope::{AlgorithmSuite, Header};
 use keyhold_provider::ErrorClass;
 use keyhold_registry::{Purposes, TenantState};
@@ -106,9 +108,12 @@ impl Lifecycle {
         let header = keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt)
             .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}")))?;
         keyhold_service::check_tenant(tenant, &header).map_err(|_| LifecycleError::TenantMismatch(tenant.clone()))?;
-        let purpose = header.context_value(RESERVED_PURPOSE_KEY).and_then(|p| Purpose::parse(p).ok()).ok_or_else(|| {
-            LifecycleError::MalformedCiphertext("the ciphertext carries no purpose; keyhold did not write it".into())
-        })?;
+        let purpose =
+            header.context_value(RESERVED_PURPOSE_KEY).and_then(|p| Purpose::parse(p).ok()).ok_or_else(|| {
+                LifecycleError::MalformedCiphertext(
+                    "the ciphertext carries no purpose; keyhold did not write it".into(),
+                )
+            })?;
         if !caller.purposes.allows(&purpose) {
             return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
         }
@@ -123,8 +128,10 @@ impl Lifecycle {
         servable(&view)?;
         let mut failures = Vec::new();
         let started = Instant::now();
-        let result = self.keyhold.decrypt_among(tenant, header, message, &KeySet(&view.allowed), &mut failures, out).await;
-        if failures.iter().any(|f| f.class == ErrorClass::Revoked) && self.after_refusal(&view, &failures, started).await
+        let result =
+            self.keyhold.decrypt_among(tenant, header, message, &KeySet(&view.allowed), &mut failures, out).await;
+        if failures.iter().any(|f| f.class == ErrorClass::Revoked)
+            && self.after_refusal(&view, &failures, started).await
         {
             // The probe confirmed the revocation: nothing is answered for this tenant.
             out.clear();

@@ -109,7 +109,9 @@ impl LifecycleError {
             ServiceError::KeyNotInTenant => Self::KeyNotInTenant(tenant.clone()),
             ServiceError::Provider { source: ProviderError::AuditUnavailable, .. } => Self::AuditUnavailable,
             ServiceError::Provider { key, source } => Self::Provider { key, source },
-            ServiceError::Decrypt(err) => Self::MalformedCiphertext(format!("the ciphertext is not a valid message: {err}")),
+            ServiceError::Decrypt(err) => {
+                Self::MalformedCiphertext(format!("the ciphertext is not a valid message: {err}"))
+            }
             ServiceError::NoProviderFor(key) => Self::NoProviderFor(key),
             ServiceError::NoUsableEncryptedDataKey => Self::MalformedCiphertext(
                 "the ciphertext carries no data key that any of the tenant's keys can unwrap".into(),

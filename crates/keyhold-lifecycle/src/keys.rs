@@ -268,5 +268,11 @@ fn key_findings_json(report: &Report, key: &str) -> String {
 }
 
 fn empty_report(t: &Tenant) -> Report {
-    Report { tenant: t.id.to_string(), realm: t.realm.to_string(), usable: false, keys: Vec::new(), findings: Vec::new() }
+    Report {
+        tenant: t.id.to_string(),
+        realm: t.realm.to_string(),
+        usable: false,
+        keys: Vec::new(),
+        findings: Vec::new(),
+    }
 }

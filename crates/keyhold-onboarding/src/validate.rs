@@ -496,7 +496,10 @@ fn describe_findings(d: &KeyDescription, region: &Region, findings: &mut Vec<Fin
             Severity::Error,
             "key_usage_wrong",
             r,
-            format!("the key's usage is {}, but keyhold needs {ENCRYPT_DECRYPT}", if usage.is_empty() { "not reported" } else { usage }),
+            format!(
+                "the key's usage is {}, but keyhold needs {ENCRYPT_DECRYPT}",
+                if usage.is_empty() { "not reported" } else { usage }
+            ),
             "create a new key with key usage ENCRYPT_DECRYPT (a key's usage cannot be changed) and submit its ARN",
         ));
     }

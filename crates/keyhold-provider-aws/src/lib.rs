@@ -113,6 +113,18 @@ pub struct AssumeRole {
     pub session_name: String,
 }
 
+impl AssumeRole {
+    /// The role assumption for `tenant`: the one naming rule for session names (the
+    /// tenant id, `:` replaced, after `keyhold-`), shared by the server and the CLI.
+    pub fn for_tenant(tenant: &keyhold_core::TenantId, role_arn: &str, external_id: &str) -> Self {
+        Self {
+            role_arn: role_arn.to_owned(),
+            external_id: external_id.to_owned(),
+            session_name: format!("keyhold-{}", tenant.as_str().replace(':', "-")),
+        }
+    }
+}
+
 /// AWS KMS as a [`KeyProvider`].
 pub struct AwsKms {
     sdk: SdkConfig,
@@ -372,11 +384,12 @@ impl KeyProvider for AwsKms {
             // DescribeKey may omit both (moto does for keys created without them): they
             // then have AWS's defaults, and a symmetric default key can only be
             // ENCRYPT_DECRYPT.
-            spec: m.key_spec().map_or_else(|| keyhold_provider::SYMMETRIC_DEFAULT.to_owned(), |s| s.as_str().to_owned()),
-            usage: m.key_usage().map_or_else(
-                || keyhold_provider::ENCRYPT_DECRYPT.to_owned(),
-                |u| u.as_str().to_owned(),
-            ),
+            spec: m
+                .key_spec()
+                .map_or_else(|| keyhold_provider::SYMMETRIC_DEFAULT.to_owned(), |s| s.as_str().to_owned()),
+            usage: m
+                .key_usage()
+                .map_or_else(|| keyhold_provider::ENCRYPT_DECRYPT.to_owned(), |u| u.as_str().to_owned()),
             multi_region: m.multi_region().unwrap_or(false),
         })
     }

@@ -47,11 +47,7 @@ impl TenantRouter {
         {
             return p.clone();
         }
-        let role = AssumeRole {
-            role_arn: role_arn.to_owned(),
-            external_id: external_id.to_owned(),
-            session_name: format!("keyhold-{}", tenant.as_str().replace(':', "-")),
-        };
+        let role = AssumeRole::for_tenant(tenant, role_arn, external_id);
         let provider = Arc::new(AwsKms::assume_role_with(&self.base, &role, self.config).await);
         self.tenants
             .write()

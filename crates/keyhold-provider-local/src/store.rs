@@ -120,12 +120,7 @@ impl Files {
             path: master_path.clone(),
             reason: "master key is not 32 bytes".into(),
         })?;
-        Ok(Self {
-            keys,
-            lock: dir.join("keys.lock"),
-            dir: dir.to_owned(),
-            master: LessSafeKey::new(master),
-        })
+        Ok(Self { keys, lock: dir.join("keys.lock"), dir: dir.to_owned(), master: LessSafeKey::new(master) })
     }
 
     /// The current file's identity, or `None` if there is no keystore yet.

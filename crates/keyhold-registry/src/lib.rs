@@ -294,7 +294,10 @@ impl Registry {
             });
         }
         if to == TenantState::Deleted {
-            sqlx::query("DELETE FROM key_history WHERE tenant_id = $1").bind(from.id.as_str()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM key_history WHERE tenant_id = $1")
+                .bind(from.id.as_str())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))
@@ -498,7 +501,7 @@ impl Registry {
         at_ms: u64,
         body: &str,
         chain: impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
-        sign: impl Fn(u64, &[u8; 32]) -> Option<Vec<u8>>,
+        sign: impl Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>>,
     ) -> Result<AuditRow> {
         let started = Instant::now();
         let mut backoff = APPEND_FIRST_BACKOFF;
@@ -533,7 +536,7 @@ impl Registry {
         at_ms: u64,
         body: &str,
         chain: &impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
-        sign: &impl Fn(u64, &[u8; 32]) -> Option<Vec<u8>>,
+        sign: &impl Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>>,
     ) -> std::result::Result<Option<AuditRow>, sqlx::Error> {
         let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
@@ -546,23 +549,25 @@ impl Registry {
                 .execute(&mut *tx)
                 .await?;
         }
-        let last = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant_id = $1")
+        let last = sqlx::query("SELECT seq, hash, sig FROM audit_heads WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-        let (seq, prev_hash) = match last {
-            None => (1u64, [0u8; 32]),
+        let head = match last {
+            None => None,
             Some(r) => {
-                let seq = unms(r.try_get::<i64, _>(0)?) + 1;
                 let hash: Vec<u8> = r.try_get(1)?;
-                let prev = <[u8; 32]>::try_from(hash.as_slice())
+                let hash = <[u8; 32]>::try_from(hash.as_slice())
                     .map_err(|_| sqlx::Error::Decode("stored audit hash is not 32 bytes".into()))?;
-                (seq, prev)
+                Some(AuditHead { seq: unms(r.try_get::<i64, _>(0)?), hash, sig: r.try_get(2)? })
             }
         };
+        let (seq, prev_hash) = head.as_ref().map_or((1, [0u8; 32]), |h| (h.seq + 1, h.hash));
         let hash = chain(&prev_hash, seq, at_ms, body);
-        // Dropping the transaction rolls it back: an unsigned head is never stored.
-        let Some(sig) = sign(seq, &hash) else { return Ok(None) };
+        // The signer sees the head it would extend, so it can refuse to sign on top of a
+        // head it did not sign. Dropping the transaction rolls it back: an unsigned head
+        // is never stored.
+        let Some(sig) = sign(head.as_ref(), seq, &hash) else { return Ok(None) };
         sqlx::query(
             "INSERT INTO audit_events (tenant_id, seq, at_ms, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)",
         )

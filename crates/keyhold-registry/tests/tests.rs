@@ -68,7 +68,7 @@ fn chain(prev: &[u8; 32], seq: u64, at: u64, body: &str) -> [u8; 32] {
 }
 
 /// A test signature: storage keeps whatever bytes it is given beside the head.
-fn sign(seq: u64, hash: &[u8; 32]) -> Option<Vec<u8>> {
+fn sign(_prev: Option<&AuditHead>, seq: u64, hash: &[u8; 32]) -> Option<Vec<u8>> {
     let mut s = seq.to_be_bytes().to_vec();
     s.extend_from_slice(hash);
     Some(s)
@@ -135,7 +135,8 @@ async fn tenant_lifecycle(backend: Backend) {
     // Crypto-shred: keys gone, state final.
     reg.attach_key(&t("acme"), &region("eu-central-1"), "lk-1", KeyCheck::Valid, "[]", 4500).await.unwrap();
     let s = reg.tenant(&t("acme")).await.unwrap().unwrap();
-    let d = reg.transition(&s, TenantState::Deleted, Cause::Deleted, Some("requested by the tenant"), 5000).await.unwrap();
+    let d =
+        reg.transition(&s, TenantState::Deleted, Cause::Deleted, Some("requested by the tenant"), 5000).await.unwrap();
     assert_eq!((d.state, d.reason.as_deref()), (TenantState::Deleted, Some("requested by the tenant")));
     assert!(reg.keys(&t("acme")).await.unwrap().is_empty());
     assert!(matches!(
@@ -203,7 +204,10 @@ async fn key_history(backend: Backend) {
     assert!(reg.record_check(&t("acme"), c, KeyCheck::Revoked, None, 60).await.unwrap());
     assert!(!reg.record_check(&t("globex"), c, KeyCheck::Revoked, None, 60).await.unwrap());
     let k = reg.keys(&t("acme")).await.unwrap().into_iter().find(|k| k.key == c).unwrap();
-    assert_eq!((k.state, k.last_check_ms, k.findings.as_str()), (KeyCheck::Revoked, Some(60), r#"[{"code":"key_disabled"}]"#));
+    assert_eq!(
+        (k.state, k.last_check_ms, k.findings.as_str()),
+        (KeyCheck::Revoked, Some(60), r#"[{"code":"key_disabled"}]"#)
+    );
     // Every attach bumped the version.
     assert_eq!(reg.tenant(&t("acme")).await.unwrap().unwrap().version, 4);
 }
@@ -247,7 +251,7 @@ async fn audit_is_chained_and_paged(backend: Backend) {
     }
     assert_eq!(
         reg.audit_head(&t("acme")).await.unwrap(),
-        Some(AuditHead { seq: 5, hash: all[4].hash, sig: sign(5, &all[4].hash) })
+        Some(AuditHead { seq: 5, hash: all[4].hash, sig: sign(None, 5, &all[4].hash) })
     );
     assert_eq!(reg.audit_head(&t("nobody")).await.unwrap(), None);
     let page = reg.audit(&t("acme"), 2, 2).await.unwrap();
@@ -256,7 +260,7 @@ async fn audit_is_chained_and_paged(backend: Backend) {
     let g = reg.audit(&t("globex"), 0, 100).await.unwrap();
     assert_eq!((g.len(), g[0].seq, g[0].prev_hash), (1, 1, [0; 32]));
     // A head that cannot be signed is never stored, and neither is its event.
-    let err = reg.append_audit(&t("acme"), 200, "{}", chain, |_, _| None).await.unwrap_err();
+    let err = reg.append_audit(&t("acme"), 200, "{}", chain, |_, _, _| None).await.unwrap_err();
     assert!(matches!(err, RegistryError::HeadNotSigned), "{err}");
     assert_eq!(reg.audit_head(&t("acme")).await.unwrap().unwrap().seq, 5);
     assert_eq!(reg.audit(&t("acme"), 0, 100).await.unwrap().len(), 5);
@@ -351,6 +355,6 @@ async fn appends_from_two_instances_are_never_lost(backend: Backend) {
     }
     assert_eq!(
         instances[1].audit_head(&t("acme")).await.unwrap(),
-        Some(AuditHead { seq: total, hash: prev, sig: sign(total, &prev) })
+        Some(AuditHead { seq: total, hash: prev, sig: sign(None, total, &prev) })
     );
 }

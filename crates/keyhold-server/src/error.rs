@@ -137,7 +137,13 @@ impl From<LifecycleError> for ApiError {
             }
             // keyhold's own failures: the body stays generic, the chain is in the message
             // only for operators' logs.
-            _ => return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "keyhold failed; retry, or tell the operator"),
+            _ => {
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "keyhold failed; retry, or tell the operator",
+                );
+            }
         };
         Self::new(status, code, message)
     }

@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyhold_audit::{AuditKey, Auditor};
 use keyhold_core::{Clock, Region};
+use keyhold_lifecycle::{Lifecycle, Parts};
 use keyhold_onboarding::RealmCatalog;
 use keyhold_provider::KeyProvider;
 use keyhold_provider_aws::{AwsKmsConfig, AwsSdkConfig, TenantRouter};
 use keyhold_provider_local::LocalKms;
 use keyhold_registry::Registry;
-use keyhold_audit::{AuditKey, Auditor};
-use keyhold_lifecycle::{Lifecycle, Parts};
 use keyhold_service::Settings;
 
 use crate::AppState;
@@ -126,11 +126,12 @@ pub async fn build(
     // The audit signing key lives in the data dir, never in the database: someone who can
     // write the database cannot re-sign a rewritten trail.
     let audit_key = Arc::new(
-        AuditKey::load_or_create(&config.data_dir.join(AUDIT_KEY_FILE)).map_err(|e| ServeError::AuditKey(e.to_string()))?,
+        AuditKey::load_or_create(&config.data_dir.join(AUDIT_KEY_FILE))
+            .map_err(|e| ServeError::AuditKey(e.to_string()))?,
     );
     let providers: Vec<Arc<dyn KeyProvider>> = vec![local.clone(), aws.clone()];
     let lifecycle = Lifecycle::new(Parts {
-        auditor: Auditor::new(registry.clone(), audit_key),
+        auditor: Auditor::new(registry.clone(), audit_key).with_genesis_rule(),
         registry,
         providers,
         local: Some(local),

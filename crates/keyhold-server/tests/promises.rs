@@ -170,24 +170,31 @@ async fn a_flood_of_refusals_costs_one_probe() {
 async fn replacing_a_key_then_disabling_the_old_one_keeps_the_tenant() {
     let f = fixture().await;
     let admin = f.admin_token();
-    let (s, _) =
-        f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "acme", "realm": "de", "mode": "local"}))).await;
+    let (s, _) = f
+        .call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "acme", "realm": "de", "mode": "local"})))
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let region = Region::parse("eu-central-1").unwrap();
     let k1 = f.local().create_key(&region, "first").unwrap().key;
-    let (_, r) =
-        f.call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k1.as_str()}))).await;
+    let (_, r) = f
+        .call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k1.as_str()})))
+        .await;
     assert_eq!((r["usable"].as_bool(), r["attached"].as_bool()), (Some(true), Some(true)), "{r}");
     let (_, old) = f.encrypt("acme", b"under k1", json!({})).await;
 
     let k2 = f.local().create_key(&region, "second").unwrap().key;
-    let (_, r) =
-        f.call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k2.as_str()}))).await;
+    let (_, r) = f
+        .call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k2.as_str()})))
+        .await;
     assert_eq!(r["attached"], true, "{r}");
     let (s, hist) = f.call(Method::GET, "/v1/tenants/acme/keys", Some(&f.tenant_admin_token("acme")), None).await;
     assert_eq!(s, StatusCode::OK);
-    let statuses: Vec<(&str, &str)> =
-        hist["keys"].as_array().unwrap().iter().map(|k| (k["key_arn"].as_str().unwrap(), k["status"].as_str().unwrap())).collect();
+    let statuses: Vec<(&str, &str)> = hist["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["key_arn"].as_str().unwrap(), k["status"].as_str().unwrap()))
+        .collect();
     assert_eq!(statuses, [(k1.as_str(), "decrypt_only"), (k2.as_str(), "active")]);
     // Old data still decrypts through the decrypt-only key; new data goes under k2.
     assert_eq!(f.decrypt("acme", &old["ciphertext"]).await.0, StatusCode::OK);
@@ -207,14 +214,17 @@ async fn replacing_a_key_then_disabling_the_old_one_keeps_the_tenant() {
     // A broken key never replaces a working one of a tenant in service.
     let k3 = f.local().create_key(&region, "third").unwrap().key;
     f.local().disable_key(&k3).unwrap();
-    let (s, r) =
-        f.call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k3.as_str()}))).await;
+    let (s, r) = f
+        .call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k3.as_str()})))
+        .await;
     assert_eq!((s, r["usable"].as_bool(), r["attached"].as_bool()), (StatusCode::OK, Some(false), Some(false)));
     assert_eq!(state_of(&f, "acme").await, "active");
     // A key belongs to one tenant.
-    f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "globex", "realm": "de", "mode": "local"}))).await;
-    let (s, e) =
-        f.call(Method::PUT, "/v1/tenants/globex/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k2.as_str()}))).await;
+    f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "globex", "realm": "de", "mode": "local"})))
+        .await;
+    let (s, e) = f
+        .call(Method::PUT, "/v1/tenants/globex/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k2.as_str()})))
+        .await;
     assert_eq!((s, code(&e)), (StatusCode::CONFLICT, Some("key_in_use")), "{e}");
 }
 
@@ -226,7 +236,8 @@ async fn concurrent_key_attaches_lose_nothing() {
     let admin = f.admin_token();
     for round in 0..5 {
         let id = format!("t{round}");
-        f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": id, "realm": "eu", "mode": "local"}))).await;
+        f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": id, "realm": "eu", "mode": "local"})))
+            .await;
         let tasks: Vec<_> = ["eu-central-1", "eu-west-1"]
             .into_iter()
             .map(|region| {
@@ -234,9 +245,14 @@ async fn concurrent_key_attaches_lose_nothing() {
                 let (id, admin) = (id.clone(), admin.clone());
                 tokio::spawn(async move {
                     let k = f.local().create_key(&Region::parse(region).unwrap(), "").unwrap().key.to_string();
-                    f.call(Method::PUT, &format!("/v1/tenants/{id}/keys/{region}"), Some(&admin), Some(json!({"key_arn": k})))
-                        .await
-                        .0
+                    f.call(
+                        Method::PUT,
+                        &format!("/v1/tenants/{id}/keys/{region}"),
+                        Some(&admin),
+                        Some(json!({"key_arn": k})),
+                    )
+                    .await
+                    .0
                 })
             })
             .collect();
@@ -259,9 +275,11 @@ async fn a_request_that_cannot_be_audited_is_refused() {
     let (_, e) = f.encrypt("acme", b"secret", json!({})).await;
     f.state.lifecycle.flush(true).await;
     let reg = f.state.lifecycle.registry();
-    reg.execute_raw("CREATE TRIGGER no_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .await
-        .unwrap();
+    reg.execute_raw(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .await
+    .unwrap();
     f.state.lifecycle.keyhold().flush_tenant(&tid("acme"));
     let (s, d) = f.decrypt("acme", &e["ciphertext"]).await;
     assert_eq!((s, code(&d)), (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")), "{d}");
@@ -291,7 +309,8 @@ async fn a_request_that_cannot_be_audited_is_refused() {
     // Every key use that was answered is in the trail; the usage counted while failing
     // was kept and written afterwards.
     let events = trail(&f, "acme").await;
-    let decrypts: u64 = events.iter().filter(|e| e["event"]["type"] == "usage").map(|e| e["event"]["decrypts"].as_u64().unwrap()).sum();
+    let decrypts: u64 =
+        events.iter().filter(|e| e["event"]["type"] == "usage").map(|e| e["event"]["decrypts"].as_u64().unwrap()).sum();
     assert_eq!(decrypts, 2);
 }
 
@@ -375,7 +394,9 @@ async fn two_instances_and_32_writers_lose_no_audit_event_on_postgres() {
         ..keyhold_server::serve::ServeConfig::embedded(a.dir.path())
     };
     let (b_state, _) =
-        keyhold_server::serve::build(&config, keyhold_onboarding::RealmCatalog::builtin(), a.clock.clone()).await.unwrap();
+        keyhold_server::serve::build(&config, keyhold_onboarding::RealmCatalog::builtin(), a.clock.clone())
+            .await
+            .unwrap();
     let b = Arc::new(Fixture {
         state: b_state,
         dir: tempfile::tempdir().unwrap(),
@@ -407,4 +428,52 @@ async fn two_instances_and_32_writers_lose_no_audit_event_on_postgres() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gaps in the trail");
     let (_, v) = a.call(Method::GET, "/v1/tenants/acme/audit/verify", Some(&a.admin_token()), None).await;
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Finding 6: someone with database write access deleted events and recomputed the chain
+/// and head, and the trail verified as intact; a wiped trail verified as empty. Now
+/// verification fails on both, and keyhold refuses to extend a trail whose head it did not
+/// sign (its requests fail closed), so a rewrite is never re-legitimised by a new event.
+#[tokio::test]
+async fn a_rewritten_or_wiped_trail_fails_verification_and_is_never_extended() {
+    let f = fixture().await;
+    f.active_tenant("acme").await;
+    f.active_tenant("globex").await;
+    let reg = f.state.lifecycle.registry();
+    let verify = |t: &'static str| {
+        let f = &f;
+        async move { f.call(Method::GET, &format!("/v1/tenants/{t}/audit/verify"), Some(&f.admin_token()), None).await.1 }
+    };
+    assert_eq!(verify("acme").await["ok"], true);
+    // Rewrite: drop the newest event and move the head back onto the event before, as a
+    // tamperer without the audit key would (the signature no longer matches).
+    let head: i64 = {
+        let events = trail(&f, "acme").await;
+        events.last().unwrap()["seq"].as_i64().unwrap()
+    };
+    reg.execute_raw(&format!("DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = {head}")).await.unwrap();
+    reg.execute_raw(&format!(
+        "UPDATE audit_heads SET seq = {}, hash = (SELECT hash FROM audit_events WHERE tenant_id = 'acme' AND seq = {}) \
+         WHERE tenant_id = 'acme'",
+        head - 1,
+        head - 1
+    ))
+    .await
+    .unwrap();
+    let v = verify("acme").await;
+    assert_eq!(v["ok"], false, "{v}");
+    // A key use of that tenant cannot be recorded on top of the rewritten head: refused.
+    let (s, e) = f.encrypt("acme", b"x", json!({"table": "after-tamper"})).await;
+    assert_eq!((s, code(&e)), (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")), "{e}");
+    assert_eq!(verify("acme").await["ok"], false);
+
+    // Wipe: every event and the head of globex.
+    reg.execute_raw("DELETE FROM audit_events WHERE tenant_id = 'globex'").await.unwrap();
+    reg.execute_raw("DELETE FROM audit_heads WHERE tenant_id = 'globex'").await.unwrap();
+    let v = verify("globex").await;
+    assert_eq!(v["ok"], false, "a tenant that exists cannot have an empty trail: {v}");
+    // keyhold will not start the trail afresh either.
+    let (s, e) = f.encrypt("globex", b"x", json!({"table": "after-wipe"})).await;
+    assert_eq!((s, code(&e)), (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")), "{e}");
+    assert_eq!(verify("globex").await["ok"], false);
 }

@@ -623,8 +623,13 @@ async fn a_change_made_through_another_instance_is_seen_within_the_view_ttl() {
     };
     assert_eq!(b.decrypt("acme", &e["ciphertext"]).await.0, StatusCode::OK);
     // Suspended through A (an operator's validation after the tenant disabled its keys).
-    let t = a.state.lifecycle.registry().tenant(&keyhold_core::TenantId::parse("acme").unwrap()).await.unwrap().unwrap();
-    a.state.lifecycle.transition(&t, keyhold_registry::TenantState::Suspended, keyhold_registry::Cause::KeyRefused, Some("revoked")).await.unwrap();
+    let t =
+        a.state.lifecycle.registry().tenant(&keyhold_core::TenantId::parse("acme").unwrap()).await.unwrap().unwrap();
+    a.state
+        .lifecycle
+        .transition(&t, keyhold_registry::TenantState::Suspended, keyhold_registry::Cause::KeyRefused, Some("revoked"))
+        .await
+        .unwrap();
     // B still trusts its view for up to TENANT_VIEW_TTL_MS, then reads the registry.
     a.clock.advance(std::time::Duration::from_millis(keyhold_lifecycle::TENANT_VIEW_TTL_MS));
     let (s, err) = b.decrypt("acme", &e["ciphertext"]).await;

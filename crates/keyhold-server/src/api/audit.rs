@@ -87,7 +87,6 @@ pub async fn audit_verify(
     }))
 }
 
-
 /// The tenant's signed checkpoint: the trail's head (sequence number and hash) signed by
 /// keyhold's audit key. A tenant that keeps checkpoints can prove later that its trail was
 /// not rolled back; the last line of an export is one.

@@ -192,4 +192,3 @@ pub async fn decrypt_batch(
 ) -> Result<Json<BatchOut<DecryptOut>>, ApiError> {
     run_batch(&p, batch.items, |item| decrypt_one(&state, &p, item)).await
 }
-
