@@ -74,6 +74,42 @@ impl Auditor {
         Ok(self.registry.append_audit(tenant, at_ms, &body, chain_hash, sign).await?.seq)
     }
 
+    /// Creates a tenant in the registry with `event` (its creation) as the first event of
+    /// its trail, in one transaction.
+    #[allow(clippy::too_many_arguments, reason = "the tenant's fields and its first event")]
+    pub async fn create_tenant(
+        &self,
+        id: &TenantId,
+        realm: &keyhold_core::RealmId,
+        mode: keyhold_registry::TenantMode,
+        role_arn: Option<&str>,
+        at_ms: u64,
+        event: &Event,
+    ) -> Result<keyhold_registry::Tenant, AuditError> {
+        let body = serde_json::to_string(event)?;
+        let sign = |prev: Option<&AuditHead>, seq: u64, hash: &[u8; 32]| match prev {
+            None => self.key.sign_head(id, seq, hash).map(|s| s.to_vec()),
+            // A trail already there for a new tenant id: someone wrote it; never adopt it.
+            Some(_) => None,
+        };
+        let genesis = keyhold_registry::Genesis { body: &body, chain: &chain_hash, sign: &sign };
+        Ok(self.registry.create_tenant_recorded(id, realm, mode, role_arn, at_ms, Some(genesis)).await?)
+    }
+
+    /// Signs every head that has no signature (trails written before heads were signed).
+    /// Run once, when the audit key is created: trust on first use. Returns how many.
+    pub async fn adopt_unsigned_heads(&self) -> Result<u64, AuditError> {
+        let mut n = 0;
+        for (tenant, head) in self.registry.unsigned_heads().await? {
+            if let Some(sig) = self.key.sign_head(&tenant, head.seq, &head.hash)
+                && self.registry.sign_unsigned_head(&tenant, &head, &sig).await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Up to `limit` records after `after_seq`.
     pub async fn read(&self, tenant: &TenantId, after_seq: u64, limit: u32) -> Result<Vec<Record>, AuditError> {
         self.registry.audit(tenant, after_seq, limit).await?.iter().map(record).collect()

@@ -67,7 +67,7 @@ impl Lifecycle {
                  keep context to a few low-cardinality pairs and put the rest in the plaintext"
             )));
         }
-        self.journal.check()?;
+        self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;
         let params = EncryptParams {
@@ -123,7 +123,7 @@ impl Lifecycle {
                 header.context_bytes().len()
             )));
         }
-        self.journal.check()?;
+        self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;
         let mut failures = Vec::new();

@@ -82,6 +82,19 @@ pub enum LifecycleError {
     /// The registry failed or is unreachable; retry.
     #[error("the registry failed; retry")]
     Registry(#[source] RegistryError),
+    /// The tenant was deleted, but some of its local keys could not be scheduled for
+    /// deletion: the operator must schedule them by hand.
+    #[error(
+        "tenant {tenant} was deleted but local keys {} could not be scheduled for deletion; run `keyhold \
+         local-kms schedule-key-deletion` for each",
+        keys.join(", ")
+    )]
+    ShredIncomplete {
+        /// The tenant.
+        tenant: TenantId,
+        /// The keys left.
+        keys: Vec<String>,
+    },
     /// keyhold itself failed (a bug, or the system's random source).
     #[error("internal error: {0}")]
     Internal(String),

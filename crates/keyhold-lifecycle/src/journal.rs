@@ -15,7 +15,7 @@
 //! - **Nothing dropped.** A state-change event whose write failed is queued and retried
 //!   by every flush; until it is written, requests are refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,6 +27,10 @@ use crate::metrics::Metrics;
 
 /// How long identical failed provider calls are aggregated into one event.
 pub const REPEAT_WINDOW_MS: u64 = 60_000;
+
+/// The most aggregation windows held at once; beyond, failures are written one by one
+/// (each is still recorded: aggregation only saves space).
+const MAX_REPEATS: usize = 10_000;
 
 /// A failed call as aggregated: everything but its time and latency.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,7 +58,11 @@ pub struct Journal {
     usage: UsageCounter,
     repeats: Mutex<HashMap<RepeatKey, Repeat>>,
     pending: Mutex<Vec<(TenantId, u64, Event)>>,
-    behind: AtomicBool,
+    /// Tenants whose records are not all durable: their requests are refused.
+    behind: Mutex<HashSet<TenantId>>,
+    any_behind: AtomicBool,
+    /// One flush at a time, so what is left unwritten is known exactly.
+    flushing: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
 }
@@ -67,7 +75,9 @@ impl Journal {
             usage: UsageCounter::new(),
             repeats: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
-            behind: AtomicBool::new(false),
+            behind: Mutex::new(HashSet::new()),
+            any_behind: AtomicBool::new(false),
+            flushing: tokio::sync::Mutex::new(()),
             metrics,
             clock,
         }
@@ -83,10 +93,21 @@ impl Journal {
         &self.usage
     }
 
-    /// Refuses when the journal is behind (a usage flush or a state-change event could
-    /// not be written): requests must not be served while their record cannot be kept.
-    pub fn check(&self) -> Result<(), crate::LifecycleError> {
-        if self.behind.load(Ordering::Relaxed) { Err(crate::LifecycleError::AuditUnavailable) } else { Ok(()) }
+    /// Refuses `tenant`'s requests while some of its records could not be written (a
+    /// usage flush or a state-change event): they must not be served while their record
+    /// cannot be kept. Other tenants are not affected. One atomic load when nothing is
+    /// behind.
+    pub fn check(&self, tenant: &TenantId) -> Result<(), crate::LifecycleError> {
+        if self.any_behind.load(Ordering::Relaxed) && lock(&self.behind).contains(tenant) {
+            Err(crate::LifecycleError::AuditUnavailable)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn mark_behind(&self, tenant: &TenantId) {
+        lock(&self.behind).insert(tenant.clone());
+        self.any_behind.store(true, Ordering::Relaxed);
     }
 
     /// Appends `event` to `tenant`'s trail; returns once it is durable.
@@ -107,7 +128,7 @@ impl Journal {
         if self.auditor.record(tenant, at, &event).await.is_err() {
             self.metrics.audit_failure();
             lock(&self.pending).push((tenant.clone(), at, event));
-            self.behind.store(true, Ordering::Relaxed);
+            self.mark_behind(tenant);
         }
     }
 
@@ -144,9 +165,13 @@ impl Journal {
                 None => None,
             }
         };
-        // The previous window's remainder first, so the trail stays in time order.
-        if let Some(old) = expired.filter(|r| r.extra > 0) {
-            self.record(tenant, &aggregate(&rk, &old)).await?;
+        // The previous window's remainder first, so the trail stays in time order; if it
+        // cannot be written, it goes back for the next flush.
+        if let Some(old) = expired.filter(|r| r.extra > 0)
+            && let Err(e) = self.record(tenant, &aggregate(&rk, &old)).await
+        {
+            lock(&self.repeats).entry(rk).or_insert(old);
+            return Err(e);
         }
         let event = Event::ProviderCall {
             operation: rk.operation.clone(),
@@ -160,37 +185,41 @@ impl Journal {
             last_ms: None,
         };
         self.record(tenant, &event).await?;
-        lock(&self.repeats).insert(rk, Repeat { region, first_ms: now, last_ms: now, extra: 0, latency_us });
+        let mut repeats = lock(&self.repeats);
+        if repeats.len() < MAX_REPEATS {
+            repeats.insert(rk, Repeat { region, first_ms: now, last_ms: now, extra: 0, latency_us });
+        }
         Ok(())
     }
 
     /// Writes what is held in memory: queued state events, usage counts (every minute,
-    /// the current one included, with `all` or not), and aggregated failures whose window
-    /// closed (every one with `all`). On failure the counts stay for the next flush and
-    /// requests are refused until a flush succeeds.
+    /// the current one included), and aggregated failures whose window closed (every one
+    /// with `all`). Whatever cannot be written stays for the next flush, and its tenants'
+    /// requests are refused until a flush writes it. Callers run this in a task of its own
+    /// (see `Lifecycle::flush`), so a cancelled caller cannot drop what it held.
     pub async fn flush(&self, all: bool) {
+        let _one = self.flushing.lock().await;
         let now = self.clock.now_millis();
-        let mut ok = true;
+        let mut behind = HashSet::new();
 
         let queued = std::mem::take(&mut *lock(&self.pending));
         let mut failed = Vec::new();
         for (tenant, at, event) in queued {
-            if !ok || self.auditor.record(&tenant, at, &event).await.is_err() {
-                ok = false;
+            if self.auditor.record(&tenant, at, &event).await.is_err() {
+                behind.insert(tenant.clone());
                 failed.push((tenant, at, event));
             }
         }
         if !failed.is_empty() {
-            self.metrics.audit_failure();
             let mut pending = lock(&self.pending);
             failed.append(&mut pending);
             *pending = failed;
         }
 
         for (tenant, event) in self.usage.drain(now, true) {
-            if !ok || self.auditor.record(&tenant, now, &event).await.is_err() {
-                ok = false;
+            if self.auditor.record(&tenant, now, &event).await.is_err() {
                 self.usage.restore(&tenant, &event);
+                behind.insert(tenant);
             }
         }
 
@@ -207,16 +236,20 @@ impl Journal {
             if r.extra == 0 {
                 continue;
             }
-            let event = aggregate(&k, &r);
-            if !ok || self.auditor.record(&k.tenant, now, &event).await.is_err() {
-                ok = false;
-                lock(&self.repeats).insert(k, r);
+            if self.auditor.record(&k.tenant, now, &aggregate(&k, &r)).await.is_err() {
+                behind.insert(k.tenant.clone());
+                lock(&self.repeats).entry(k).or_insert(r);
             }
         }
-        if !ok {
+        if !behind.is_empty() {
             self.metrics.audit_failure();
         }
-        self.behind.store(!ok, Ordering::Relaxed);
+        // Events queued while this flush ran keep their tenants behind.
+        for (t, _, _) in lock(&self.pending).iter() {
+            behind.insert(t.clone());
+        }
+        self.any_behind.store(!behind.is_empty(), Ordering::Relaxed);
+        *lock(&self.behind) = behind;
     }
 }
 

@@ -58,6 +58,17 @@ impl Lifecycle {
         region: &Region,
         key: &str,
     ) -> Result<AttachOutcome, LifecycleError> {
+        let (actor, id, region, key) = (actor.to_owned(), id.clone(), region.clone(), key.to_owned());
+        self.detached(move |me| async move { me.attach_key_now(&actor, &id, &region, &key).await }).await
+    }
+
+    async fn attach_key_now(
+        &self,
+        actor: &str,
+        id: &TenantId,
+        region: &Region,
+        key: &str,
+    ) -> Result<AttachOutcome, LifecycleError> {
         let lock = Self::tenant_lock(&self.key_locks, id);
         let _guard = lock.lock().await;
         let t = self.tenant(id).await?;
@@ -74,6 +85,12 @@ impl Lifecycle {
         }
         if key.starts_with("arn:") {
             match KeyArn::parse(key) {
+                Ok(a) if matches!(a.resource(), keyhold_core::KeyResource::Alias(_)) => {
+                    return Err(LifecycleError::Invalid(format!(
+                        "{key} is an alias ARN: attach the key ARN it points to (arn:aws:kms:{region}:<account>:key/<id>); \
+                         every message records the key ARN, and an alias can be moved to another key"
+                    )));
+                }
                 Ok(a) if a.region() != region => {
                     return Err(LifecycleError::Invalid(format!("key {key} is in {}, not {region}", a.region())));
                 }
@@ -89,17 +106,20 @@ impl Lifecycle {
                 return Err(LifecycleError::KeyInUse(key.to_owned()));
             }
         }
-        self.journal.check()?;
+        self.journal.check(id)?;
         self.admin_event(actor, id, "attach_key", Some(format!("{region}: {key}"))).await;
         let mut proposed = self.active_set(id).await?;
         proposed.insert(region.clone(), key.to_owned());
         let report = self.run_validation(&t, &proposed).await;
+        // A key is recorded only once its own round trip under this tenant's context
+        // worked (a tenant cannot claim a key it cannot use); a tenant in service also
+        // needs the whole new set usable, so a broken key never replaces a working one.
         let own_errors = report_errors(&report, key);
-        let attach = t.state == TenantState::Pending || report.usable;
+        let attach = own_errors.is_empty() && (t.state == TenantState::Pending || report.usable);
         if !attach {
             return Ok(AttachOutcome { report, attached: false });
         }
-        let check = if own_errors.is_empty() { KeyCheck::Valid } else { KeyCheck::Invalid };
+        let check = KeyCheck::Valid;
         let findings = key_findings_json(&report, key);
         let changes = self.registry.attach_key(id, region, key, check, &findings, self.now_ms()).await?;
         for (k, from, to) in changes {
@@ -118,7 +138,10 @@ impl Lifecycle {
         self.forget_view(id);
         self.record_report(id, &report).await?;
         // Another instance may have attached a key meanwhile: the set to decide on is the
-        // one in the registry now.
+        // one in the registry now (the tenant read first, so a change after it makes the
+        // activation below lose its compare-and-set to the attach that made the change,
+        // which decides on the newer set).
+        let t_after = self.tenant(id).await?;
         let now_set = self.active_set(id).await?;
         let report = if now_set == proposed {
             report
@@ -128,7 +151,14 @@ impl Lifecycle {
             r
         };
         if report.usable {
-            self.settle(id, TenantState::Active, Cause::KeysValidated, "every region's key validated").await?;
+            match self
+                .settle_from(&t_after, TenantState::Active, Cause::KeysValidated, "every region's key validated")
+                .await
+            {
+                // Another attach changed the tenant since: it decides on the newer set.
+                Ok(()) | Err(LifecycleError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(AttachOutcome { report, attached: true })
     }
@@ -136,41 +166,48 @@ impl Lifecycle {
     /// Validates the tenant's active keys again (after it fixed a finding or restored
     /// access): a usable set makes it `active`; errors suspend a tenant in service.
     pub async fn validate(&self, actor: &str, id: &TenantId) -> Result<Report, LifecycleError> {
+        let (actor, id) = (actor.to_owned(), id.clone());
+        self.detached(move |me| async move { me.validate_now(&actor, &id).await }).await
+    }
+
+    async fn validate_now(&self, actor: &str, id: &TenantId) -> Result<Report, LifecycleError> {
         let lock = Self::tenant_lock(&self.key_locks, id);
         let _guard = lock.lock().await;
         let t = self.tenant(id).await?;
         if t.state == TenantState::Deleted {
             return Err(LifecycleError::TenantDeleted(id.clone()));
         }
-        self.journal.check()?;
+        self.journal.check(id)?;
         let set = self.active_set(id).await?;
         let report = self.run_validation(&t, &set).await;
         self.record_report(id, &report).await?;
         self.admin_event(actor, id, "validate_keys", Some(format!("usable: {}", report.usable))).await;
+        // Decided on the tenant as read before validating: if a probe or another instance
+        // changed it meanwhile, this older verdict does not override theirs (409, retry).
         if report.usable {
-            self.settle(id, TenantState::Active, Cause::KeysValidated, "every region's key validated").await?;
-        } else if matches!(t.state, TenantState::Active | TenantState::Degraded) {
-            self.settle(id, TenantState::Suspended, Cause::ValidationFailed, "validation found errors").await?;
+            self.settle_from(&t, TenantState::Active, Cause::KeysValidated, "every region's key validated").await?;
+        } else if matches!(t.state, TenantState::Active | TenantState::Degraded) && definitive(&report) {
+            self.settle_from(&t, TenantState::Suspended, Cause::ValidationFailed, "validation found errors").await?;
         }
         self.forget_view(id);
         Ok(report)
     }
 
-    /// Moves the tenant to `to` unless it is there already, re-reading it when another
-    /// instance changed it meanwhile.
-    async fn settle(&self, id: &TenantId, to: TenantState, cause: Cause, reason: &str) -> Result<(), LifecycleError> {
-        for _ in 0..5 {
-            let t = self.tenant(id).await?;
-            if t.state == to || t.state == TenantState::Deleted {
-                return Ok(());
-            }
-            match self.transition(&t, to, cause, Some(reason)).await {
-                Ok(_) => return Ok(()),
-                Err(LifecycleError::Conflict(_)) => continue,
-                Err(e) => return Err(e),
-            }
+    /// Moves `t` (as read) to `to` unless it is there already, compare-and-set: if the
+    /// tenant changed since `t` was read, nothing changes ([`LifecycleError::Conflict`])
+    /// unless it is in `to` already.
+    async fn settle_from(&self, t: &Tenant, to: TenantState, cause: Cause, reason: &str) -> Result<(), LifecycleError> {
+        if t.state == to {
+            return Ok(());
         }
-        Err(LifecycleError::Conflict(id.clone()))
+        match self.transition_now(t, to, cause, Some(reason)).await {
+            Ok(_) => Ok(()),
+            Err(LifecycleError::Conflict(id)) => match self.tenant(&id).await? {
+                now if now.state == to => Ok(()),
+                _ => Err(LifecycleError::Conflict(id)),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The tenant's active keys by region.
@@ -248,6 +285,14 @@ impl Lifecycle {
         }
         Ok(())
     }
+}
+
+/// Whether a report's errors say something about the keys, not only that the key service
+/// or the audit trail failed for a moment (which suspends no one).
+fn definitive(report: &Report) -> bool {
+    report
+        .all_findings()
+        .any(|f| f.severity == Severity::Error && !matches!(f.code, "kms_unavailable" | "provider_error"))
 }
 
 /// The error codes validation found for `key`.

@@ -35,7 +35,7 @@ pub mod metrics;
 pub mod monitor;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use keyhold_audit::{Auditor, Event};
@@ -117,11 +117,17 @@ pub struct Lifecycle {
     /// Per tenant: key attaches and validations run one at a time.
     key_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     probes: monitor::ProbeMemory,
+    /// The layer itself, to run work that must finish in a task of its own.
+    me: Weak<Lifecycle>,
 }
 
 impl Lifecycle {
     /// Assembles the layer.
-    pub fn new(parts: Parts) -> Self {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::assemble(parts, me.clone()))
+    }
+
+    fn assemble(parts: Parts, me: Weak<Lifecycle>) -> Self {
         let metrics = Arc::new(Metrics::default());
         let journal = Arc::new(Journal::new(parts.auditor, metrics.clone(), parts.clock.clone()));
         let audited_providers: Vec<Arc<dyn KeyProvider>> =
@@ -146,7 +152,20 @@ impl Lifecycle {
             probe_gates: Mutex::new(HashMap::new()),
             key_locks: Mutex::new(HashMap::new()),
             probes: monitor::ProbeMemory::default(),
+            me,
         }
+    }
+
+    /// Runs `f` in a task of its own and waits for it: work that changes state (a
+    /// transition and its event, a probe, a flush) finishes even if the request that
+    /// started it is cancelled (the client went away).
+    async fn detached<T, Fut>(&self, f: impl FnOnce(Arc<Lifecycle>) -> Fut) -> Result<T, LifecycleError>
+    where
+        Fut: std::future::Future<Output = Result<T, LifecycleError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let me = self.me.upgrade().ok_or_else(|| LifecycleError::Internal("the lifecycle layer is gone".into()))?;
+        tokio::spawn(f(me)).await.map_err(|e| LifecycleError::Internal(format!("a lifecycle task failed: {e}")))?
     }
 
     /// The registry.
@@ -194,6 +213,22 @@ impl Lifecycle {
         mode: TenantMode,
         role_arn: Option<&str>,
     ) -> Result<Tenant, LifecycleError> {
+        let (actor, id, realm, role_arn) =
+            (actor.to_owned(), id.clone(), realm.to_owned(), role_arn.map(str::to_owned));
+        self.detached(
+            move |me| async move { me.create_tenant_now(&actor, &id, &realm, mode, role_arn.as_deref()).await },
+        )
+        .await
+    }
+
+    async fn create_tenant_now(
+        &self,
+        actor: &str,
+        id: &TenantId,
+        realm: &str,
+        mode: TenantMode,
+        role_arn: Option<&str>,
+    ) -> Result<Tenant, LifecycleError> {
         let realm = self.catalog.get(realm).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         let realm_id = RealmId::parse(realm.id.as_str()).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         match (mode, role_arn) {
@@ -206,19 +241,20 @@ impl Lifecycle {
             (_, Some(_)) => return Err(LifecycleError::Invalid("role_arn is only for mode byok".into())),
             (_, None) => {}
         }
-        self.journal.check()?;
-        let t = self.registry.create_tenant(id, &realm_id, mode, role_arn, self.now_ms()).await?;
-        self.journal
-            .record_or_queue(
-                id,
-                Event::TenantState {
-                    from: "none".into(),
-                    to: t.state.to_string(),
-                    cause: Cause::Created.to_string(),
-                    reason: None,
-                },
-            )
-            .await;
+        self.journal.check(id)?;
+        let created = Event::TenantState {
+            from: "none".into(),
+            to: TenantState::Pending.to_string(),
+            cause: Cause::Created.to_string(),
+            reason: None,
+        };
+        // The tenant and the first event of its trail in one transaction.
+        let t = match self.journal.auditor().create_tenant(id, &realm_id, mode, role_arn, self.now_ms(), &created).await
+        {
+            Ok(t) => t,
+            Err(keyhold_audit::AuditError::Registry(e)) => return Err(e.into()),
+            Err(_) => return Err(LifecycleError::AuditUnavailable),
+        };
         self.admin_event(actor, id, "create_tenant", Some(format!("realm {} mode {}", t.realm, t.mode))).await;
         Ok(t)
     }
@@ -245,30 +281,42 @@ impl Lifecycle {
     /// local provider (unusable at once, offline included; destroyed after the 7-day
     /// waiting period). A CMK or BYOK tenant shreds its data by deleting its own KMS keys.
     pub async fn delete_tenant(&self, actor: &str, id: &TenantId) -> Result<Tenant, LifecycleError> {
+        let (actor, id) = (actor.to_owned(), id.clone());
+        self.detached(move |me| async move { me.delete_tenant_now(&actor, &id).await }).await
+    }
+
+    async fn delete_tenant_now(&self, actor: &str, id: &TenantId) -> Result<Tenant, LifecycleError> {
+        // Attaches of this tenant wait: none can add a key between the deletion's read of
+        // the history and its end.
+        let lock = Self::tenant_lock(&self.key_locks, id);
+        let _guard = lock.lock().await;
         let t = self.tenant(id).await?;
         if t.state == TenantState::Deleted {
             return Err(LifecycleError::TenantDeleted(id.clone()));
         }
-        self.journal.check()?;
-        let keys = self.registry.keys(id).await?;
+        self.journal.check(id)?;
         self.admin_event(actor, id, "delete_tenant", None).await;
-        let deleted = self.transition(&t, TenantState::Deleted, Cause::Deleted, Some("deleted by an admin")).await?;
+        let reason = "deleted by an admin";
+        let (deleted, keys) = self.registry.delete_tenant(&t, Some(reason), self.now_ms()).await?;
+        self.after_transition(&t, TenantState::Deleted, Cause::Deleted, Some(reason)).await;
         if t.mode == TenantMode::Local
             && let Some(local) = &self.local
         {
             let mut failed = Vec::new();
             for k in &keys {
-                let Ok(key) = KeyRef::parse(&k.key) else { continue };
-                if local.schedule_key_deletion(&key, 7).is_err() && local.describe_key(&key).is_ok() {
-                    failed.push(k.key.clone());
+                let Ok(key) = KeyRef::parse(k) else { continue };
+                if local.schedule_key_deletion(&key, 7).is_ok() {
+                    continue;
+                }
+                // Already pending deletion, or already gone: shredded either way.
+                match local.describe_key(&key) {
+                    Ok(d) if matches!(d.state, keyhold_provider::KeyState::PendingDeletion { .. }) => {}
+                    Err(keyhold_provider::ProviderError::KeyNotFound { .. }) => {}
+                    _ => failed.push(k.clone()),
                 }
             }
             if !failed.is_empty() {
-                return Err(LifecycleError::Internal(format!(
-                    "tenant {id} was deleted but local keys {} could not be scheduled for deletion; run \
-                     `keyhold local-kms schedule-key-deletion` for each",
-                    failed.join(", ")
-                )));
+                return Err(LifecycleError::ShredIncomplete { tenant: id.clone(), keys: failed });
             }
         }
         Ok(deleted)
@@ -284,7 +332,25 @@ impl Lifecycle {
         cause: Cause,
         reason: Option<&str>,
     ) -> Result<Tenant, LifecycleError> {
+        let (from, reason) = (from.clone(), reason.map(str::to_owned));
+        self.detached(move |me| async move { me.transition_now(&from, to, cause, reason.as_deref()).await }).await
+    }
+
+    async fn transition_now(
+        &self,
+        from: &Tenant,
+        to: TenantState,
+        cause: Cause,
+        reason: Option<&str>,
+    ) -> Result<Tenant, LifecycleError> {
         let updated = self.registry.transition(from, to, cause, reason, self.now_ms()).await?;
+        self.after_transition(from, to, cause, reason).await;
+        Ok(updated)
+    }
+
+    /// What follows a committed transition: the view refreshed, cached keys dropped on
+    /// suspension or deletion, the one event written.
+    async fn after_transition(&self, from: &Tenant, to: TenantState, cause: Cause, reason: Option<&str>) {
         self.forget_view(&from.id);
         if matches!(to, TenantState::Suspended | TenantState::Deleted) {
             self.keyhold.flush_tenant(&from.id);
@@ -303,7 +369,6 @@ impl Lifecycle {
                 },
             )
             .await;
-        Ok(updated)
     }
 
     /// Records an administrative action in the tenant's trail.
@@ -367,7 +432,9 @@ impl Lifecycle {
     /// Writes what the journal holds in memory (usage counts, aggregated failures,
     /// queued events); `all` also closes open aggregation windows (at shutdown).
     pub async fn flush(&self, all: bool) {
-        self.journal.flush(all).await;
+        let journal = self.journal.clone();
+        // In a task of its own: a cancelled caller must not drop what the flush holds.
+        let _ = tokio::spawn(async move { journal.flush(all).await }).await;
     }
 
     fn tenant_lock<T: Default>(map: &Mutex<HashMap<TenantId, Arc<T>>>, id: &TenantId) -> Arc<T> {

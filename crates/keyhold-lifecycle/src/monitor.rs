@@ -90,6 +90,13 @@ impl Lifecycle {
     /// (then that probe's verdict stands): concurrent callers share one probe. Returns the
     /// tenant's state afterwards, when known.
     pub async fn probe_now(&self, tenant: &TenantId, since: Instant) -> Option<TenantState> {
+        let tenant = tenant.clone();
+        // In a task of its own: the probe and its verdict complete even if the request
+        // that asked for it is cancelled, so waiters never share an unfinished verdict.
+        self.detached(move |me| async move { Ok(me.probe_gated(&tenant, since).await) }).await.ok().flatten()
+    }
+
+    async fn probe_gated(&self, tenant: &TenantId, since: Instant) -> Option<TenantState> {
         let gate = Self::tenant_lock(&self.probe_gates, tenant);
         let mut started = gate.lock().await;
         if started.is_some_and(|s| s >= since) {
@@ -120,7 +127,7 @@ impl Lifecycle {
         };
         // The tenant may have changed meanwhile (deleted, another instance acted): then
         // that change stands.
-        match self.transition(t, to, cause, Some(&reason)).await {
+        match self.transition_now(t, to, cause, Some(&reason)).await {
             Ok(updated) => Some(updated.state),
             Err(_) => self.tenant(&t.id).await.ok().map(|t| t.state),
         }
@@ -131,6 +138,10 @@ impl Lifecycle {
         let Ok(view) = self.tenant_view(&tenant.id).await else {
             return Outcome::Transient("the registry did not answer".into());
         };
+        if view.active.is_empty() {
+            // Nothing to probe proves nothing: no resumption on an empty set.
+            return Outcome::Transient("the tenant has no active key".into());
+        }
         let mut context = EncryptionContext::new();
         context.insert(RESERVED_TENANT_KEY, tenant.id.as_str());
         context.insert(RESERVED_PURPOSE_KEY, PROBE_PURPOSE);

@@ -120,6 +120,24 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// The chain hash function of the audit trail: (previous hash, seq, time, body) to hash.
+pub type ChainFn<'f> = dyn Fn(&[u8; 32], u64, u64, &str) -> [u8; 32] + Sync + 'f;
+
+/// The head signer: sees the head it would extend (none for a new trail) and the new
+/// head's seq and hash; `None` refuses the append.
+pub type SignFn<'f> = dyn Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>> + Sync + 'f;
+
+/// The first event of a new tenant's trail, appended in the tenant's creation
+/// transaction: its JSON body, the chain function and the head signer.
+pub struct Genesis<'a> {
+    /// The event, as JSON.
+    pub body: &'a str,
+    /// The chain hash function.
+    pub chain: &'a ChainFn<'a>,
+    /// The head signer (sees the head it would extend: none, for a new tenant).
+    pub sign: &'a SignFn<'a>,
+}
+
 /// The first pause before retrying an append that failed transiently; it doubles after
 /// each attempt up to [`APPEND_MAX_BACKOFF`].
 const APPEND_FIRST_BACKOFF: Duration = Duration::from_millis(2);
@@ -181,17 +199,6 @@ impl Registry {
         self.backend
     }
 
-    /// Writes to the database (a one-row table), to tell whether it accepts writes.
-    pub async fn write_probe(&self, now_ms: u64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO registry_health (id, at_ms) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
-        )
-        .bind(ms(now_ms))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Whether the database answers (for readiness checks).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -208,7 +215,47 @@ impl Registry {
         role_arn: Option<&str>,
         now_ms: u64,
     ) -> Result<Tenant> {
+        self.create_tenant_recorded(id, realm, mode, role_arn, now_ms, None).await
+    }
+
+    /// As [`Registry::create_tenant`], appending `genesis` (the creation event) to the
+    /// tenant's trail in the same transaction: a tenant never exists without its first
+    /// event, whatever crashes.
+    pub async fn create_tenant_recorded(
+        &self,
+        id: &TenantId,
+        realm: &RealmId,
+        mode: TenantMode,
+        role_arn: Option<&str>,
+        now_ms: u64,
+        genesis: Option<Genesis<'_>>,
+    ) -> Result<Tenant> {
+        let started = Instant::now();
+        let mut backoff = APPEND_FIRST_BACKOFF;
+        loop {
+            match self.try_create_tenant(id, realm, mode, role_arn, now_ms, genesis.as_ref()).await {
+                Err(RegistryError::Database(sqlx::Error::Database(e)))
+                    if is_busy(e.as_ref()) && started.elapsed() < APPEND_DEADLINE =>
+                {
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(APPEND_MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_create_tenant(
+        &self,
+        id: &TenantId,
+        realm: &RealmId,
+        mode: TenantMode,
+        role_arn: Option<&str>,
+        now_ms: u64,
+        genesis: Option<&Genesis<'_>>,
+    ) -> Result<Tenant> {
         let now = ms(now_ms);
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "INSERT INTO tenants (id, realm, mode, state, reason, created_ms, updated_ms, role_arn, version, cause) \
              VALUES ($1, $2, $3, $4, NULL, $5, $5, $6, 0, $7)",
@@ -220,10 +267,22 @@ impl Registry {
         .bind(now)
         .bind(role_arn)
         .bind(Cause::Created.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
-        match r {
-            Ok(_) => Ok(Tenant {
+        if let Err(e) = r {
+            return Err(match e {
+                sqlx::Error::Database(e) if e.is_unique_violation() => RegistryError::TenantExists(id.clone()),
+                e => e.into(),
+            });
+        }
+        if let Some(g) = genesis
+            && self.append_in(&mut tx, id, now_ms, g.body, g.chain, g.sign).await?.is_none()
+        {
+            return Err(RegistryError::HeadNotSigned);
+        }
+        tx.commit().await?;
+        match Ok::<(), sqlx::Error>(()) {
+            Ok(()) => Ok(Tenant {
                 id: id.clone(),
                 realm: realm.clone(),
                 mode,
@@ -303,6 +362,86 @@ impl Registry {
         self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))
     }
 
+    /// Deletes `from` (as read), compare-and-set like [`Registry::transition`], destroying
+    /// its key history in the same transaction; returns the tenant and the keys whose
+    /// references were destroyed (for the caller to shred where it can).
+    pub async fn delete_tenant(
+        &self,
+        from: &Tenant,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(Tenant, Vec<String>)> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query(
+            "UPDATE tenants SET state = $1, cause = $2, reason = $3, updated_ms = $4, version = version + 1 \
+             WHERE id = $5 AND state = $6 AND version = $7 AND state <> $1",
+        )
+        .bind(TenantState::Deleted.as_str())
+        .bind(Cause::Deleted.as_str())
+        .bind(reason)
+        .bind(ms(now_ms))
+        .bind(from.id.as_str())
+        .bind(from.state.as_str())
+        .bind(ms(from.version))
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            drop(tx);
+            return Err(match self.tenant(&from.id).await? {
+                None => RegistryError::TenantNotFound(from.id.clone()),
+                Some(t) if t.state == TenantState::Deleted => RegistryError::TenantDeleted(from.id.clone()),
+                Some(t) => RegistryError::Conflict { tenant: from.id.clone(), state: t.state, version: t.version },
+            });
+        }
+        let keys: Vec<String> = sqlx::query("SELECT key_arn FROM key_history WHERE tenant_id = $1")
+            .bind(from.id.as_str())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
+        sqlx::query("DELETE FROM key_history WHERE tenant_id = $1").bind(from.id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        let t = self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))?;
+        Ok((t, keys))
+    }
+
+    /// How many trails have a signed head (a new instance without the audit key must not
+    /// start over them).
+    pub async fn signed_heads(&self) -> Result<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM audit_heads WHERE sig IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(unms(n))
+    }
+
+    /// The trails whose head carries no signature (written before heads were signed).
+    pub async fn unsigned_heads(&self) -> Result<Vec<(TenantId, AuditHead)>> {
+        let rows =
+            sqlx::query("SELECT tenant_id, seq, hash FROM audit_heads WHERE sig IS NULL").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.try_get(2)?;
+                let hash = <[u8; 32]>::try_from(hash.as_slice())
+                    .map_err(|_| RegistryError::Corrupt(format!("audit head hash of {} bytes", hash.len())))?;
+                Ok((parse(r, 0, TenantId::parse)?, AuditHead { seq: unms(r.try_get(1)?), hash, sig: None }))
+            })
+            .collect()
+    }
+
+    /// Signs an unsigned head where it still is (adoption of trails from before heads were
+    /// signed); returns whether it was.
+    pub async fn sign_unsigned_head(&self, tenant: &TenantId, head: &AuditHead, sig: &[u8]) -> Result<bool> {
+        let r = sqlx::query("UPDATE audit_heads SET sig = $1 WHERE tenant_id = $2 AND seq = $3 AND sig IS NULL")
+            .bind(sig.to_vec())
+            .bind(tenant.as_str())
+            .bind(ms(head.seq))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     /// Attaches `key` as the active key of `region` for `tenant`, with what validation
     /// found (`check`, `findings` JSON): the region's previous active key becomes
     /// `decrypt_only` (it still decrypts what it protects); a key already in the history
@@ -318,16 +457,21 @@ impl Registry {
         now_ms: u64,
     ) -> Result<Vec<(String, Option<KeyStatus>, KeyStatus)>> {
         let mut tx = self.begin_write().await?;
-        let state: Option<String> = sqlx::query("SELECT state FROM tenants WHERE id = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get::<String, _>(0))
-            .transpose()?;
-        match state.as_deref() {
-            None => return Err(RegistryError::TenantNotFound(tenant.clone())),
-            Some(s) if s == TenantState::Deleted.as_str() => return Err(RegistryError::TenantDeleted(tenant.clone())),
-            Some(_) => {}
+        // The version bump first: it locks the tenant's row (PostgreSQL), so a deletion
+        // running concurrently either sees this attach's key or makes it fail here.
+        let bumped =
+            sqlx::query("UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2 AND state <> $3")
+                .bind(ms(now_ms))
+                .bind(tenant.as_str())
+                .bind(TenantState::Deleted.as_str())
+                .execute(&mut *tx)
+                .await?;
+        if bumped.rows_affected() == 0 {
+            drop(tx);
+            return Err(match self.tenant(tenant).await? {
+                None => RegistryError::TenantNotFound(tenant.clone()),
+                Some(_) => RegistryError::TenantDeleted(tenant.clone()),
+            });
         }
         let owner: Option<(String, String, String)> =
             sqlx::query("SELECT tenant_id, region, status FROM key_history WHERE key_arn = $1")
@@ -395,11 +539,6 @@ impl Registry {
         if previous_status != Some(KeyStatus::Active) {
             changes.push((key.to_owned(), previous_status, KeyStatus::Active));
         }
-        sqlx::query("UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2")
-            .bind(ms(now_ms))
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(changes)
     }
@@ -500,8 +639,8 @@ impl Registry {
         tenant: &TenantId,
         at_ms: u64,
         body: &str,
-        chain: impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
-        sign: impl Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>>,
+        chain: impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32] + Sync,
+        sign: impl Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>> + Sync,
     ) -> Result<AuditRow> {
         let started = Instant::now();
         let mut backoff = APPEND_FIRST_BACKOFF;
@@ -535,10 +674,27 @@ impl Registry {
         tenant: &TenantId,
         at_ms: u64,
         body: &str,
-        chain: &impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32],
-        sign: &impl Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>>,
+        chain: &(impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32] + Sync),
+        sign: &(impl Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>> + Sync),
     ) -> std::result::Result<Option<AuditRow>, sqlx::Error> {
         let mut tx = self.begin_write().await?;
+        let row = self.append_in(&mut tx, tenant, at_ms, body, chain, sign).await?;
+        if row.is_some() {
+            tx.commit().await?;
+        }
+        Ok(row)
+    }
+
+    /// Appends within `tx` (which the caller commits); `None` when the signer refused.
+    async fn append_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant: &TenantId,
+        at_ms: u64,
+        body: &str,
+        chain: &ChainFn<'_>,
+        sign: &SignFn<'_>,
+    ) -> std::result::Result<Option<AuditRow>, sqlx::Error> {
         if self.backend == Backend::Postgres {
             // Serialise appends to this trail across every connection and instance until
             // this transaction ends, so the head read next is the one this append
@@ -546,12 +702,12 @@ impl Registry {
             // Two tenants whose ids hash alike merely share a lock.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(tenant.as_str())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         let last = sqlx::query("SELECT seq, hash, sig FROM audit_heads WHERE tenant_id = $1")
             .bind(tenant.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         let head = match last {
             None => None,
@@ -577,7 +733,7 @@ impl Registry {
         .bind(body)
         .bind(prev_hash.to_vec())
         .bind(hash.to_vec())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         // Under the lock the head is still where this append read it; should two appends
         // ever race anyway, the loser's event insert above has already failed on the
@@ -590,9 +746,8 @@ impl Registry {
         .bind(ms(seq))
         .bind(hash.to_vec())
         .bind(sig)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(Some(AuditRow { tenant: tenant.clone(), seq, at_ms, body: body.to_owned(), prev_hash, hash }))
     }
 
@@ -694,6 +849,11 @@ fn unms(v: i64) -> u64 {
 }
 
 /// Whether an append that failed with `e` may succeed if tried again.
+/// Busy, locked, serialization failure or deadlock: retry (a unique violation is not).
+fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    !e.is_unique_violation() && is_transient(e)
+}
+
 fn is_transient(e: &dyn sqlx::error::DatabaseError) -> bool {
     // PostgreSQL: serialization failure, deadlock. SQLite: SQLITE_BUSY (5) and
     // SQLITE_LOCKED (6) with their extended codes (low byte). Both: a lost race for the

@@ -97,11 +97,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::TenantDeleted(t) => {
                 Self::new(StatusCode::GONE, "tenant_deleted", format!("tenant {t} was deleted"))
             }
-            other => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "registry_unavailable",
-                format!("the registry failed; retry: {other}"),
-            ),
+            // The database's own text stays in the log: it can name tables and values.
+            _ => Self::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", "the registry failed; retry"),
         }
     }
 }
@@ -128,6 +125,7 @@ impl From<LifecycleError> for ApiError {
             L::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             L::Provider { source, .. } => return provider_error(source),
             L::NoProviderFor(_) => (StatusCode::CONFLICT, "key_misconfigured"),
+            L::ShredIncomplete { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "shred_incomplete"),
             L::Registry(_) => {
                 return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -125,13 +125,25 @@ pub async fn build(
     let local = Arc::new(local);
     // The audit signing key lives in the data dir, never in the database: someone who can
     // write the database cannot re-sign a rewritten trail.
-    let audit_key = Arc::new(
-        AuditKey::load_or_create(&config.data_dir.join(AUDIT_KEY_FILE))
-            .map_err(|e| ServeError::AuditKey(e.to_string()))?,
-    );
+    let key_path = config.data_dir.join(AUDIT_KEY_FILE);
+    let new_key = !key_path.exists();
+    if new_key && registry.signed_heads().await? > 0 {
+        // Another instance signed these trails: a new key would refuse to extend them.
+        return Err(ServeError::AuditKey(format!(
+            "{} is missing but the registry holds trails signed by an audit key: copy the key file from the \
+             instance that created it (every instance sharing a registry needs the same key)",
+            key_path.display()
+        )));
+    }
+    let audit_key = Arc::new(AuditKey::load_or_create(&key_path).map_err(|e| ServeError::AuditKey(e.to_string()))?);
+    let auditor = Auditor::new(registry.clone(), audit_key).with_genesis_rule();
+    if new_key {
+        // Trails from before heads were signed are adopted once, when the key is born.
+        auditor.adopt_unsigned_heads().await.map_err(|e| ServeError::AuditKey(e.to_string()))?;
+    }
     let providers: Vec<Arc<dyn KeyProvider>> = vec![local.clone(), aws.clone()];
     let lifecycle = Lifecycle::new(Parts {
-        auditor: Auditor::new(registry.clone(), audit_key).with_genesis_rule(),
+        auditor,
         registry,
         providers,
         local: Some(local),
@@ -142,7 +154,7 @@ pub async fn build(
         local_region: config.local_region.clone(),
         clock,
     });
-    let state = AppState::new(Arc::new(lifecycle), admin_public_key);
+    let state = AppState::new(lifecycle, admin_public_key);
     Ok((Arc::new(state), created))
 }
 

@@ -219,6 +219,25 @@ async fn replacing_a_key_then_disabling_the_old_one_keeps_the_tenant() {
         .await;
     assert_eq!((s, r["usable"].as_bool(), r["attached"].as_bool()), (StatusCode::OK, Some(false), Some(false)));
     assert_eq!(state_of(&f, "acme").await, "active");
+    // An alias ARN is refused: messages record key ARNs, and an alias can move.
+    let (s, e) = f
+        .call(
+            Method::PUT,
+            "/v1/tenants/acme/keys/eu-central-1",
+            Some(&admin),
+            Some(json!({"key_arn": "arn:aws:kms:eu-central-1:111122223333:alias/acme"})),
+        )
+        .await;
+    assert_eq!((s, code(&e)), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{e}");
+    // A pending tenant cannot claim a key it cannot use: nothing is recorded.
+    f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "initech", "realm": "de", "mode": "local"})))
+        .await;
+    let (s, r) = f
+        .call(Method::PUT, "/v1/tenants/initech/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k3.as_str()})))
+        .await;
+    assert_eq!((s, r["attached"].as_bool()), (StatusCode::OK, Some(false)), "{r}");
+    let (_, hist) = f.call(Method::GET, "/v1/tenants/initech/keys", Some(&admin), None).await;
+    assert!(hist["keys"].as_array().unwrap().is_empty(), "{hist}");
     // A key belongs to one tenant.
     f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "globex", "realm": "de", "mode": "local"})))
         .await;
@@ -466,6 +485,11 @@ async fn a_rewritten_or_wiped_trail_fails_verification_and_is_never_extended() {
     let (s, e) = f.encrypt("acme", b"x", json!({"table": "after-tamper"})).await;
     assert_eq!((s, code(&e)), (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")), "{e}");
     assert_eq!(verify("acme").await["ok"], false);
+    // One tenant's broken trail stops only that tenant: others are served and recorded.
+    f.state.lifecycle.flush(false).await;
+    let (s, e) = f.encrypt("globex", b"x", json!({"table": "meanwhile"})).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(verify("globex").await["ok"], true);
 
     // Wipe: every event and the head of globex.
     reg.execute_raw("DELETE FROM audit_events WHERE tenant_id = 'globex'").await.unwrap();

@@ -24,8 +24,3 @@ INSERT INTO key_history (tenant_id, region, key_arn, status, state, last_check_m
 DROP TABLE tenant_keys;
 ALTER TABLE tenants ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tenants ADD COLUMN cause TEXT;
--- A one-row table keyhold writes to tell whether the database accepts writes.
-CREATE TABLE registry_health (
-    id     INTEGER PRIMARY KEY NOT NULL,
-    at_ms  INTEGER NOT NULL
-);
