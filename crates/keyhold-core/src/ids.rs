@@ -136,14 +136,16 @@ impl TenantId {
 impl Purpose {
     /// Parses a purpose.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        check(
-            "purpose",
-            s,
-            64,
-            "lowercase ASCII letters, digits and -_. (starting with a letter or digit)",
-            |i, c| c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && matches!(c, '-' | '_' | '.')),
-        )?;
+        Self::check(s)?;
         Ok(Self(s.to_owned()))
+    }
+
+    /// Checks that `s` is a valid purpose, without allocating one (the request path
+    /// checks a message's purpose this way).
+    pub fn check(s: &str) -> Result<(), IdError> {
+        check("purpose", s, 64, "lowercase ASCII letters, digits and -_. (starting with a letter or digit)", |i, c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && matches!(c, '-' | '_' | '.'))
+        })
     }
 }
 

@@ -28,8 +28,8 @@ pub struct Caller<'a> {
 pub struct Decrypted {
     /// The authenticated header (purpose and caller context).
     pub header: Header,
-    /// The purpose it was encrypted for.
-    pub purpose: Purpose,
+    /// The purpose it was encrypted for (checked against the calling service's).
+    pub purpose: String,
 }
 
 impl Lifecycle {
@@ -38,13 +38,13 @@ impl Lifecycle {
     pub async fn encrypt(
         &self,
         caller: &Caller<'_>,
-        tenant: &TenantId,
-        purpose: &Purpose,
+        tenant: TenantId,
+        purpose: Purpose,
         context: EncryptionContext,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), LifecycleError> {
-        if !caller.purposes.allows(purpose) {
+        if !caller.purposes.allows(&purpose) {
             return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
         }
         for (k, _) in context.iter() {
@@ -67,20 +67,16 @@ impl Lifecycle {
                  keep context to a few low-cardinality pairs and put the rest in the plaintext"
             )));
         }
-        self.journal.check(tenant)?;
-        let view = self.tenant_view(tenant).await?;
+        self.journal.check(&tenant)?;
+        let view = self.tenant_view(&tenant).await?;
         servable(&view)?;
-        let params = EncryptParams {
-            tenant: tenant.clone(),
-            purpose: purpose.clone(),
-            keys: view.active.clone(),
-            context,
-            suite: AlgorithmSuite::default(),
-        };
+        let params =
+            EncryptParams { tenant, purpose, keys: view.active.clone(), context, suite: AlgorithmSuite::default() };
+        let tenant = &params.tenant;
         let started = Instant::now();
         match self.keyhold.encrypt_into(&params, plaintext, out).await {
             Ok(()) => {
-                self.journal.usage().encrypted(tenant, purpose, caller.service, self.now_ms(), 1);
+                self.journal.usage().encrypted(tenant, &params.purpose, caller.service, self.now_ms(), 1);
                 Ok(())
             }
             Err(e) => {
@@ -139,7 +135,8 @@ impl Lifecycle {
         }
         match result {
             Ok(header) => {
-                self.journal.usage().decrypted(tenant, &purpose, caller.service, self.now_ms(), 1);
+                let purpose = header.context_value(RESERVED_PURPOSE_KEY).unwrap_or_default().to_owned();
+                self.journal.usage().count(tenant, &purpose, caller.service, self.now_ms(), 0, 1);
                 Ok(Decrypted { header, purpose })
             }
             Err(e) => Err(LifecycleError::from_service(tenant, e)),

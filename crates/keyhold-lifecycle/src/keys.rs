@@ -2,10 +2,15 @@
 //! history.
 //!
 //! Attaching a key for a region validates the set it would make (the other regions'
-//! active keys plus the new one). For a `pending` tenant (onboarding) the key is recorded
-//! whatever validation found, so the administrator sees the findings; for a tenant in
-//! service it is attached only if the set is usable, so a broken key never replaces a
-//! working one. The region's previous key becomes `decrypt_only`.
+//! active keys plus the new one). The key is recorded only if its own round trip under
+//! the tenant's context worked, so a tenant cannot claim a key it cannot use; for a tenant
+//! in service the whole new set must also be usable, so a broken key never replaces a
+//! working one. The region's previous key becomes `decrypt_only`. Alias ARNs are refused:
+//! every message records the key ARN, and an alias can be moved to another key.
+//!
+//! Validation verdicts are compare-and-set on the tenant as read before validating: a
+//! probe or another instance that changed the tenant meanwhile wins. Findings that only
+//! say the key service or the audit trail failed for a moment suspend no one.
 //!
 //! Attaches and validations of one tenant run one at a time on an instance; across
 //! instances every attach re-reads the active set after committing and validates it again

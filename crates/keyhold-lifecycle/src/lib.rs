@@ -381,11 +381,14 @@ impl Lifecycle {
     /// The tenant and its keys, from memory or the registry.
     pub async fn tenant_view(&self, id: &TenantId) -> Result<Arc<TenantView>, LifecycleError> {
         let now = self.now_ms();
+        // One reference-count increment on the hot path: the fresh view is returned as
+        // taken from the map.
         let previous = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned();
-        if let Some(v) = &previous
+        if let Some(v) = previous.as_ref()
             && now.saturating_sub(v.loaded_ms) < TENANT_VIEW_TTL_MS
+            && let Some(v) = previous
         {
-            return Ok(v.clone());
+            return Ok(v);
         }
         let tenant = self.tenant(id).await?;
         let history = self.registry.keys(id).await?;

@@ -80,7 +80,7 @@ async fn encrypt_one(state: &AppState, p: &Principal, item: EncryptItem) -> Resu
     let context = EncryptionContext::from_caller_pairs(item.context)
         .map_err(|e| ApiError::invalid(format!("invalid context: {e}")))?;
     let mut ct = Vec::new();
-    state.lifecycle.encrypt(&caller, &tenant, &purpose, context, &plaintext, &mut ct).await?;
+    state.lifecycle.encrypt(&caller, tenant, purpose, context, &plaintext, &mut ct).await?;
     Ok(EncryptOut { ciphertext: B64.encode(ct) })
 }
 
@@ -97,7 +97,7 @@ async fn decrypt_one(state: &AppState, p: &Principal, item: DecryptItem) -> Resu
         .filter(|(k, _)| *k != RESERVED_TENANT_KEY && *k != RESERVED_PURPOSE_KEY)
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    Ok(DecryptOut { plaintext: B64.encode(&plaintext), purpose: d.purpose.to_string(), context })
+    Ok(DecryptOut { plaintext: B64.encode(&plaintext), purpose: d.purpose, context })
 }
 
 /// Encrypts one plaintext for a tenant.
