@@ -329,35 +329,11 @@ impl Registry {
         reason: Option<&str>,
         now_ms: u64,
     ) -> Result<Tenant> {
-        let mut tx = self.begin_write().await?;
-        let r = sqlx::query(
-            "UPDATE tenants SET state = $1, cause = $2, reason = $3, updated_ms = $4, version = version + 1 \
-             WHERE id = $5 AND state = $6 AND version = $7 AND state <> $8",
-        )
-        .bind(to.as_str())
-        .bind(cause.as_str())
-        .bind(reason)
-        .bind(ms(now_ms))
-        .bind(from.id.as_str())
-        .bind(from.state.as_str())
-        .bind(ms(from.version))
-        .bind(TenantState::Deleted.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            drop(tx);
-            return Err(match self.tenant(&from.id).await? {
-                None => RegistryError::TenantNotFound(from.id.clone()),
-                Some(t) if t.state == TenantState::Deleted => RegistryError::TenantDeleted(from.id.clone()),
-                Some(t) => RegistryError::Conflict { tenant: from.id.clone(), state: t.state, version: t.version },
-            });
-        }
         if to == TenantState::Deleted {
-            sqlx::query("DELETE FROM key_history WHERE tenant_id = $1")
-                .bind(from.id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            return Ok(self.delete_tenant(from, reason, now_ms).await?.0);
         }
+        let mut tx = self.begin_write().await?;
+        self.compare_and_set(&mut tx, from, to, cause, reason, now_ms).await?;
         tx.commit().await?;
         self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))
     }
@@ -372,27 +348,7 @@ impl Registry {
         now_ms: u64,
     ) -> Result<(Tenant, Vec<String>)> {
         let mut tx = self.begin_write().await?;
-        let r = sqlx::query(
-            "UPDATE tenants SET state = $1, cause = $2, reason = $3, updated_ms = $4, version = version + 1 \
-             WHERE id = $5 AND state = $6 AND version = $7 AND state <> $1",
-        )
-        .bind(TenantState::Deleted.as_str())
-        .bind(Cause::Deleted.as_str())
-        .bind(reason)
-        .bind(ms(now_ms))
-        .bind(from.id.as_str())
-        .bind(from.state.as_str())
-        .bind(ms(from.version))
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            drop(tx);
-            return Err(match self.tenant(&from.id).await? {
-                None => RegistryError::TenantNotFound(from.id.clone()),
-                Some(t) if t.state == TenantState::Deleted => RegistryError::TenantDeleted(from.id.clone()),
-                Some(t) => RegistryError::Conflict { tenant: from.id.clone(), state: t.state, version: t.version },
-            });
-        }
+        self.compare_and_set(&mut tx, from, TenantState::Deleted, Cause::Deleted, reason, now_ms).await?;
         let keys: Vec<String> = sqlx::query("SELECT key_arn FROM key_history WHERE tenant_id = $1")
             .bind(from.id.as_str())
             .fetch_all(&mut *tx)
@@ -404,6 +360,47 @@ impl Registry {
         tx.commit().await?;
         let t = self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))?;
         Ok((t, keys))
+    }
+
+    /// Moves the tenant from `from`'s state and version to `to` within `tx`, or says why
+    /// it did not (gone, deleted, or changed meanwhile: [`RegistryError::Conflict`]).
+    async fn compare_and_set(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        from: &Tenant,
+        to: TenantState,
+        cause: Cause,
+        reason: Option<&str>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE tenants SET state = $1, cause = $2, reason = $3, updated_ms = $4, version = version + 1 \
+             WHERE id = $5 AND state = $6 AND version = $7 AND state <> $8",
+        )
+        .bind(to.as_str())
+        .bind(cause.as_str())
+        .bind(reason)
+        .bind(ms(now_ms))
+        .bind(from.id.as_str())
+        .bind(from.state.as_str())
+        .bind(ms(from.version))
+        .bind(TenantState::Deleted.as_str())
+        .execute(&mut **tx)
+        .await?;
+        if r.rows_affected() > 0 {
+            return Ok(());
+        }
+        // Read within the transaction: it holds a connection (and on SQLite the write
+        // lock), so asking the pool for another could wait on itself.
+        let now = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"))
+            .bind(from.id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+        Err(match now.as_ref().map(tenant_from_row).transpose()? {
+            None => RegistryError::TenantNotFound(from.id.clone()),
+            Some(t) if t.state == TenantState::Deleted => RegistryError::TenantDeleted(from.id.clone()),
+            Some(t) => RegistryError::Conflict { tenant: from.id.clone(), state: t.state, version: t.version },
+        })
     }
 
     /// How many trails have a signed head (a new instance without the audit key must not

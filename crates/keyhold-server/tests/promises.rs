@@ -14,7 +14,7 @@ use keyhold_provider::KeyProvider;
 use keyhold_service::{EncryptParams, Keyhold, Settings};
 use serde_json::{Value, json};
 
-use super::{Fixture, fixture, fixture_on};
+use super::{Fixture, fixture, fixture_on, fresh_postgres};
 
 fn tid(s: &str) -> TenantId {
     TenantId::parse(s).unwrap()
@@ -397,14 +397,7 @@ async fn deleting_a_local_tenant_shreds_its_keys() {
 /// exactly one event, and the trail verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_and_32_writers_lose_no_audit_event_on_postgres() {
-    use sqlx::Connection as _;
-    let base = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
-        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL");
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    let name = format!("keyhold_writers_{}", std::process::id());
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = fresh_postgres("keyhold_writers").await;
     let a = Arc::new(fixture_on(Some(url.clone())).await);
     a.active_tenant("acme").await;
     let config = keyhold_server::serve::ServeConfig {

@@ -37,6 +37,18 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
+/// A new, empty database named `prefix`_<pid> on the PostgreSQL the test command starts.
+async fn fresh_postgres(prefix: &str) -> String {
+    use sqlx::Connection as _;
+    let base = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
+        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL");
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    let name = format!("{prefix}_{}", std::process::id());
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    format!("{}/{name}", base.rsplit_once('/').unwrap().0)
+}
+
 async fn fixture() -> Fixture {
     fixture_on(None).await
 }
@@ -523,15 +535,7 @@ async fn health_metrics_and_openapi() {
 /// The same API on PostgreSQL (a fresh database on the server the test command starts).
 #[tokio::test]
 async fn the_api_runs_on_postgres() {
-    use sqlx::Connection as _;
-    let base = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
-        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL");
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    let name = format!("keyhold_server_test_{}", std::process::id());
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let f = fixture_on(Some(url)).await;
+    let f = fixture_on(Some(fresh_postgres("keyhold_server_test").await)).await;
     assert_eq!(f.state.lifecycle.registry().backend(), keyhold_registry::Backend::Postgres);
     f.active_tenant("acme").await;
     let (_, e) = f.encrypt("acme", b"on postgres", json!({})).await;
