@@ -494,3 +494,44 @@ async fn a_rewritten_or_wiped_trail_fails_verification_and_is_never_extended() {
     assert_eq!((s, code(&e)), (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")), "{e}");
     assert_eq!(verify("globex").await["ok"], false);
 }
+
+/// Review finding: a validation during a KMS outage (throttling) suspended an active
+/// tenant with cause `validation_failed`, which no probe resumes. A transient finding
+/// suspends no one; the report still says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_during_a_kms_outage_suspends_no_one() {
+    let proxy = keyhold_testkit::FaultProxy::moto().await;
+    let sdk = keyhold_testkit::sdk_config(&proxy.url(), "eu-central-1").await;
+    let f = super::fixture_with(None, Some(sdk)).await;
+    let admin = f.admin_token();
+    f.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "acme", "realm": "de", "mode": "cmk"}))).await;
+    // The key as the tenant creates it: with the generated policy, rotation on.
+    let policy = keyhold_onboarding::key_policy(&keyhold_onboarding::PolicyParams {
+        tenant: &tid("acme"),
+        platform_principal: "arn:aws:iam::111122223333:role/keyhold",
+        tenant_account: Some("123456789012"),
+    })
+    .unwrap()
+    .to_string();
+    let key = keyhold_testkit::create_moto_key_with_policy("eu-central-1", Some(&policy)).await;
+    let kms = keyhold_testkit::moto_kms("eu-central-1").await;
+    kms.enable_key_rotation().key_id(key.rsplit('/').next().unwrap()).send().await.unwrap();
+    let (_, r) =
+        f.call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": key}))).await;
+    assert_eq!(r["usable"], true, "{r}");
+    assert_eq!(state_of(&f, "acme").await, "active");
+    let rule = keyhold_testkit::Rule { service: Some("kms".into()), operations: vec![], key: None, times: None };
+    proxy.inject(
+        rule,
+        keyhold_testkit::Fault::Error {
+            status: 400,
+            code: "ThrottlingException".into(),
+            message: "Rate exceeded".into(),
+        },
+    );
+    let (s, r) = f.call(Method::POST, "/v1/tenants/acme/validate", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["usable"], false, "{r}");
+    assert!(r.to_string().contains("kms_unavailable"), "{r}");
+    assert_eq!(state_of(&f, "acme").await, "active");
+}
