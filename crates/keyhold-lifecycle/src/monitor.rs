@@ -36,6 +36,10 @@ pub const PROBE_PURPOSE: &str = "keyhold-probe";
 /// The default interval between probes of a tenant's keys.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Request-triggered probes of one tenant at most this often (a refusal within it shares
+/// the last probe's verdict).
+pub const MIN_PROBE_SPACING: Duration = Duration::from_secs(1);
+
 /// How often each tenant's probe summary is written.
 pub const SUMMARY_EVERY_MS: u64 = 3_600_000;
 
@@ -99,7 +103,9 @@ impl Lifecycle {
     async fn probe_gated(&self, tenant: &TenantId, since: Instant) -> Option<TenantState> {
         let gate = Self::tenant_lock(&self.probe_gates, tenant);
         let mut started = gate.lock().await;
-        if started.is_some_and(|s| s >= since) {
+        // A probe that started after this refusal, or within the last second, decides for
+        // it too: a flood of refused requests costs one probe, however they interleave.
+        if started.is_some_and(|s| s >= since || s.elapsed() < MIN_PROBE_SPACING) {
             drop(started);
             return self.tenant(tenant).await.ok().map(|t| t.state);
         }
