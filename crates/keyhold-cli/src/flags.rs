@@ -255,7 +255,8 @@ pub enum AuditCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print the audit public key of a running server (base64), to verify exports with.
+    /// Print the audit public key (base64), to verify exports with: of the server at
+    /// --url, or without one the key `serve` wrote in the data dir.
     PublicKey {
         /// Server and token.
         #[command(flatten)]

@@ -199,7 +199,7 @@ pub fn key(cmd: KeyCmd) -> Result<ExitCode> {
 }
 
 /// `audit export` writes JSON lines; `audit verify` exits 2 on a broken chain.
-pub fn audit(cmd: AuditCmd) -> Result<ExitCode> {
+pub fn audit(data_dir: &Path, cmd: AuditCmd) -> Result<ExitCode> {
     rt()?.block_on(async {
         match cmd {
             AuditCmd::Export { tenant, client } => {
@@ -271,9 +271,17 @@ pub fn audit(cmd: AuditCmd) -> Result<ExitCode> {
                 }
             }
             AuditCmd::Verify { .. } => bail!("give --tenant (through the server) or --file with --public-key"),
-            AuditCmd::PublicKey { client } => {
+            AuditCmd::PublicKey { client } if client.url.as_deref().is_some_and(|u| !u.is_empty()) => {
                 let v = Client::new(&client)?.call(Method::GET, "/v1/audit/public-key", None).await?;
                 println!("{}", v.get("public_key").and_then(Value::as_str).unwrap_or_default());
+                Ok(ExitCode::SUCCESS)
+            }
+            AuditCmd::PublicKey { .. } => {
+                // Without a server: the public key `serve` wrote beside the signing key.
+                let path = data_dir.join(keyhold_server::serve::AUDIT_PUBLIC_KEY_FILE);
+                let key = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {} (written by `keyhold serve`)", path.display()))?;
+                println!("{}", key.trim());
                 Ok(ExitCode::SUCCESS)
             }
         }

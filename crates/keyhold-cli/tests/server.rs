@@ -312,10 +312,13 @@ fn a_tenant_verifies_its_export_offline() {
     let out = verify(&file, key.trim());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
-    // The key may also be given as a file.
-    let key_file = d.join("audit.pub");
-    std::fs::write(&key_file, &key).unwrap();
+    // The key may also be given as a file: the one `serve` writes in the data dir holds
+    // the same key, and `audit public-key` without a server prints it.
+    let key_file = d.join("audit-signing.pub");
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), key.trim());
     assert_eq!(verify(&file, key_file.to_str().unwrap()).status.code(), Some(0));
+    let local = String::from_utf8(ok(run(d, &["audit", "public-key"], b"", &[("KEYHOLD_URL", "")]))).unwrap();
+    assert_eq!(local.trim(), key.trim());
 
     let text = String::from_utf8(export).unwrap();
     let lines: Vec<&str> = text.lines().collect();

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "tests")]
 
+use std::future::Future as _;
 use std::sync::Arc;
 
 use keyhold_audit::{AuditKey, Auditor, Event};
@@ -139,4 +140,33 @@ async fn probes_are_recorded_on_change_only() {
     // And no provider-call event for any of the 16 probe round trips.
     assert!(!events(&f, "acme").await.iter().any(|e| matches!(e, Event::ProviderCall { context: Some(c), .. }
         if c.get("purpose").map(String::as_str) == Some(keyhold_lifecycle::monitor::PROBE_PURPOSE))));
+}
+
+/// A caller that goes away (a client disconnecting cancels its request's future) cannot
+/// stop a state change half way: the deletion, its event and the shredding of the
+/// tenant's local keys all complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_caller_cannot_stop_a_deletion_half_way() {
+    let f = fx().await;
+    let k = active(&f, "acme").await;
+    {
+        // Polled once, then dropped: what a cancelled request does to its future.
+        let id = tid("acme");
+        let mut call = std::pin::pin!(f.lifecycle.delete_tenant("admin", &id));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(call.as_mut().poll(&mut cx).is_pending(), "the deletion had not finished at the first poll");
+    }
+    let mut deleted = false;
+    for _ in 0..100 {
+        if f.lifecycle.tenant(&tid("acme")).await.unwrap().state == TenantState::Deleted {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(deleted);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let d = f.local.describe_key(&keyhold_core::KeyRef::parse(&k).unwrap()).unwrap();
+    assert_eq!(d.state.name(), "PendingDeletion");
+    assert!(events(&f, "acme").await.iter().any(|e| matches!(e, Event::TenantState { to, .. } if to == "deleted")));
 }

@@ -52,6 +52,10 @@ pub struct ServeConfig {
 /// The audit signing key's file in the data dir (Ed25519, PKCS#8, mode 0600).
 pub const AUDIT_KEY_FILE: &str = "audit-signing.key";
 
+/// The audit public key's file in the data dir (base64, written at every start), for
+/// operators and tenants to verify exports with.
+pub const AUDIT_PUBLIC_KEY_FILE: &str = "audit-signing.pub";
+
 /// The default [`ServeConfig::usage_flush_interval`].
 pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -136,6 +140,12 @@ pub async fn build(
         )));
     }
     let audit_key = Arc::new(AuditKey::load_or_create(&key_path).map_err(|e| ServeError::AuditKey(e.to_string()))?);
+    {
+        use base64::Engine as _;
+        let public = base64::engine::general_purpose::STANDARD.encode(audit_key.public_key());
+        let path = config.data_dir.join(AUDIT_PUBLIC_KEY_FILE);
+        std::fs::write(&path, format!("{public}\n")).map_err(|e| ServeError::DataDir(path, e))?;
+    }
     let auditor = Auditor::new(registry.clone(), audit_key).with_genesis_rule();
     if new_key {
         // Trails from before heads were signed are adopted once, when the key is born.
