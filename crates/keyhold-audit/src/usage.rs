@@ -50,12 +50,6 @@ impl UsageCounter {
         self.add(tenant, purpose, service, now_ms, 0, n);
     }
 
-    /// Counts `encrypts` and `decrypts` for a purpose given as text (the request path has
-    /// it from a message header, already checked against the service's purposes).
-    pub fn count(&self, tenant: &TenantId, purpose: &str, service: &str, now_ms: u64, encrypts: u64, decrypts: u64) {
-        self.add_str(tenant, purpose, service, now_ms, encrypts, decrypts);
-    }
-
     /// Puts back the counts of a drained event whose write failed, so the next flush
     /// writes them.
     pub fn restore(&self, tenant: &TenantId, event: &Event) {
@@ -67,16 +61,12 @@ impl UsageCounter {
     }
 
     fn add(&self, tenant: &TenantId, purpose: &Purpose, service: &str, now_ms: u64, enc: u64, dec: u64) {
-        self.add_str(tenant, purpose.as_str(), service, now_ms, enc, dec);
-    }
-
-    fn add_str(&self, tenant: &TenantId, purpose: &str, service: &str, now_ms: u64, enc: u64, dec: u64) {
         let start_ms = now_ms - now_ms % MINUTE_MS;
         KEY.with_borrow_mut(|key| {
             key.clear();
             key.push_str(tenant.as_str());
             key.push(SEP);
-            key.push_str(purpose);
+            key.push_str(purpose.as_str());
             key.push(SEP);
             key.push_str(service);
             let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

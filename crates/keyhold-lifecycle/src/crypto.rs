@@ -1,13 +1,12 @@
 //! Serving a tenant's encrypt and decrypt requests: the checks before any key is used
-//! (service purposes, context size, tenant state, the journal's health), decryption that
+//! (service purposes, tenant state, the journal's health; the service core checks the
+//! context's size and reserved keys), decryption that
 //! asks only keys of the tenant's history, and the reaction to a refusal, which is a
 //! probe, never a state change decided by the request.
 
 use std::time::Instant;
 
-use keyhold_core::{
-    EncryptionContext, MAX_CONTEXT_BYTES, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, TenantId,
-};
+use keyhold_core::{EncryptionContext, Purpose, RESERVED_PURPOSE_KEY, TenantId};
 use keyhold_envelope::{AlgorithmSuite, Header};
 use keyhold_provider::ErrorClass;
 use keyhold_registry::{Purposes, TenantState};
@@ -29,7 +28,7 @@ pub struct Decrypted {
     /// The authenticated header (purpose and caller context).
     pub header: Header,
     /// The purpose it was encrypted for (checked against the calling service's).
-    pub purpose: String,
+    pub purpose: Purpose,
 }
 
 impl Lifecycle {
@@ -47,26 +46,8 @@ impl Lifecycle {
         if !caller.purposes.allows(&purpose) {
             return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
         }
-        for (k, _) in context.iter() {
-            if k == RESERVED_TENANT_KEY || k == RESERVED_PURPOSE_KEY || k.starts_with("aws-crypto-") {
-                return Err(LifecycleError::Invalid(format!("encryption context key {k:?} is reserved")));
-            }
-        }
-        // What the provider will be sent: the caller's pairs plus the reserved ones.
-        let size = context.serialized_len()
-            + if context.is_empty() { 2 } else { 0 }
-            + 4
-            + RESERVED_TENANT_KEY.len()
-            + tenant.as_str().len()
-            + 4
-            + RESERVED_PURPOSE_KEY.len()
-            + purpose.as_str().len();
-        if size > MAX_CONTEXT_BYTES {
-            return Err(LifecycleError::Invalid(format!(
-                "the encryption context is {size} bytes serialized; the limit is {MAX_CONTEXT_BYTES} (AWS KMS's): \
-                 keep context to a few low-cardinality pairs and put the rest in the plaintext"
-            )));
-        }
+        // Reserved keys and the context's size are checked by the service before any key
+        // is asked.
         self.journal.check(&tenant)?;
         let view = self.tenant_view(&tenant).await?;
         servable(&view)?;
@@ -92,7 +73,7 @@ impl Lifecycle {
     }
 
     /// Decrypts `message` of `tenant`, appending the plaintext to `out`. The header is
-    /// checked first (tenant, purpose, context size), then only keys of the tenant's
+    /// checked first (tenant, purpose), then only keys of the tenant's
     /// history are asked.
     pub async fn decrypt(
         &self,
@@ -113,12 +94,6 @@ impl Lifecycle {
         if !caller.purposes.allows(&purpose) {
             return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
         }
-        if header.context_bytes().len() > MAX_CONTEXT_BYTES {
-            return Err(LifecycleError::MalformedCiphertext(format!(
-                "the message's encryption context is {} bytes; keyhold writes at most {MAX_CONTEXT_BYTES}",
-                header.context_bytes().len()
-            )));
-        }
         self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;
@@ -135,8 +110,7 @@ impl Lifecycle {
         }
         match result {
             Ok(header) => {
-                let purpose = header.context_value(RESERVED_PURPOSE_KEY).unwrap_or_default().to_owned();
-                self.journal.usage().count(tenant, &purpose, caller.service, self.now_ms(), 0, 1);
+                self.journal.usage().decrypted(tenant, &purpose, caller.service, self.now_ms(), 1);
                 Ok(Decrypted { header, purpose })
             }
             Err(e) => Err(LifecycleError::from_service(tenant, e)),

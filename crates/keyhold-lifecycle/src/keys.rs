@@ -74,12 +74,7 @@ impl Lifecycle {
         region: &Region,
         key: &str,
     ) -> Result<AttachOutcome, LifecycleError> {
-        let lock = Self::tenant_lock(&self.key_locks, id);
-        let _guard = lock.lock().await;
-        let t = self.tenant(id).await?;
-        if t.state == TenantState::Deleted {
-            return Err(LifecycleError::TenantDeleted(id.clone()));
-        }
+        let (_guard, t) = self.lock_live(id).await?;
         let realm = self.realm_of(&t)?.clone();
         if !realm.regions.contains(region) {
             return Err(LifecycleError::Invalid(format!(
@@ -176,12 +171,7 @@ impl Lifecycle {
     }
 
     async fn validate_now(&self, actor: &str, id: &TenantId) -> Result<Report, LifecycleError> {
-        let lock = Self::tenant_lock(&self.key_locks, id);
-        let _guard = lock.lock().await;
-        let t = self.tenant(id).await?;
-        if t.state == TenantState::Deleted {
-            return Err(LifecycleError::TenantDeleted(id.clone()));
-        }
+        let (_guard, t) = self.lock_live(id).await?;
         self.journal.check(id)?;
         let set = self.active_set(id).await?;
         let report = self.run_validation(&t, &set).await;

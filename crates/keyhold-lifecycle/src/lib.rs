@@ -288,12 +288,7 @@ impl Lifecycle {
     async fn delete_tenant_now(&self, actor: &str, id: &TenantId) -> Result<Tenant, LifecycleError> {
         // Attaches of this tenant wait: none can add a key between the deletion's read of
         // the history and its end.
-        let lock = Self::tenant_lock(&self.key_locks, id);
-        let _guard = lock.lock().await;
-        let t = self.tenant(id).await?;
-        if t.state == TenantState::Deleted {
-            return Err(LifecycleError::TenantDeleted(id.clone()));
-        }
+        let (_guard, t) = self.lock_live(id).await?;
         self.journal.check(id)?;
         self.admin_event(actor, id, "delete_tenant", None).await;
         let reason = "deleted by an admin";
@@ -383,13 +378,10 @@ impl Lifecycle {
         let now = self.now_ms();
         // One reference-count increment on the hot path: the fresh view is returned as
         // taken from the map.
-        let previous = self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned();
-        if let Some(v) = previous.as_ref()
-            && now.saturating_sub(v.loaded_ms) < TENANT_VIEW_TTL_MS
-            && let Some(v) = previous
-        {
-            return Ok(v);
-        }
+        let previous = match self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned() {
+            Some(v) if now.saturating_sub(v.loaded_ms) < TENANT_VIEW_TTL_MS => return Ok(v),
+            stale => stale,
+        };
         let tenant = self.tenant(id).await?;
         let history = self.registry.keys(id).await?;
         let mut active = Vec::new();
@@ -438,6 +430,17 @@ impl Lifecycle {
         let journal = self.journal.clone();
         // In a task of its own: a cancelled caller must not drop what the flush holds.
         let _ = tokio::spawn(async move { journal.flush(all).await }).await;
+    }
+
+    /// Takes the tenant's key lock (attaches, validations and deletion of one tenant run
+    /// one at a time on an instance) and reads the tenant, refusing a deleted one.
+    async fn lock_live(&self, id: &TenantId) -> Result<(tokio::sync::OwnedMutexGuard<()>, Tenant), LifecycleError> {
+        let guard = Self::tenant_lock(&self.key_locks, id).lock_owned().await;
+        let t = self.tenant(id).await?;
+        if t.state == TenantState::Deleted {
+            return Err(LifecycleError::TenantDeleted(id.clone()));
+        }
+        Ok((guard, t))
     }
 
     fn tenant_lock<T: Default>(map: &Mutex<HashMap<TenantId, Arc<T>>>, id: &TenantId) -> Arc<T> {

@@ -230,15 +230,11 @@ impl Registry {
         now_ms: u64,
         genesis: Option<Genesis<'_>>,
     ) -> Result<Tenant> {
-        let started = Instant::now();
-        let mut backoff = APPEND_FIRST_BACKOFF;
+        let mut backoff = Backoff::new();
         loop {
             match self.try_create_tenant(id, realm, mode, role_arn, now_ms, genesis.as_ref()).await {
-                Err(RegistryError::Database(sqlx::Error::Database(e)))
-                    if is_busy(e.as_ref()) && started.elapsed() < APPEND_DEADLINE =>
-                {
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(APPEND_MAX_BACKOFF);
+                Err(RegistryError::Database(sqlx::Error::Database(e))) if is_busy(e.as_ref()) && backoff.more() => {
+                    backoff.wait().await;
                 }
                 other => return other,
             }
@@ -639,18 +635,12 @@ impl Registry {
         chain: impl Fn(&[u8; 32], u64, u64, &str) -> [u8; 32] + Sync,
         sign: impl Fn(Option<&AuditHead>, u64, &[u8; 32]) -> Option<Vec<u8>> + Sync,
     ) -> Result<AuditRow> {
-        let started = Instant::now();
-        let mut backoff = APPEND_FIRST_BACKOFF;
+        let mut backoff = Backoff::new();
         loop {
             match self.try_append(tenant, at_ms, body, &chain, &sign).await {
                 Ok(Some(row)) => return Ok(row),
                 Ok(None) => return Err(RegistryError::HeadNotSigned),
-                Err(sqlx::Error::Database(e)) if is_transient(e.as_ref()) && started.elapsed() < APPEND_DEADLINE => {
-                    // Full jitter: appenders that collided once spread out instead of
-                    // colliding again in lockstep.
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(APPEND_MAX_BACKOFF);
-                }
+                Err(sqlx::Error::Database(e)) if is_transient(e.as_ref()) && backoff.more() => backoff.wait().await,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -864,6 +854,30 @@ fn is_transient(e: &dyn sqlx::error::DatabaseError) -> bool {
 }
 
 /// A pause drawn uniformly from `[0, max]`.
+/// Retries of a write that failed transiently: exponential backoff with full jitter (so
+/// writers that collided once spread out instead of colliding again in lockstep), within
+/// [`APPEND_DEADLINE`].
+struct Backoff {
+    started: Instant,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { started: Instant::now(), next: APPEND_FIRST_BACKOFF }
+    }
+
+    /// Whether another attempt fits in the deadline.
+    fn more(&self) -> bool {
+        self.started.elapsed() < APPEND_DEADLINE
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(jitter(self.next)).await;
+        self.next = (self.next * 2).min(APPEND_MAX_BACKOFF);
+    }
+}
+
 fn jitter(max: Duration) -> Duration {
     // The std hasher's per-instance random keys are randomness enough for spreading
     // retries out; nothing depends on it being unpredictable.

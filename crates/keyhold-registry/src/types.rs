@@ -187,15 +187,6 @@ impl Purposes {
             Purposes::Only(list) => list.contains(purpose),
         }
     }
-
-    /// Whether the purpose spelled `purpose` is allowed (no parsing or allocation: a
-    /// purpose that does not parse is in no list).
-    pub fn allows_str(&self, purpose: &str) -> bool {
-        match self {
-            Purposes::All => true,
-            Purposes::Only(list) => list.iter().any(|p| p.as_str() == purpose),
-        }
-    }
 }
 
 impl fmt::Display for Purposes {

@@ -17,9 +17,17 @@ pub enum ServiceError {
     /// The caller used a reserved context key.
     #[error("encryption context key {0:?} is reserved")]
     ReservedContextKey(String),
-    /// The context cannot be serialized.
-    #[error("the encryption context is malformed or too large")]
-    MalformedContext,
+    /// The encryption context, with the reserved pairs, is larger than a key service
+    /// accepts; nothing was sent to one.
+    #[error(
+        "the encryption context is {size} bytes serialized; the limit is {} (AWS KMS's): keep context to a few \
+         low-cardinality pairs and put the rest in the plaintext",
+        keyhold_core::MAX_CONTEXT_BYTES
+    )]
+    ContextTooLarge {
+        /// Its serialized size.
+        size: usize,
+    },
     /// No provider serves this key reference.
     #[error("no key provider serves key {0}")]
     NoProviderFor(KeyRef),

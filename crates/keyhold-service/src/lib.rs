@@ -30,7 +30,8 @@ use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use keyhold_cache::MaterialsCache;
 use keyhold_core::{
-    Clock, DataKey, EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, Region, TenantId,
+    Clock, DataKey, EncryptionContext, KeyRef, MAX_CONTEXT_BYTES, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY,
+    Region, TenantId,
 };
 use keyhold_envelope::{
     AlgorithmSuite, BodyDecryptor, DecryptConfig, Decrypted, EdkRef, EncryptConfig, EncryptionMaterials, Header,
@@ -202,6 +203,11 @@ impl Keyhold {
         } else {
             None
         };
+        // What the provider is sent, complete: refused before any call when larger than a
+        // key service accepts (and than the audit trail should hold).
+        if context.serialized_len() > MAX_CONTEXT_BYTES {
+            return Err(ServiceError::ContextTooLarge { size: context.serialized_len() });
+        }
         let (data_key, edk) = self
             .provider_for(first)?
             .generate_data_key(first, params.suite.data_key_len(), &context)
@@ -311,6 +317,10 @@ impl Keyhold {
             if !allowed.allows(&key) {
                 foreign = true;
                 continue;
+            }
+            // keyhold never writes a larger context; no key service is asked to bind one.
+            if context_bytes.len() > MAX_CONTEXT_BYTES {
+                return Err(ServiceError::ContextTooLarge { size: context_bytes.len() });
             }
             if failures.iter().any(|f| f.key == key) {
                 continue;

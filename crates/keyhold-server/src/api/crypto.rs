@@ -97,7 +97,7 @@ async fn decrypt_one(state: &AppState, p: &Principal, item: DecryptItem) -> Resu
         .filter(|(k, _)| *k != RESERVED_TENANT_KEY && *k != RESERVED_PURPOSE_KEY)
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    Ok(DecryptOut { plaintext: B64.encode(&plaintext), purpose: d.purpose, context })
+    Ok(DecryptOut { plaintext: B64.encode(&plaintext), purpose: d.purpose.to_string(), context })
 }
 
 /// Encrypts one plaintext for a tenant.
