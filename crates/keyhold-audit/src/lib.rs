@@ -166,6 +166,22 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event's type as it is stored (`provider_call`, `tenant_state`, ...): for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::ProviderCall { .. } => "provider_call",
+            Event::TenantState { .. } => "tenant_state",
+            Event::KeyState { .. } => "key_state",
+            Event::KeyStatus { .. } => "key_status",
+            Event::KeyProbe { .. } => "key_probe",
+            Event::ProbeSummary { .. } => "probe_summary",
+            Event::AdminAction { .. } => "admin_action",
+            Event::Usage { .. } => "usage",
+        }
+    }
+}
+
 fn one() -> u64 {
     1
 }

@@ -42,6 +42,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Key(cmd) => return crate::server_cmds::key(cmd),
         Command::Audit(cmd) => return crate::server_cmds::audit(&cli.data_dir, cmd),
         Command::Service(cmd) => crate::server_cmds::service(&cli.data_dir, cmd)?,
+        Command::AdminKey(cmd) => crate::server_cmds::admin_key(&cli.data_dir, cmd)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,9 +49,13 @@ pub enum Command {
     /// Register the platform services allowed to call keyhold (in the registry directly).
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// The admin key: tokens for admins and tenant admins are signed with it.
+    #[command(name = "admin-key", subcommand)]
+    AdminKey(AdminKeyCmd),
 }
 
-/// `keyhold service` commands.
+/// `keyhold service` commands. They work on the registry directly (`--database-url`, or
+/// the data dir's SQLite); a running server sees a change within its view bound (5 s).
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {
     /// Register a service: creates its Ed25519 key in --data-dir (service-keys/NAME.key) and
@@ -70,12 +74,61 @@ pub enum ServiceCmd {
         #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
-    /// List registered services.
+    /// List registered services: purposes, and each accepted key with its age and expiry.
     List {
         /// The registry's database [default: SQLite in --data-dir].
         #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// Remove a service: its tokens are refused from then on (by a running server within
+    /// its view bound). Its key file in --data-dir is deleted.
+    Remove {
+        /// The service's name.
+        #[arg(long)]
+        name: String,
+        /// The registry's database [default: SQLite in --data-dir].
+        #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Give a service a new key (service-keys/NAME.key; the previous file is kept as
+    /// NAME.key.previous); tokens signed with its previous keys are accepted for --overlap.
+    Rotate {
+        /// The service's name.
+        #[arg(long)]
+        name: String,
+        /// How long the previous keys stay accepted, e.g. 24h, 30m, 0s (a leaked key:
+        /// refuse it at once); at most 30 days.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        overlap: std::time::Duration,
+        /// The registry's database [default: SQLite in --data-dir].
+        #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Replace the purposes a service may use (narrowing is enforced like removal).
+    Purposes {
+        /// The service's name.
+        #[arg(long)]
+        name: String,
+        /// A purpose it may encrypt and decrypt for; repeatable.
+        #[arg(long = "purpose", required_unless_present = "all_purposes")]
+        purposes: Vec<String>,
+        /// Allow every purpose.
+        #[arg(long, conflicts_with = "purposes")]
+        all_purposes: bool,
+        /// The registry's database [default: SQLite in --data-dir].
+        #[arg(long, env = "KEYHOLD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+}
+
+/// `keyhold admin-key` commands.
+#[derive(Debug, Subcommand)]
+pub enum AdminKeyCmd {
+    /// Create the admin key in --data-dir (admin.key, mode 0600) unless it exists, and
+    /// print its public half (base64) for `serve --admin-public-key`.
+    Create,
+    /// Print the public half of the admin key in --data-dir.
+    Show,
 }
 
 /// Where the server is and who calls it.
@@ -98,7 +151,9 @@ pub struct ClientArgs {
 pub struct ServeArgs {
     /// A TOML file with any of: listen, database_url, tls_cert, tls_key,
     /// platform_principal, local_region, realms_file, probe_interval,
-    /// usage_flush_interval_ms.
+    /// usage_flush_interval_ms, admin_public_key, dev, log_format, log_level,
+    /// otlp_endpoint, handshake_timeout, header_timeout, body_timeout, idle_timeout,
+    /// max_connections, max_in_flight.
     #[arg(long, env = "KEYHOLD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8700].
@@ -129,6 +184,56 @@ pub struct ServeArgs {
     /// (`kill -9`) can lose [default: 2000].
     #[arg(long, env = "KEYHOLD_USAGE_FLUSH_INTERVAL_MS")]
     pub usage_flush_interval_ms: Option<u64>,
+    /// The admin public key (Ed25519, base64 or hex, or a file holding it) that verifies
+    /// admin and tenant-admin tokens; required outside the embedded default unless --dev.
+    #[arg(long, env = "KEYHOLD_ADMIN_PUBLIC_KEY")]
+    pub admin_public_key: Option<String>,
+    /// Create development credentials (admin key, `dev` service with every purpose) in
+    /// --data-dir even on PostgreSQL. Never in production.
+    #[arg(long, env = "KEYHOLD_DEV")]
+    pub dev: bool,
+    /// Log format: text (human-readable) or json (one object per line) [default: text].
+    #[arg(long, env = "KEYHOLD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level or filter directives (error, warn, info, debug, trace, or e.g.
+    /// "info,keyhold::request=warn"); RUST_LOG when not given [default: info].
+    #[arg(long, env = "KEYHOLD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318 (spans are posted to /v1/traces).
+    #[arg(long, env = "KEYHOLD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Seconds a TLS handshake may take [default: 10].
+    #[arg(long, env = "KEYHOLD_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<u64>,
+    /// Seconds a request's headers may take to arrive; also how long a keep-alive
+    /// connection waits for its next request [default: 10].
+    #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
+    /// Seconds a request body may take to arrive in full (408 after) [default: 30].
+    #[arg(long, env = "KEYHOLD_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Seconds without a byte moving either way after which a connection is closed
+    /// [default: 60].
+    #[arg(long, env = "KEYHOLD_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Connections served at once; beyond, 503 overloaded (keep under the file-descriptor
+    /// limit, `ulimit -n`) [default: 1024].
+    #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Requests handled at once; beyond, 503 overloaded with Retry-After [default: 512].
+    #[arg(long, env = "KEYHOLD_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+}
+
+/// How the server writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `keyhold token` flags.

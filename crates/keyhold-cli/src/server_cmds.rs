@@ -12,13 +12,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hyper::Method;
 use keyhold_core::{Region, SystemClock};
 use keyhold_server::auth::{ADMIN_ISSUER, MAX_LIFETIME_S, Scope};
+use keyhold_server::conn::Limits;
 use keyhold_server::devcreds;
 use keyhold_server::serve::{ServeConfig, build, run, shutdown_signal};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::client::Client;
-use crate::flags::{AuditCmd, ClientArgs, KeyCmd, ServeArgs, ServiceCmd, TenantCmd, TokenArgs};
+use crate::flags::{AdminKeyCmd, AuditCmd, ClientArgs, KeyCmd, LogFormat, ServeArgs, ServiceCmd, TenantCmd, TokenArgs};
 
 /// The configuration file's keys (all optional; flags and the environment win).
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +34,47 @@ struct ConfigFile {
     realms_file: Option<std::path::PathBuf>,
     probe_interval: Option<u64>,
     usage_flush_interval_ms: Option<u64>,
+    admin_public_key: Option<String>,
+    dev: Option<bool>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    otlp_endpoint: Option<String>,
+    handshake_timeout: Option<u64>,
+    header_timeout: Option<u64>,
+    body_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+}
+
+/// A key given as base64 or hex, or a file holding it.
+fn public_key_arg(value: &str, what: &str) -> Result<Vec<u8>> {
+    let text = match std::fs::read_to_string(value) {
+        Ok(t) => t.trim().to_owned(),
+        Err(_) => value.to_owned(),
+    };
+    Ok(keyhold_audit::parse_public_key(&text).with_context(|| format!("invalid {what}"))?.to_vec())
+}
+
+/// Seconds from a flag, the file or the default; 0 is refused.
+fn seconds(name: &str, value: Option<u64>, default: std::time::Duration) -> Result<std::time::Duration> {
+    match value {
+        Some(0) => bail!("--{name} must be at least 1 second"),
+        Some(s) => Ok(std::time::Duration::from_secs(s)),
+        None => Ok(default),
+    }
+}
+
+/// A database URL as it may be logged: without its password.
+fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let userinfo = rest.get(..at - scheme.len() - 3).unwrap_or_default();
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", url.get(at + 1..).unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
@@ -68,6 +110,39 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         Some(ms) => std::time::Duration::from_millis(ms),
         None => defaults.usage_flush_interval,
     };
+    let telemetry = keyhold_server::telemetry::Telemetry {
+        format: match args.log_format.or(file.log_format) {
+            Some(LogFormat::Json) => keyhold_server::telemetry::LogFormat::Json,
+            Some(LogFormat::Text) | None => keyhold_server::telemetry::LogFormat::Text,
+        },
+        filter: args.log_level.or(file.log_level),
+        otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint).filter(|e| !e.is_empty()),
+    };
+    let d = Limits::default();
+    let limits = Limits {
+        handshake_timeout: seconds(
+            "handshake-timeout",
+            args.handshake_timeout.or(file.handshake_timeout),
+            d.handshake_timeout,
+        )?,
+        header_timeout: seconds("header-timeout", args.header_timeout.or(file.header_timeout), d.header_timeout)?,
+        body_timeout: seconds("body-timeout", args.body_timeout.or(file.body_timeout), d.body_timeout)?,
+        idle_timeout: seconds("idle-timeout", args.idle_timeout.or(file.idle_timeout), d.idle_timeout)?,
+        max_connections: match args.max_connections.or(file.max_connections) {
+            Some(0) => bail!("--max-connections must be at least 1"),
+            Some(n) => n,
+            None => d.max_connections,
+        },
+        max_in_flight: match args.max_in_flight.or(file.max_in_flight) {
+            Some(0) => bail!("--max-in-flight must be at least 1"),
+            Some(n) => n,
+            None => d.max_in_flight,
+        },
+    };
+    let admin_public_key = match args.admin_public_key.or(file.admin_public_key) {
+        Some(k) => Some(public_key_arg(&k, "admin public key")?),
+        None => None,
+    };
     let config = ServeConfig {
         usage_flush_interval,
         database_url: args.database_url.or(file.database_url),
@@ -76,30 +151,62 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         platform_principal: args.platform_principal.or(file.platform_principal),
         local_region,
         probe_interval,
+        limits,
+        dev: args.dev || file.dev.unwrap_or(false),
+        admin_public_key,
         ..defaults
     };
+    let _telemetry = keyhold_server::telemetry::init(&telemetry)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            data_dir = %config.data_dir.display(),
+            registry = %config.database_url.as_deref().map_or_else(|| "sqlite (data dir)".to_owned(), redact_url),
+            listen = %config.listen,
+            tls = config.tls.is_some(),
+            platform_principal = config.platform_principal.as_deref().unwrap_or("none"),
+            local_region = config.local_region.as_ref().map_or("none", |r| r.as_str()),
+            probe_interval_s = config.probe_interval.map_or(0, |d| d.as_secs()),
+            usage_flush_interval_ms = u64::try_from(config.usage_flush_interval.as_millis()).unwrap_or(u64::MAX),
+            handshake_timeout_s = limits.handshake_timeout.as_secs(),
+            header_timeout_s = limits.header_timeout.as_secs(),
+            body_timeout_s = limits.body_timeout.as_secs(),
+            idle_timeout_s = limits.idle_timeout.as_secs(),
+            max_connections = limits.max_connections,
+            max_in_flight = limits.max_in_flight,
+            admin_key = if config.admin_public_key.is_some() { "configured" } else { "data dir" },
+            dev_credentials = config.dev_credentials(),
+            otlp_endpoint = telemetry.otlp_endpoint.as_deref().unwrap_or("none"),
+            "keyhold starting"
+        );
         let (state, created) = build(&config, catalog, Arc::new(SystemClock)).await?;
         if let Some(p) = &created.admin {
-            eprintln!("keyhold: created the development admin key {}", p.display());
+            tracing::info!(path = %p.display(), "created the development admin key");
         }
         if let Some(p) = &created.dev_service {
-            eprintln!("keyhold: created the development service \"dev\" (every purpose), key {}", p.display());
+            tracing::info!(path = %p.display(), "created the development service \"dev\" (every purpose)");
         }
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         run(&config, state, shutdown_signal(), |addr| {
             println!("keyhold listening on {scheme}://{addr}");
-            eprintln!(
-                "keyhold: tokens: keyhold --data-dir {} token --admin | --service dev",
-                config.data_dir.display()
-            );
+            tracing::info!(%addr, scheme, "listening");
+            if config.dev_credentials() {
+                tracing::info!(
+                    "tokens: keyhold --data-dir {} token --admin | --service dev",
+                    config.data_dir.display()
+                );
+            }
             let _ = std::io::stdout().flush();
         })
         .await?;
-        eprintln!("keyhold: stopped");
-        Ok(())
-    })
+        tracing::info!("keyhold stopped");
+        Ok::<(), anyhow::Error>(())
+    });
+    if let Err(e) = &served {
+        tracing::error!(error = format!("{e:#}"), "keyhold stopped on an error");
+    }
+    served
 }
 
 pub fn token(data_dir: &Path, args: TokenArgs) -> Result<()> {
@@ -324,28 +431,18 @@ async fn registry(data_dir: &Path, url: Option<&str>) -> Result<keyhold_registry
     keyhold_registry::Registry::connect(&url).await.context("opening the registry")
 }
 
+fn now_ms() -> Result<u64> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    Ok(u64::try_from(now).unwrap_or(u64::MAX))
+}
+
 pub fn service(data_dir: &Path, cmd: ServiceCmd) -> Result<()> {
+    use keyhold_server::services;
     rt()?.block_on(async {
         match cmd {
             ServiceCmd::Add { name, purposes, all_purposes, database_url } => {
-                if name.is_empty()
-                    || name == ADMIN_ISSUER
-                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    bail!("invalid --name {name:?}: ASCII letters, digits, - and _ (and not {ADMIN_ISSUER})");
-                }
-                let purposes = if all_purposes {
-                    keyhold_registry::Purposes::All
-                } else {
-                    keyhold_registry::Purposes::Only(
-                        purposes
-                            .iter()
-                            .map(|p| {
-                                keyhold_core::Purpose::parse(p).with_context(|| format!("invalid --purpose {p:?}"))
-                            })
-                            .collect::<Result<_>>()?,
-                    )
-                };
+                services::check_name(&name)?;
+                let purposes = services::purposes(&purposes, all_purposes)?;
                 let reg = registry(data_dir, database_url.as_deref()).await?;
                 if reg.service(&name).await?.is_some() {
                     bail!("service {name:?} is already registered");
@@ -353,23 +450,101 @@ pub fn service(data_dir: &Path, cmd: ServiceCmd) -> Result<()> {
                 std::fs::create_dir_all(data_dir)?;
                 let path = devcreds::service_key_path(data_dir, &name);
                 let key = devcreds::write_new_key(&path)?;
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
-                reg.put_service(&keyhold_registry::ServiceIdentity {
-                    name: name.clone(),
-                    public_key: key.public_key(),
-                    purposes: purposes.clone(),
-                    created_ms: u64::try_from(now).unwrap_or(u64::MAX),
-                })
-                .await?;
+                services::register(&reg, &name, &purposes, &key.public_key(), now_ms()?).await?;
                 println!("service {name} (purposes {purposes}) registered; its key is {}", path.display());
             }
             ServiceCmd::List { database_url } => {
-                println!("{:<24} PURPOSES", "SERVICE");
+                let now = now_ms()?;
+                println!("{:<24} {:<32} {:<18} {:>10} EXPIRES", "SERVICE", "PURPOSES", "KEY", "AGE");
                 for s in registry(data_dir, database_url.as_deref()).await?.services().await? {
-                    println!("{:<24} {}", s.name, s.purposes);
+                    for k in s.accepted_keys(now) {
+                        let age = humantime::format_duration(std::time::Duration::from_secs(
+                            now.saturating_sub(k.created_ms) / 1000,
+                        ));
+                        let expires = match k.expires_ms {
+                            None => "never".to_owned(),
+                            Some(e) => format!(
+                                "in {}",
+                                humantime::format_duration(std::time::Duration::from_secs(
+                                    e.saturating_sub(now) / 1000
+                                ))
+                            ),
+                        };
+                        println!(
+                            "{:<24} {:<32} {:<18} {:>10} {expires}",
+                            s.name,
+                            s.purposes.to_string(),
+                            k.id,
+                            age.to_string()
+                        );
+                    }
                 }
+            }
+            ServiceCmd::Remove { name, database_url } => {
+                let reg = registry(data_dir, database_url.as_deref()).await?;
+                services::remove(&reg, &name).await?;
+                let path = devcreds::service_key_path(data_dir, &name);
+                for p in [path.clone(), path.with_extension("key.previous")] {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+                    }
+                }
+                println!("service {name} removed: its tokens are refused (by running servers within 5 s)");
+            }
+            ServiceCmd::Rotate { name, overlap, database_url } => {
+                services::check_name(&name)?;
+                let reg = registry(data_dir, database_url.as_deref()).await?;
+                if reg.service(&name).await?.is_none() {
+                    bail!("no service named {name:?} is registered");
+                }
+                // The new key is written beside the current one first; the registry learns
+                // it next; only then does it take the current key's file name.
+                let path = devcreds::service_key_path(data_dir, &name);
+                let fresh = path.with_extension("key.new");
+                let _ = std::fs::remove_file(&fresh);
+                let key = devcreds::write_new_key(&fresh)?;
+                let s = services::rotate(&reg, &name, &key.public_key(), overlap.as_secs(), now_ms()?).await?;
+                if path.exists() {
+                    std::fs::rename(&path, path.with_extension("key.previous"))
+                        .with_context(|| format!("keeping the previous key {}", path.display()))?;
+                }
+                std::fs::rename(&fresh, &path).with_context(|| format!("installing the new key {}", path.display()))?;
+                println!(
+                    "service {name}: new key {} in {}; previous keys accepted for {} more",
+                    keyhold_registry::service_key_id(&key.public_key()),
+                    path.display(),
+                    humantime::format_duration(overlap)
+                );
+                let _ = s;
+            }
+            ServiceCmd::Purposes { name, purposes, all_purposes, database_url } => {
+                let purposes = services::purposes(&purposes, all_purposes)?;
+                let reg = registry(data_dir, database_url.as_deref()).await?;
+                let s = services::set_purposes(&reg, &name, &purposes).await?;
+                println!("service {name} may now use purposes {}", s.purposes);
             }
         }
         Ok(())
     })
+}
+
+pub fn admin_key(data_dir: &Path, cmd: AdminKeyCmd) -> Result<()> {
+    use base64::Engine as _;
+    let path = devcreds::admin_key_path(data_dir);
+    let key = match cmd {
+        AdminKeyCmd::Create if !path.exists() => {
+            std::fs::create_dir_all(data_dir)?;
+            let key = devcreds::write_new_key(&path)?;
+            eprintln!(
+                "created the admin key {} (keep it secret; `keyhold token --admin` signs with it)",
+                path.display()
+            );
+            key
+        }
+        AdminKeyCmd::Create | AdminKeyCmd::Show => devcreds::read_key(&path)?,
+    };
+    println!("{}", base64::engine::general_purpose::STANDARD.encode(key.public_key()));
+    Ok(())
 }

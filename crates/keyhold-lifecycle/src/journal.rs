@@ -116,6 +116,7 @@ impl Journal {
             Ok(seq) => Ok(seq),
             Err(e) => {
                 self.metrics.audit_failure();
+                tracing::error!(tenant = %tenant, kind = event.kind(), error = %e, "audit write failed: the key use is refused");
                 Err(e)
             }
         }
@@ -125,8 +126,12 @@ impl Journal {
     /// refuses requests until it is written.
     pub async fn record_or_queue(&self, tenant: &TenantId, event: Event) {
         let at = self.clock.now_millis();
-        if self.auditor.record(tenant, at, &event).await.is_err() {
+        if let Err(e) = self.auditor.record(tenant, at, &event).await {
             self.metrics.audit_failure();
+            tracing::error!(
+                tenant = %tenant, kind = event.kind(), error = %e,
+                "audit write failed: the event is queued and the tenant's requests are refused until it is written"
+            );
             lock(&self.pending).push((tenant.clone(), at, event));
             self.mark_behind(tenant);
         }
@@ -243,6 +248,10 @@ impl Journal {
         }
         if !behind.is_empty() {
             self.metrics.audit_failure();
+            tracing::error!(
+                tenants = behind.len(),
+                "audit flush failed: those tenants' requests are refused until it succeeds"
+            );
         }
         // Events queued while this flush ran keep their tenants behind.
         for (t, _, _) in lock(&self.pending).iter() {

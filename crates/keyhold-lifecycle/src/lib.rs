@@ -346,6 +346,27 @@ impl Lifecycle {
     /// What follows a committed transition: the view refreshed, cached keys dropped on
     /// suspension or deletion, the one event written.
     async fn after_transition(&self, from: &Tenant, to: TenantState, cause: Cause, reason: Option<&str>) {
+        let (tenant, was, cause_s, why) =
+            (from.id.as_str(), from.state.as_str(), cause.to_string(), reason.unwrap_or(""));
+        match to {
+            TenantState::Suspended => {
+                tracing::warn!(tenant, from = was, to = "suspended", cause = cause_s, reason = why, "tenant suspended");
+            }
+            TenantState::Active if matches!(from.state, TenantState::Suspended | TenantState::Degraded) => {
+                tracing::info!(tenant, from = was, to = "active", cause = cause_s, reason = why, "tenant resumed");
+            }
+            TenantState::Degraded => {
+                tracing::warn!(tenant, from = was, to = "degraded", cause = cause_s, reason = why, "tenant degraded");
+            }
+            _ => tracing::info!(
+                tenant,
+                from = was,
+                to = to.as_str(),
+                cause = cause_s,
+                reason = why,
+                "tenant state changed"
+            ),
+        }
         self.forget_view(&from.id);
         if matches!(to, TenantState::Suspended | TenantState::Deleted) {
             self.keyhold.flush_tenant(&from.id);

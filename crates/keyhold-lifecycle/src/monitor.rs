@@ -212,6 +212,12 @@ impl Lifecycle {
         if !changed {
             return;
         }
+        match result {
+            Ok(()) => tracing::info!(tenant = %tenant, key = %key, outcome = code, "key probe outcome changed"),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, key = %key, outcome = code, error = %e, "key probe outcome changed")
+            }
+        }
         let check = match result {
             Ok(()) => KeyCheck::Valid,
             Err(e) if e.class() == ErrorClass::Revoked => KeyCheck::Revoked,

@@ -36,8 +36,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use types::{
-    AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, Tenant, TenantKey, TenantMode,
-    TenantState,
+    AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
+    TenantMode, TenantState,
 };
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -96,6 +96,12 @@ pub enum RegistryError {
     /// keyhold).
     #[error("the registry holds an invalid value: {0}")]
     Corrupt(String),
+    /// A service with this name is registered already.
+    #[error("service {0:?} is already registered")]
+    ServiceExists(String),
+    /// No service with this name is registered.
+    #[error("no service named {0:?} is registered")]
+    ServiceNotFound(String),
     /// The caller's signing function could not sign a new audit head, so the event was not
     /// stored.
     #[error("the new audit head could not be signed; the event was not stored")]
@@ -587,36 +593,178 @@ impl Registry {
             .collect()
     }
 
-    /// Registers (or replaces) a service identity.
-    pub async fn put_service(&self, s: &ServiceIdentity) -> Result<()> {
-        sqlx::query(
+    /// Registers a new service identity with its first key; refuses a name in use.
+    pub async fn add_service(
+        &self,
+        name: &str,
+        purposes: &Purposes,
+        public_key: &[u8],
+        now_ms: u64,
+    ) -> Result<ServiceIdentity> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
             "INSERT INTO service_identities (name, public_key, purposes, created_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, purposes = excluded.purposes",
+             ON CONFLICT (name) DO NOTHING",
         )
-        .bind(s.name.as_str())
-        .bind(s.public_key.clone())
-        .bind(s.purposes.to_string())
-        .bind(ms(s.created_ms))
-        .execute(&self.pool)
+        .bind(name)
+        .bind(public_key.to_vec())
+        .bind(purposes.to_string())
+        .bind(ms(now_ms))
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        if inserted.rows_affected() == 0 {
+            return Err(RegistryError::ServiceExists(name.to_owned()));
+        }
+        insert_service_key(&mut tx, name, public_key, now_ms).await?;
+        tx.commit().await?;
+        self.service(name).await?.ok_or_else(|| RegistryError::ServiceNotFound(name.to_owned()))
     }
 
-    /// One service identity.
-    pub async fn service(&self, name: &str) -> Result<Option<ServiceIdentity>> {
-        let row = sqlx::query("SELECT name, public_key, purposes, created_ms FROM service_identities WHERE name = $1")
+    /// Registers a service identity, or replaces its purposes and adds `public_key` to its
+    /// keys when it exists (the development `dev` service at every start).
+    pub async fn put_service(&self, name: &str, purposes: &Purposes, public_key: &[u8], now_ms: u64) -> Result<()> {
+        match self.add_service(name, purposes, public_key, now_ms).await {
+            Ok(_) => Ok(()),
+            Err(RegistryError::ServiceExists(_)) => {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("UPDATE service_identities SET purposes = $2 WHERE name = $1")
+                    .bind(name)
+                    .bind(purposes.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let id = service_key_id(public_key);
+                let known = sqlx::query("SELECT 1 FROM service_keys WHERE service = $1 AND key_id = $2")
+                    .bind(name)
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if known.is_none() {
+                    insert_service_key(&mut tx, name, public_key, now_ms).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rotates a service's key: `public_key` becomes its newest key, and every older key
+    /// is accepted `overlap_ms` more at most (an earlier expiry stays). Keys already
+    /// expired are dropped. Returns the service as it is now.
+    pub async fn rotate_service_key(
+        &self,
+        name: &str,
+        public_key: &[u8],
+        overlap_ms: u64,
+        now_ms: u64,
+    ) -> Result<ServiceIdentity> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query("UPDATE service_identities SET public_key = $2 WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .bind(public_key.to_vec())
+            .execute(&mut *tx)
             .await?;
-        row.as_ref().map(service_from_row).transpose()
+        if updated.rows_affected() == 0 {
+            return Err(RegistryError::ServiceNotFound(name.to_owned()));
+        }
+        let until = ms(now_ms.saturating_add(overlap_ms));
+        sqlx::query(
+            "UPDATE service_keys SET expires_ms = $2 WHERE service = $1 AND (expires_ms IS NULL OR expires_ms > $2)",
+        )
+        .bind(name)
+        .bind(until)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM service_keys WHERE service = $1 AND expires_ms IS NOT NULL AND expires_ms <= $2")
+            .bind(name)
+            .bind(ms(now_ms))
+            .execute(&mut *tx)
+            .await?;
+        let id = service_key_id(public_key);
+        sqlx::query("DELETE FROM service_keys WHERE service = $1 AND key_id = $2")
+            .bind(name)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_service_key(&mut tx, name, public_key, now_ms).await?;
+        tx.commit().await?;
+        self.service(name).await?.ok_or_else(|| RegistryError::ServiceNotFound(name.to_owned()))
     }
 
-    /// Every service identity, by name.
-    pub async fn services(&self) -> Result<Vec<ServiceIdentity>> {
-        let rows = sqlx::query("SELECT name, public_key, purposes, created_ms FROM service_identities ORDER BY name")
-            .fetch_all(&self.pool)
+    /// Replaces what a service may use.
+    pub async fn set_service_purposes(&self, name: &str, purposes: &Purposes) -> Result<ServiceIdentity> {
+        let updated = sqlx::query("UPDATE service_identities SET purposes = $2 WHERE name = $1")
+            .bind(name)
+            .bind(purposes.to_string())
+            .execute(&self.pool)
             .await?;
-        rows.iter().map(service_from_row).collect()
+        if updated.rows_affected() == 0 {
+            return Err(RegistryError::ServiceNotFound(name.to_owned()));
+        }
+        self.service(name).await?.ok_or_else(|| RegistryError::ServiceNotFound(name.to_owned()))
+    }
+
+    /// Removes a service and its keys; returns whether it existed.
+    pub async fn remove_service(&self, name: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM service_keys WHERE service = $1").bind(name).execute(&mut *tx).await?;
+        let removed =
+            sqlx::query("DELETE FROM service_identities WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(removed.rows_affected() > 0)
+    }
+
+    /// One service identity with its keys.
+    pub async fn service(&self, name: &str) -> Result<Option<ServiceIdentity>> {
+        Ok(self.services_where(Some(name)).await?.into_iter().next())
+    }
+
+    /// Every service identity with its keys, by name.
+    pub async fn services(&self) -> Result<Vec<ServiceIdentity>> {
+        self.services_where(None).await
+    }
+
+    async fn services_where(&self, name: Option<&str>) -> Result<Vec<ServiceIdentity>> {
+        let (filter_s, filter_k) = match name {
+            Some(_) => (" WHERE name = $1", " WHERE service = $1"),
+            None => ("", ""),
+        };
+        let services = format!("SELECT name, purposes, created_ms FROM service_identities{filter_s} ORDER BY name");
+        let keys = format!(
+            "SELECT service, key_id, public_key, created_ms, expires_ms FROM service_keys{filter_k} \
+             ORDER BY service, created_ms, key_id"
+        );
+        let (srows, krows) = match name {
+            Some(n) => (
+                sqlx::query(&services).bind(n).fetch_all(&self.pool).await?,
+                sqlx::query(&keys).bind(n).fetch_all(&self.pool).await?,
+            ),
+            None => {
+                (sqlx::query(&services).fetch_all(&self.pool).await?, sqlx::query(&keys).fetch_all(&self.pool).await?)
+            }
+        };
+        let mut out = Vec::with_capacity(srows.len());
+        for r in &srows {
+            out.push(ServiceIdentity {
+                name: r.try_get(0)?,
+                purposes: parse(r, 1, Purposes::from_str)?,
+                created_ms: unms(r.try_get(2)?),
+                keys: Vec::new(),
+            });
+        }
+        for r in &krows {
+            let service: String = r.try_get(0)?;
+            let key = ServiceKey {
+                id: r.try_get(1)?,
+                public_key: r.try_get(2)?,
+                created_ms: unms(r.try_get(3)?),
+                expires_ms: r.try_get::<Option<i64>, _>(4)?.map(unms),
+            };
+            if let Some(s) = out.iter_mut().find(|s| s.name == service) {
+                s.keys.push(key);
+            }
+        }
+        Ok(out)
     }
 
     /// Appends an event to `tenant`'s audit trail. `chain(prev_hash, seq, at_ms, body)`
@@ -813,13 +961,27 @@ fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
     })
 }
 
-fn service_from_row(r: &AnyRow) -> Result<ServiceIdentity> {
-    Ok(ServiceIdentity {
-        name: r.try_get(0)?,
-        public_key: r.try_get(1)?,
-        purposes: parse(r, 2, Purposes::from_str)?,
-        created_ms: unms(r.try_get(3)?),
-    })
+/// A service key's id: the first 8 bytes of its public key, in hex.
+pub fn service_key_id(public_key: &[u8]) -> String {
+    public_key.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+async fn insert_service_key(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    name: &str,
+    public_key: &[u8],
+    now_ms: u64,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO service_keys (service, key_id, public_key, created_ms, expires_ms) VALUES ($1, $2, $3, $4, NULL)",
+    )
+    .bind(name)
+    .bind(service_key_id(public_key))
+    .bind(public_key.to_vec())
+    .bind(ms(now_ms))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn parse<T, E: std::fmt::Display>(r: &AnyRow, i: usize, f: impl Fn(&str) -> std::result::Result<T, E>) -> Result<T> {

@@ -198,17 +198,38 @@ impl fmt::Display for Purposes {
     }
 }
 
-/// A platform service allowed to call keyhold, authenticated by its Ed25519 public key.
+/// A platform service allowed to call keyhold, authenticated by its Ed25519 keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceIdentity {
     /// Its name (the `iss` of its tokens).
     pub name: String,
-    /// Its Ed25519 public key (32 bytes).
-    pub public_key: Vec<u8>,
     /// What it may use.
     pub purposes: Purposes,
     /// Registration time (ms since the Unix epoch).
     pub created_ms: u64,
+    /// Its keys, oldest first: the newest has no expiry; older ones are accepted until
+    /// theirs (the overlap of a rotation).
+    pub keys: Vec<ServiceKey>,
+}
+
+impl ServiceIdentity {
+    /// The keys a token may verify against at `now_ms`.
+    pub fn accepted_keys(&self, now_ms: u64) -> impl Iterator<Item = &ServiceKey> {
+        self.keys.iter().filter(move |k| k.expires_ms.is_none_or(|e| e > now_ms))
+    }
+}
+
+/// One of a service's Ed25519 public keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceKey {
+    /// Its id: the first 8 bytes of the public key, hex.
+    pub id: String,
+    /// The public key (32 bytes).
+    pub public_key: Vec<u8>,
+    /// When it was added (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When it stops being accepted (after a rotation); `None` for the current key.
+    pub expires_ms: Option<u64>,
 }
 
 /// One stored audit event.

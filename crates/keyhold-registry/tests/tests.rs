@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use keyhold_registry::{
-    AuditHead, Backend, Cause, KeyCheck, KeyStatus, Purposes, Registry, RegistryError, ServiceIdentity, TenantMode,
-    TenantState,
+    AuditHead, Backend, Cause, KeyCheck, KeyStatus, Purposes, Registry, RegistryError, TenantMode, TenantState,
 };
 
 /// A registry on `backend`, with the directory that must outlive it (SQLite).
@@ -214,25 +213,50 @@ async fn key_history(backend: Backend) {
 
 async fn service_identities(backend: Backend) {
     let (reg, _dir) = registry(backend).await;
-    let billing = ServiceIdentity {
-        name: "billing".into(),
-        public_key: vec![7; 32],
-        purposes: Purposes::Only(vec![Purpose::parse("invoices").unwrap(), Purpose::parse("cards").unwrap()]),
-        created_ms: 5,
-    };
-    let dev = ServiceIdentity { name: "dev".into(), public_key: vec![9; 32], purposes: Purposes::All, created_ms: 6 };
-    reg.put_service(&billing).await.unwrap();
-    reg.put_service(&dev).await.unwrap();
+    let only = Purposes::Only(vec![Purpose::parse("invoices").unwrap(), Purpose::parse("cards").unwrap()]);
+    let billing = reg.add_service("billing", &only, &[7; 32], 5).await.unwrap();
+    assert_eq!((billing.purposes.clone(), billing.created_ms), (only.clone(), 5));
+    assert_eq!(billing.keys.len(), 1);
+    assert_eq!((billing.keys[0].id.as_str(), billing.keys[0].expires_ms), ("0707070707070707", None));
+    assert!(matches!(
+        reg.add_service("billing", &Purposes::All, &[1; 32], 6).await,
+        Err(RegistryError::ServiceExists(n)) if n == "billing"
+    ));
+    reg.put_service("dev", &Purposes::All, &[9; 32], 6).await.unwrap();
+    // put_service is idempotent for the same key.
+    reg.put_service("dev", &Purposes::All, &[9; 32], 7).await.unwrap();
+    assert_eq!(reg.service("dev").await.unwrap().unwrap().keys.len(), 1);
     assert_eq!(reg.service("billing").await.unwrap().unwrap(), billing);
     assert_eq!(reg.service("nobody").await.unwrap(), None);
-    assert_eq!(reg.services().await.unwrap(), [billing.clone(), dev.clone()]);
+    assert_eq!(reg.services().await.unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["billing", "dev"]);
     let s = reg.service("billing").await.unwrap().unwrap();
     assert!(s.purposes.allows(&Purpose::parse("cards").unwrap()));
     assert!(!s.purposes.allows(&Purpose::parse("hr").unwrap()));
-    assert!(reg.service("dev").await.unwrap().unwrap().purposes.allows(&Purpose::parse("hr").unwrap()));
-    // Re-registering replaces the key.
-    reg.put_service(&ServiceIdentity { public_key: vec![8; 32], ..billing }).await.unwrap();
-    assert_eq!(reg.service("billing").await.unwrap().unwrap().public_key, vec![8; 32]);
+
+    // Rotation: the new key is current, the old one accepted for the overlap only.
+    let rotated = reg.rotate_service_key("billing", &[8; 32], 1_000, 100).await.unwrap();
+    let ids: Vec<_> = rotated.accepted_keys(100).map(|k| k.id.as_str()).collect();
+    assert_eq!(ids, ["0707070707070707", "0808080808080808"]);
+    assert_eq!(rotated.keys[0].expires_ms, Some(1_100));
+    assert_eq!(rotated.accepted_keys(1_100).map(|k| k.id.as_str()).collect::<Vec<_>>(), ["0808080808080808"]);
+    // A second rotation never extends an earlier expiry, and drops keys already expired.
+    let again = reg.rotate_service_key("billing", &[6; 32], 5_000, 1_200).await.unwrap();
+    assert_eq!(
+        again.keys.iter().map(|k| (k.id.as_str(), k.expires_ms)).collect::<Vec<_>>(),
+        [("0808080808080808", Some(6_200)), ("0606060606060606", None)]
+    );
+    assert!(matches!(reg.rotate_service_key("nobody", &[1; 32], 0, 1).await, Err(RegistryError::ServiceNotFound(_))));
+
+    // Narrowing and removal.
+    let hr = Purposes::Only(vec![Purpose::parse("hr").unwrap()]);
+    assert_eq!(reg.set_service_purposes("billing", &hr).await.unwrap().purposes, hr);
+    assert!(reg.remove_service("billing").await.unwrap());
+    assert!(!reg.remove_service("billing").await.unwrap());
+    assert_eq!(reg.service("billing").await.unwrap(), None);
+    assert_eq!(reg.execute_raw("DELETE FROM service_keys WHERE service = 'billing'").await.unwrap(), 0);
+    // A removed name can be registered again, with no key of its former life.
+    let back = reg.add_service("billing", &Purposes::All, &[5; 32], 9).await.unwrap();
+    assert_eq!(back.keys.len(), 1);
 }
 
 async fn audit_is_chained_and_paged(backend: Backend) {

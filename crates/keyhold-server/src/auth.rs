@@ -24,6 +24,8 @@ pub const AUDIENCE: &str = "keyhold";
 pub const ADMIN_ISSUER: &str = "keyhold-admin";
 /// The longest lifetime a token may have (10 minutes).
 pub const MAX_LIFETIME_S: u64 = 600;
+/// The longest token accepted: anything longer is refused before any work.
+pub const MAX_TOKEN_BYTES: usize = 8 << 10;
 /// Clock skew tolerated on `iat` and `exp`.
 const SKEW_S: u64 = 30;
 
@@ -113,9 +115,6 @@ pub enum TokenError {
     /// Issued in the future.
     #[error("the token is issued in the future; check the issuer's clock")]
     NotYetValid,
-    /// No such service.
-    #[error("no service named {0:?} is registered")]
-    UnknownIssuer(String),
     /// Bad signature.
     #[error("the token's signature does not verify against the issuer's registered key")]
     Signature,
@@ -174,6 +173,12 @@ impl SigningKey {
             tenant: tenant.map(str::to_owned),
         })
     }
+}
+
+/// The SHA-256 of a token: how the verified-token cache knows it without holding it.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    <[u8; 32]>::try_from(d.as_ref()).unwrap_or([0; 32])
 }
 
 /// Reads a token's claims without verifying them (to find the issuer's key).

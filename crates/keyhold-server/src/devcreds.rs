@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyhold_registry::{Purposes, Registry, ServiceIdentity};
+use keyhold_registry::{Purposes, Registry};
 
 use crate::auth::{SigningKey, TokenError};
 
@@ -76,9 +76,10 @@ pub struct Created {
     pub dev_service: Option<PathBuf>,
 }
 
-/// The admin key of `data_dir`, created if missing; and, when the registry has no service
-/// yet, the `dev` service (every purpose) with its key. Returns the admin key's public
-/// half and what was created.
+/// The development credentials of `data_dir`: the admin key, created if missing, and
+/// the `dev` service (every purpose) with its key, registered when the registry has no
+/// service yet. Only for the embedded default or an explicit `--dev`. Returns the admin
+/// key's public half and what was created.
 pub async fn ensure(data_dir: &Path, registry: &Registry, now_ms: u64) -> Result<(Vec<u8>, Created), CredError> {
     let mut created = Created::default();
     let admin_path = admin_key_path(data_dir);
@@ -92,14 +93,7 @@ pub async fn ensure(data_dir: &Path, registry: &Registry, now_ms: u64) -> Result
     if registry.services().await?.is_empty() {
         let path = service_key_path(data_dir, DEV_SERVICE);
         let key = if path.exists() { read_key(&path)? } else { write_new_key(&path)? };
-        registry
-            .put_service(&ServiceIdentity {
-                name: DEV_SERVICE.to_owned(),
-                public_key: key.public_key(),
-                purposes: Purposes::All,
-                created_ms: now_ms,
-            })
-            .await?;
+        registry.put_service(DEV_SERVICE, &Purposes::All, &key.public_key(), now_ms).await?;
         created.dev_service = Some(path);
     }
     Ok((admin.public_key(), created))

@@ -21,6 +21,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// What happened and what to do, without secrets.
     pub message: String,
+    /// Seconds the client should wait before retrying (`Retry-After`), for overload and
+    /// rate limits.
+    pub retry_after_s: Option<u32>,
 }
 
 /// The error body.
@@ -46,7 +49,21 @@ pub struct ErrorDetail {
 impl ApiError {
     /// An error with `status` and `code`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after_s: None }
+    }
+
+    /// 503 `overloaded` with `Retry-After`: keyhold is at its connection or in-flight
+    /// request limit.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_s: Some(crate::conn::RETRY_AFTER_S),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
+    }
+
+    /// 408 `request_timeout`: the request body did not arrive in time.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
     }
 
     /// 400 `invalid_request`.
@@ -83,7 +100,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
+        resp
     }
 }
 
@@ -97,8 +118,24 @@ impl From<RegistryError> for ApiError {
             RegistryError::TenantDeleted(t) => {
                 Self::new(StatusCode::GONE, "tenant_deleted", format!("tenant {t} was deleted"))
             }
+            RegistryError::ServiceExists(s) => {
+                Self::new(StatusCode::CONFLICT, "service_exists", format!("service {s:?} is already registered"))
+            }
+            RegistryError::ServiceNotFound(s) => {
+                Self::new(StatusCode::NOT_FOUND, "service_not_found", format!("no service named {s:?} is registered"))
+            }
             // The database's own text stays in the log: it can name tables and values.
             _ => Self::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", "the registry failed; retry"),
+        }
+    }
+}
+
+impl From<crate::services::ServiceError> for ApiError {
+    fn from(e: crate::services::ServiceError) -> Self {
+        match e {
+            crate::services::ServiceError::Registry(r) => r.into(),
+            crate::services::ServiceError::KeyGeneration => Self::internal(),
+            other => Self::invalid(other.to_string()),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! keyhold's HTTP API v1 on axum: what platform services call (encrypt, decrypt) and
 //! operators and tenant administrators use (tenants, keys, validation, audit).
 //!
-//! - [`api`]: the handlers; [`router`] wires them with request metrics and JSON 404s.
+//! - [`api`]: the handlers; [`router`] wires them with the edge middleware (request id,
+//!   in-flight limit, one log line and metrics per request) and JSON 404s.
+//! - [`conn`]: the accept loop, TLS handshakes, timeouts and connection limits.
 //! - [`auth`]: Ed25519 JWTs for services (verified against each service's registered key)
 //!   and for the admin and tenant admins (verified against the admin key).
 //! - [`error`]: `{"error":{"code","message"}}`, status from the variant.
@@ -9,6 +11,8 @@
 //!   decision about a tenant, the admin key and the verified-token cache.
 //! - [`devcreds`]: the development admin key and `dev` service a fresh data dir gets.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
+//! - [`services`]: service identities' lifecycle (register, rotate, narrow, remove).
+//! - [`telemetry`]: logs (text or JSON) and OTLP trace export.
 //! - [`serve`]: assembling the state from configuration, listening (plain or [`tls`]),
 //!   graceful shutdown.
 
@@ -16,21 +20,28 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod devcreds;
 pub mod error;
 pub mod openapi;
 pub mod serve;
+pub mod services;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 
 use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use tracing::Instrument as _;
 
 pub use state::AppState;
 
@@ -51,6 +62,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants/{id}/audit/verify", get(api::audit_verify))
         .route("/v1/tenants/{id}/audit/checkpoint", get(api::audit_checkpoint))
         .route("/v1/audit/public-key", get(api::audit_public_key))
+        .route("/v1/services", post(api::create_service).get(api::list_services))
+        .route("/v1/services/{name}", get(api::get_service).delete(api::delete_service))
+        .route("/v1/services/{name}/purposes", put(api::set_service_purposes))
+        .route("/v1/services/{name}/rotate", post(api::rotate_service))
         .route("/v1/encrypt", post(api::encrypt))
         .route("/v1/decrypt", post(api::decrypt))
         .route("/v1/encrypt/batch", post(api::encrypt_batch))
@@ -61,16 +76,93 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .fallback(|| async { error::ApiError::no_route() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
 
-/// Counts every request by matched route and status, with its latency.
-async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
+/// The request-id header: accepted from the client when it is 1 to 128 characters of
+/// `A-Za-z0-9._:-`, generated otherwise, and returned on every response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Routes served even when [`conn::Limits::max_in_flight`] requests are in flight, so
+/// liveness checks and metrics keep answering under overload.
+const EXEMPT_ROUTES: [&str; 2] = ["/healthz", "/metrics"];
+
+/// The edge of every request: its id, the in-flight limit, a `request` span that handlers
+/// add the tenant and service to, one log line, and metrics by matched route and status.
+async fn edge(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let resp = next.run(req).await.into_response();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    state.metrics().request(route, resp.status().as_u16(), started.elapsed());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let id = request_id(req.headers().get(&REQUEST_ID));
+    let span = tracing::info_span!(
+        "request",
+        id = id.to_str().unwrap_or_default(),
+        method = %req.method(),
+        route,
+        tenant = tracing::field::Empty,
+        service = tracing::field::Empty,
+        auth_error = tracing::field::Empty,
+    );
+    let permit = if EXEMPT_ROUTES.contains(&route) {
+        None
+    } else {
+        match state.in_flight.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let _in = span.enter();
+                tracing::warn!(max_in_flight = state.limits.max_in_flight, "overloaded: request refused");
+                let mut resp = error::ApiError::overloaded(
+                    "keyhold is handling its maximum number of requests; retry after the Retry-After delay",
+                )
+                .into_response();
+                finish(&state, &span, route, started, &mut resp, id);
+                return resp;
+            }
+        }
+    };
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    drop(permit);
+    finish(&state, &span, route, started, &mut resp, id);
     resp
+}
+
+/// The request's log line and metrics, and its id on the response.
+fn finish(state: &AppState, span: &tracing::Span, route: &str, started: Instant, resp: &mut Response, id: HeaderValue) {
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics().request(route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            target: "keyhold::request",
+            status,
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    });
+    resp.headers_mut().insert(REQUEST_ID, id);
+}
+
+/// The client's request id when well-formed, or a new one: this process's random prefix
+/// and a counter.
+fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = given
+        && (1..=128).contains(&v.len())
+        && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+    {
+        return v.clone();
+    }
+    static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+        let mut b = [0u8; 8];
+        // Without randomness the prefix is the start time: ids stay unique per process.
+        if aws_lc_rs::rand::fill(&mut b).is_err() {
+            return std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        }
+        u64::from_le_bytes(b)
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::try_from(format!("{:016x}-{n:x}", *PREFIX)).unwrap_or(HeaderValue::from_static("unknown"))
 }

@@ -20,6 +20,7 @@ use keyhold_registry::Registry;
 use keyhold_service::Settings;
 
 use crate::AppState;
+use crate::conn::Limits;
 use crate::devcreds::{self, Created};
 
 /// How to run.
@@ -47,6 +48,56 @@ pub struct ServeConfig {
     /// How often usage counts (and other events held in memory) are written to the audit
     /// trail: the most a `kill -9` can lose.
     pub usage_flush_interval: Duration,
+    /// Timeouts and connection limits of the HTTP edge.
+    pub limits: Limits,
+    /// Create development credentials (admin key, `dev` service) in the data dir even
+    /// outside the embedded default.
+    pub dev: bool,
+    /// The admin public key (Ed25519, 32 bytes) that verifies admin and tenant-admin
+    /// tokens; when set, no development credentials are created.
+    pub admin_public_key: Option<Vec<u8>>,
+}
+
+/// The SQLite registry's file in the data dir (the embedded default).
+pub const REGISTRY_FILE: &str = "registry.db";
+
+impl ServeConfig {
+    /// Whether development credentials are created: on the embedded default (SQLite in the
+    /// data dir) or with [`ServeConfig::dev`], and never when an admin key is configured.
+    pub fn dev_credentials(&self) -> bool {
+        self.admin_public_key.is_none() && (self.dev || self.database_url.is_none())
+    }
+}
+
+/// Makes the data dir readable by its owner only: the directory 0700, the registry's
+/// files 0600 (created so before SQLite opens them; its WAL and shared-memory files take
+/// the database file's mode). Looser modes found on existing files are tightened, with a
+/// log line each.
+pub fn secure_data_dir(dir: &std::path::Path, embedded_registry: bool) -> Result<(), ServeError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let fail = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |e| ServeError::DataDir(path, e)
+    };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fail(dir))?;
+    let tighten = |path: &std::path::Path, mode: u32| -> Result<(), ServeError> {
+        let Ok(meta) = std::fs::metadata(path) else { return Ok(()) };
+        let found = meta.permissions().mode() & 0o777;
+        if found & !mode != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail(path))?;
+            tracing::info!(path = %path.display(), from = format!("{found:o}"), to = format!("{mode:o}"), "permissions tightened");
+        }
+        Ok(())
+    };
+    tighten(dir, 0o700)?;
+    let db = dir.join(REGISTRY_FILE);
+    if embedded_registry && !db.exists() {
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&db).map_err(fail(&db))?;
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        tighten(&dir.join(format!("{REGISTRY_FILE}{suffix}")), 0o600)?;
+    }
+    Ok(())
 }
 
 /// The audit signing key's file in the data dir (Ed25519, PKCS#8, mode 0600).
@@ -75,6 +126,9 @@ impl ServeConfig {
             aws: None,
             probe_interval: Some(keyhold_lifecycle::monitor::DEFAULT_INTERVAL),
             usage_flush_interval: DEFAULT_USAGE_FLUSH,
+            limits: Limits::default(),
+            dev: false,
+            admin_public_key: None,
         }
     }
 }
@@ -100,6 +154,13 @@ pub enum ServeError {
     /// The audit signing key could not be read or created.
     #[error("audit signing key: {0}")]
     AuditKey(String),
+    /// Not the embedded default, no `--dev`, and no admin key configured.
+    #[error(
+        "no admin key: outside the embedded default (SQLite in the data dir) keyhold creates no development \
+         credentials; set admin_public_key (--admin-public-key, KEYHOLD_ADMIN_PUBLIC_KEY; `keyhold admin-key create` \
+         makes one), or pass --dev for development credentials in the data dir"
+    )]
+    NoAdminKey,
     /// Listening or serving.
     #[error("listening on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
@@ -114,13 +175,17 @@ pub async fn build(
     catalog: RealmCatalog,
     clock: Arc<dyn Clock>,
 ) -> Result<(Arc<AppState>, Created), ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::DataDir(config.data_dir.clone(), e))?;
+    secure_data_dir(&config.data_dir, config.database_url.is_none())?;
     let url = match &config.database_url {
         Some(u) => u.clone(),
-        None => format!("sqlite://{}", config.data_dir.join("registry.db").display()),
+        None => format!("sqlite://{}", config.data_dir.join(REGISTRY_FILE).display()),
     };
     let registry = Registry::connect(&url).await?;
-    let (admin_public_key, created) = devcreds::ensure(&config.data_dir, &registry, clock.now_millis()).await?;
+    let (admin_public_key, created) = match (&config.admin_public_key, config.dev_credentials()) {
+        (Some(key), _) => (key.clone(), Created::default()),
+        (None, true) => devcreds::ensure(&config.data_dir, &registry, clock.now_millis()).await?,
+        (None, false) => return Err(ServeError::NoAdminKey),
+    };
     let local = LocalKms::open(&config.data_dir).map_err(|e| ServeError::Local(e.to_string()))?;
     let aws = Arc::new(match &config.aws {
         Some(sdk) => TenantRouter::new(sdk, AwsKmsConfig::default()),
@@ -164,7 +229,7 @@ pub async fn build(
         local_region: config.local_region.clone(),
         clock,
     });
-    let state = AppState::new(lifecycle, admin_public_key);
+    let state = AppState::new(lifecycle, admin_public_key, config.limits);
     Ok((Arc::new(state), created))
 }
 
@@ -176,6 +241,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
+    let tls = match &config.tls {
+        None => None,
+        Some((cert, key)) => Some(crate::tls::acceptor(cert, key).map_err(ServeError::Tls)?),
+    };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServeError::Listen(config.listen, e))?;
     let addr = listener.local_addr().map_err(|e| ServeError::Listen(config.listen, e))?;
@@ -193,19 +262,13 @@ pub async fn run(
     let monitor = config.probe_interval.map(|i| keyhold_lifecycle::monitor::spawn(state.lifecycle.clone(), i));
     let app = crate::router(state.clone());
     ready(addr);
-    let served = match &config.tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Some((cert, key)) => {
-            let acceptor = crate::tls::acceptor(cert, key).map_err(ServeError::Tls)?;
-            axum::serve(crate::tls::TlsListener::new(listener, acceptor), app).with_graceful_shutdown(shutdown).await
-        }
-    };
+    crate::conn::serve(listener, tls, app, config.limits, shutdown).await;
     flusher.abort();
     if let Some(m) = monitor {
         m.abort();
     }
     state.lifecycle.flush(true).await;
-    served.map_err(|e| ServeError::Listen(addr, e))
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,13 +1,36 @@
 //! The server's shared state: the lifecycle layer (which holds the registry, the audit
-//! journal, the service core and the tenant views), the admin key, and the cache of
-//! verified tokens. Nothing here decides anything about a tenant.
+//! journal, the service core and the tenant views), the admin key, the edge's limits, the
+//! directory of service identities, and the cache of verified tokens. Nothing here decides
+//! anything about a tenant.
+//!
+//! **Service directory.** Every registered service with its purposes and accepted keys,
+//! read from the registry in one query and trusted for at most
+//! [`keyhold_lifecycle::TENANT_VIEW_TTL_MS`]: a service removed, narrowed or rotated
+//! through any instance is enforced by every instance within that bound, and a flood of
+//! tokens naming unknown services costs no registry query.
+//!
+//! **Token cache.** A verified token is remembered by its SHA-256 digest (never the token
+//! itself) with its expiry and the key that verified it, so a request skips the signature
+//! check but never the directory: a cached service token is honoured only while its
+//! service and that key are still accepted, with the purposes the directory holds now. The
+//! cache holds at most [`TOKEN_CACHE_BYTES`] bytes of entries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use keyhold_lifecycle::{Lifecycle, Metrics};
+use keyhold_core::TenantId;
+use keyhold_lifecycle::{Lifecycle, Metrics, TENANT_VIEW_TTL_MS};
+use keyhold_registry::{Purposes, RegistryError, ServiceIdentity};
+use tokio::sync::Semaphore;
 
-use crate::auth::Principal;
+use crate::conn::Limits;
+
+/// How soon a token naming a service the directory does not know sends keyhold back to
+/// the registry.
+pub const UNKNOWN_SERVICE_RELOAD_MS: u64 = 1_000;
+
+/// The most bytes the verified-token cache holds (entries are about 100 bytes).
+pub const TOKEN_CACHE_BYTES: usize = 8 << 20;
 
 /// Shared state behind every handler.
 pub struct AppState {
@@ -15,13 +38,86 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// The admin public key (verifies admin and tenant-admin tokens).
     pub admin_public_key: Vec<u8>,
-    tokens: RwLock<HashMap<String, (Principal, u64)>>,
+    /// The edge's timeouts and limits.
+    pub limits: Limits,
+    /// Permits for requests in flight ([`Limits::max_in_flight`]).
+    pub in_flight: Semaphore,
+    services: RwLock<Arc<Directory>>,
+    services_reload: tokio::sync::Mutex<()>,
+    tokens: RwLock<TokenCache>,
+}
+
+/// A service as the directory holds it.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    /// Its name.
+    pub name: Arc<str>,
+    /// What it may use, now.
+    pub purposes: Arc<Purposes>,
+    /// Its keys: (id, public key, accepted until ms; `None` = no expiry).
+    pub keys: Vec<(String, Vec<u8>, Option<u64>)>,
+}
+
+impl ServiceEntry {
+    /// Whether the key `id` is accepted at `now_ms`.
+    pub fn accepts(&self, id: &str, now_ms: u64) -> bool {
+        self.keys.iter().any(|(k, _, exp)| k == id && exp.is_none_or(|e| e > now_ms))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Directory {
+    loaded_ms: Option<u64>,
+    by_name: HashMap<String, Arc<ServiceEntry>>,
+}
+
+/// What a cached token proved.
+#[derive(Debug, Clone)]
+pub enum Proven {
+    /// An admin token.
+    Admin,
+    /// A tenant admin's token.
+    TenantAdmin(TenantId),
+    /// A service token, verified by its key `key_id`.
+    Service {
+        /// The service.
+        name: Arc<str>,
+        /// The key that verified it.
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct TokenCache {
+    entries: HashMap<[u8; 32], (Proven, u64)>,
+    bytes: usize,
+    /// When expired entries were last swept (s): at most one sweep a second, so a full
+    /// cache costs one pass per second, not one per request.
+    swept_s: u64,
+}
+
+fn entry_bytes(p: &Proven) -> usize {
+    let variable = match p {
+        Proven::Admin => 0,
+        Proven::TenantAdmin(t) => t.as_str().len(),
+        Proven::Service { key_id, .. } => key_id.len(),
+    };
+    32 + std::mem::size_of::<(Proven, u64)>() + variable + 16
 }
 
 impl AppState {
     /// Assembles the state.
-    pub fn new(lifecycle: Arc<Lifecycle>, admin_public_key: Vec<u8>) -> Self {
-        Self { lifecycle, admin_public_key, tokens: RwLock::new(HashMap::new()) }
+    pub fn new(lifecycle: Arc<Lifecycle>, admin_public_key: Vec<u8>, limits: Limits) -> Self {
+        let in_flight = Semaphore::new(limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS));
+        Self {
+            lifecycle,
+            admin_public_key,
+            limits,
+            in_flight,
+            services: RwLock::new(Arc::new(Directory::default())),
+            services_reload: tokio::sync::Mutex::new(()),
+            tokens: RwLock::new(TokenCache::default()),
+        }
     }
 
     /// Now, in ms since the Unix epoch.
@@ -34,21 +130,79 @@ impl AppState {
         self.lifecycle.metrics()
     }
 
-    /// A verified principal for `token`, if it was verified before and has not expired.
-    pub fn cached_principal(&self, token: &str, now_s: u64) -> Option<Principal> {
-        let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tokens.get(token).filter(|(_, exp)| *exp > now_s).map(|(p, _)| p.clone())
+    /// The service `name` as the directory holds it (read again from the registry when
+    /// older than the view bound); `None` when no such service is registered.
+    pub async fn service(&self, name: &str) -> Result<Option<Arc<ServiceEntry>>, RegistryError> {
+        let now = self.now_ms();
+        // A known name is trusted for the view bound; an unknown one sends keyhold back to
+        // the registry at most once a second (a service just registered is seen within a
+        // second, and a flood of made-up names costs one query a second).
+        let usable = |d: &Directory| -> Option<Option<Arc<ServiceEntry>>> {
+            let age = now.saturating_sub(d.loaded_ms?);
+            match d.by_name.get(name) {
+                Some(e) if age < TENANT_VIEW_TTL_MS => Some(Some(e.clone())),
+                None if age < UNKNOWN_SERVICE_RELOAD_MS => Some(None),
+                _ => None,
+            }
+        };
+        if let Some(found) = usable(&self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            return Ok(found);
+        }
+        // One reload at a time: the others wait for it and use its result.
+        let _reload = self.services_reload.lock().await;
+        if let Some(found) = usable(&self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            return Ok(found);
+        }
+        let all = self.lifecycle.registry().services().await?;
+        let dir = Arc::new(Directory { loaded_ms: Some(now), by_name: all.into_iter().map(directory_entry).collect() });
+        *self.services.write().unwrap_or_else(std::sync::PoisonError::into_inner) = dir.clone();
+        Ok(dir.by_name.get(name).cloned())
     }
 
-    /// Remembers a verified token until it expires (bounded: expired entries are swept
-    /// when the map grows).
-    pub fn cache_principal(&self, token: &str, principal: Principal, exp_s: u64, now_s: u64) {
-        let mut tokens = self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if tokens.len() >= 10_000 {
-            tokens.retain(|_, (_, exp)| *exp > now_s);
-        }
-        if tokens.len() < 10_000 {
-            tokens.insert(token.to_owned(), (principal, exp_s));
-        }
+    /// Forgets the directory (after a change made through this instance), so the next
+    /// request reads the registry.
+    pub fn forget_services(&self) {
+        *self.services.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Directory::default());
     }
+
+    /// What the token with `digest` proved, if it was verified before and has not expired.
+    pub fn cached_token(&self, digest: &[u8; 32], now_s: u64) -> Option<Proven> {
+        let cache = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.entries.get(digest).filter(|(_, exp)| *exp > now_s).map(|(p, _)| p.clone())
+    }
+
+    /// Remembers a verified token until it expires, within [`TOKEN_CACHE_BYTES`]: when
+    /// full, expired entries are swept, and if it is still full the token is not cached
+    /// (it is verified again next time).
+    pub fn cache_token(&self, digest: [u8; 32], proven: Proven, exp_s: u64, now_s: u64) {
+        let size = entry_bytes(&proven);
+        let mut cache = self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.bytes + size > TOKEN_CACHE_BYTES && cache.swept_s < now_s {
+            cache.swept_s = now_s;
+            cache.entries.retain(|_, (_, exp)| *exp > now_s);
+            cache.bytes = cache.entries.values().map(|(p, _)| entry_bytes(p)).sum();
+        }
+        if cache.bytes + size > TOKEN_CACHE_BYTES {
+            return;
+        }
+        if let Some((old, _)) = cache.entries.insert(digest, (proven, exp_s)) {
+            cache.bytes -= entry_bytes(&old);
+        }
+        cache.bytes += size;
+    }
+
+    /// How many tokens and bytes the cache holds.
+    pub fn token_cache_size(&self) -> (usize, usize) {
+        let cache = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (cache.entries.len(), cache.bytes)
+    }
+}
+
+fn directory_entry(s: ServiceIdentity) -> (String, Arc<ServiceEntry>) {
+    let entry = ServiceEntry {
+        name: s.name.as_str().into(),
+        purposes: Arc::new(s.purposes),
+        keys: s.keys.into_iter().map(|k| (k.id, k.public_key, k.expires_ms)).collect(),
+    };
+    (s.name, Arc::new(entry))
 }

@@ -405,6 +405,7 @@ async fn two_instances_and_32_writers_lose_no_audit_event_on_postgres() {
     let config = keyhold_server::serve::ServeConfig {
         database_url: Some(url),
         probe_interval: None,
+        dev: true,
         ..keyhold_server::serve::ServeConfig::embedded(a.dir.path())
     };
     let (b_state, _) =

@@ -8,17 +8,18 @@
 //! - [`keys`]: attach a key, the key history, validation.
 //! - [`crypto`]: encrypt and decrypt, one at a time or in batches.
 //! - [`audit`]: the trail, its verification, signed checkpoints.
+//! - [`services`]: service identities: register, list, purposes, key rotation, removal.
 //! - [`ops`]: health, readiness, metrics.
 
 pub mod audit;
 pub mod crypto;
 pub mod keys;
 pub mod ops;
+pub mod services;
 pub mod tenants;
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -26,79 +27,191 @@ use keyhold_core::TenantId;
 
 use crate::auth::{self, Principal, Scope};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Proven};
 
 pub use audit::*;
 pub use crypto::*;
 pub use keys::*;
 pub use ops::*;
+pub use services::*;
 pub use tenants::*;
 
 /// Shared state as handlers see it.
 pub type Shared = State<Arc<AppState>>;
 
-/// A JSON body whose rejections (bad JSON, missing fields, wrong types) are answered as
-/// `invalid_request` in keyhold's error format.
+/// A JSON body, read under [`crate::conn::Limits::body_timeout`] and at most
+/// [`crate::MAX_BODY`] bytes, whose every rejection is an error in keyhold's format: a
+/// body that is not `application/json` is `415 unsupported_media_type`, one that arrives
+/// too slowly `408 request_timeout`, one too large `413 payload_too_large`, bad JSON or
+/// missing fields or wrong types `400 invalid_request`.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", rejection.body_text())
-                }
-                _ => ApiError::invalid(rejection.body_text()),
-            }),
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim();
+                m.eq_ignore_ascii_case("application/json")
+                    || (m.len() > 5 && m.get(m.len() - 5..).is_some_and(|t| t.eq_ignore_ascii_case("+json")))
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request body must be JSON: send Content-Type: application/json",
+            ));
         }
+        let bytes = read_body(req.into_body(), crate::MAX_BODY, state.limits.body_timeout).await?;
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes, which must arrive within `timeout`.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::request_timeout(format!(
+            "the request body did not arrive within {} s; send it faster or in smaller requests",
+            timeout.as_secs()
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over {limit} bytes; split it into smaller requests"),
+        )),
+        // The client went away or sent a malformed body (bad chunked encoding).
+        Ok(Err(e)) => Err(ApiError::invalid(format!("the request body could not be read: {e}"))),
     }
 }
 
 impl FromRequestParts<Arc<AppState>> for Principal {
     type Rejection = ApiError;
 
+    /// Every authentication failure gets the same answer, so a caller learns nothing
+    /// about which services exist or what was wrong; the reason goes to the request's log
+    /// line (`auth_error`).
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("missing Authorization: Bearer <token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be Bearer <token>"))?
-            .trim();
-        let now_s = state.now_ms() / 1000;
-        if let Some(p) = state.cached_principal(token, now_s) {
-            return Ok(p);
+        match authenticate(parts, state).await {
+            Ok(p) => {
+                if let Principal::Service { name, .. } = &p {
+                    tracing::Span::current().record("service", name.as_ref());
+                }
+                Ok(p)
+            }
+            Err(Refused::Registry(e)) => Err(e.into()),
+            Err(Refused::Token(reason)) => {
+                tracing::Span::current().record("auth_error", reason.as_str());
+                tracing::debug!(reason = reason.as_str(), "authentication failed");
+                Err(ApiError::unauthenticated(UNAUTHENTICATED))
+            }
         }
-        let claims = auth::unverified_claims(token).map_err(|e| ApiError::unauthenticated(e.to_string()))?;
-        let (principal, key) = match claims.scope {
-            Scope::Service => {
-                let service = state.lifecycle.registry().service(&claims.iss).await?.ok_or_else(|| {
-                    ApiError::unauthenticated(auth::TokenError::UnknownIssuer(claims.iss.clone()).to_string())
-                })?;
-                (
-                    Principal::Service { name: service.name.into(), purposes: Arc::new(service.purposes) },
-                    service.public_key,
-                )
+    }
+}
+
+/// The one answer to every authentication failure.
+pub const UNAUTHENTICATED: &str =
+    "this call needs a valid, unexpired bearer token (Authorization: Bearer <token>) issued to a registered caller";
+
+/// Why a request was not authenticated.
+enum Refused {
+    /// The token is missing or does not prove anything (the reason, for the log).
+    Token(String),
+    /// The directory of services could not be read: retryable, not the caller's fault.
+    Registry(keyhold_registry::RegistryError),
+}
+
+async fn authenticate(parts: &Parts, state: &Arc<AppState>) -> Result<Principal, Refused> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| Refused::Token("no Authorization header".into()))?;
+    if header.len() > auth::MAX_TOKEN_BYTES + 7 {
+        return Err(Refused::Token(format!("token of {} bytes, over the limit", header.len())));
+    }
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| Refused::Token("the Authorization header is not Bearer <token>".into()))?
+        .trim();
+    let now_ms = state.now_ms();
+    let now_s = now_ms / 1000;
+    let digest = auth::token_digest(token);
+    let proven = match state.cached_token(&digest, now_s) {
+        Some(p) => p,
+        None => {
+            let (proven, exp) = verify_token(token, state, now_ms).await?;
+            state.cache_token(digest, proven.clone(), exp, now_s);
+            proven
+        }
+    };
+    match proven {
+        Proven::Admin => Ok(Principal::Admin),
+        Proven::TenantAdmin(t) => Ok(Principal::TenantAdmin(t)),
+        Proven::Service { name, key_id } => {
+            // The directory, not the cache, says whether the service and its key are still
+            // accepted, and with which purposes.
+            let entry = state
+                .service(&name)
+                .await
+                .map_err(Refused::Registry)?
+                .ok_or_else(|| Refused::Token(format!("service {name:?} is no longer registered")))?;
+            if !entry.accepts(&key_id, now_ms) {
+                return Err(Refused::Token(format!("key {key_id} of service {name:?} is no longer accepted")));
             }
-            Scope::Admin => (Principal::Admin, state.admin_public_key.clone()),
-            Scope::TenantAdmin => {
-                let tenant = claims
-                    .tenant
-                    .as_deref()
-                    .and_then(|t| TenantId::parse(t).ok())
-                    .ok_or_else(|| ApiError::unauthenticated("a tenant-admin token must name a valid tenant"))?;
-                (Principal::TenantAdmin(tenant), state.admin_public_key.clone())
+            Ok(Principal::Service { name: entry.name.clone(), purposes: entry.purposes.clone() })
+        }
+    }
+}
+
+/// Verifies a token not seen before: what it proves and its expiry (s).
+async fn verify_token(token: &str, state: &Arc<AppState>, now_ms: u64) -> Result<(Proven, u64), Refused> {
+    let now_s = now_ms / 1000;
+    let claims = auth::unverified_claims(token).map_err(|e| Refused::Token(e.to_string()))?;
+    match claims.scope {
+        Scope::Service => {
+            let entry = state
+                .service(&claims.iss)
+                .await
+                .map_err(Refused::Registry)?
+                .ok_or_else(|| Refused::Token(format!("no service named {:?} is registered", claims.iss)))?;
+            let mut last = auth::TokenError::Signature;
+            for (id, key, expires) in &entry.keys {
+                if expires.is_some_and(|e| e <= now_ms) {
+                    continue;
+                }
+                match auth::verify(token, key, now_s) {
+                    Ok(v) => return Ok((Proven::Service { name: entry.name.clone(), key_id: id.clone() }, v.exp)),
+                    Err(e) => last = e,
+                }
             }
-        };
-        let verified = auth::verify(token, &key, now_s).map_err(|e| ApiError::unauthenticated(e.to_string()))?;
-        state.cache_principal(token, principal.clone(), verified.exp, now_s);
-        Ok(principal)
+            Err(Refused::Token(format!("service {:?}: {last}", claims.iss)))
+        }
+        Scope::Admin => {
+            let v = auth::verify(token, &state.admin_public_key, now_s).map_err(|e| Refused::Token(e.to_string()))?;
+            Ok((Proven::Admin, v.exp))
+        }
+        Scope::TenantAdmin => {
+            let tenant = claims
+                .tenant
+                .as_deref()
+                .and_then(|t| TenantId::parse(t).ok())
+                .ok_or_else(|| Refused::Token("a tenant-admin token must name a valid tenant".into()))?;
+            let v = auth::verify(token, &state.admin_public_key, now_s).map_err(|e| Refused::Token(e.to_string()))?;
+            Ok((Proven::TenantAdmin(tenant), v.exp))
+        }
     }
 }
 
@@ -122,5 +235,7 @@ pub(crate) fn manages(p: &Principal, tenant: &TenantId) -> Result<(), ApiError> 
 
 /// A tenant id from the request.
 pub(crate) fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(s).map_err(|e| ApiError::invalid(format!("invalid tenant id: {e}")))
+    let t = TenantId::parse(s).map_err(|e| ApiError::invalid(format!("invalid tenant id: {e}")))?;
+    tracing::Span::current().record("tenant", t.as_str());
+    Ok(t)
 }

@@ -1,0 +1,307 @@
+//! Connection handling for `keyhold serve`: the accept loop, TLS handshakes, HTTP/1.1 with
+//! timeouts, and the limits that keep a flood of slow or idle clients from taking the
+//! server down.
+//!
+//! Every accepted connection gets a task of its own: a TLS handshake runs there, under
+//! [`Limits::handshake_timeout`], so a client that opens a socket and sends nothing blocks
+//! no one. hyper then reads requests with [`Limits::header_timeout`] (a request's headers
+//! must arrive within it, and a keep-alive connection waiting for its next request is
+//! closed after it); a connection on which no byte moves either way for
+//! [`Limits::idle_timeout`] is closed (a client that stops reading its response, a stalled
+//! upload); request bodies are read under [`Limits::body_timeout`] by the JSON extractor.
+//!
+//! At most [`Limits::max_connections`] connections are served at once. Beyond that a small
+//! overflow ([`OVERFLOW_CONNECTIONS`]) is answered `503 overloaded` with `Retry-After`
+//! and closed, and anything past the overflow is closed at once, so file descriptors stay
+//! bounded. Requests in flight are bounded by [`Limits::max_in_flight`] in the router (see
+//! [`crate::router`]).
+//!
+//! Shutdown: the accept loop stops, every connection finishes the request it is serving
+//! (hyper's graceful shutdown), and the loop waits for them up to [`DRAIN_TIMEOUT`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// Connections answered `503 overloaded` when [`Limits::max_connections`] are in use; past
+/// these, new connections are closed at once.
+pub const OVERFLOW_CONNECTIONS: usize = 64;
+
+/// How long shutdown waits for open connections to finish their requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The seconds a client is told to wait (`Retry-After`) when keyhold is overloaded.
+pub const RETRY_AFTER_S: u32 = 1;
+
+/// Timeouts and limits of the HTTP edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// The longest a request's headers may take to arrive; also how long a keep-alive
+    /// connection waits for its next request.
+    pub header_timeout: Duration,
+    /// The longest a request body may take to arrive in full (answered `408
+    /// request_timeout`).
+    pub body_timeout: Duration,
+    /// A connection on which no byte is read or written for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Requests handled at once; past this, `503 overloaded` with `Retry-After`.
+    pub max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_in_flight: 512,
+        }
+    }
+}
+
+/// Serves `app` on `listener` (through `tls` when given) until `shutdown` completes, then
+/// lets open connections finish their requests (up to [`DRAIN_TIMEOUT`]).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_errors = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: let the condition pass; say so
+                    // once in a while, not for every attempt.
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        tracing::warn!(error = %e, count = accept_errors, "accepting a connection failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (permit, overloaded) = match slots.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => match overflow.clone().try_acquire_owned() {
+                Ok(p) => (p, true),
+                Err(_) => {
+                    tracing::debug!(%peer, "connection closed at once: connection limit and overflow reached");
+                    continue;
+                }
+            },
+        };
+        if overloaded {
+            tracing::debug!(%peer, max_connections = max, "connection limit reached: answering 503 overloaded");
+        }
+        let (tls, app, stop) = (tls.clone(), app.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            connection(tcp, peer, tls, app, limits, stop, overloaded).await;
+            drop(permit);
+        });
+    }
+    let _ = stop_tx.send(true);
+    drop(listener);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "shutdown: connections still open after the drain timeout");
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+    overloaded: bool,
+) {
+    match tls {
+        None => http(tcp, peer, app, limits, stop, overloaded).await,
+        Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => http(stream, peer, app, limits, stop, overloaded).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+async fn http<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    overloaded: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = Watched::new(io);
+    let activity = io.activity.clone();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(!overloaded);
+    let idle = idle(activity, limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut stopping = *stop.borrow_and_update();
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            if stopping {
+                conn.as_mut().graceful_shutdown();
+            }
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    changed = stop.changed(), if !stopping => {
+                        stopping = true;
+                        if changed.is_ok() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                    () = &mut idle => {
+                        tracing::debug!(%peer, idle_s = limits.idle_timeout.as_secs(), "idle connection closed");
+                        break;
+                    }
+                }
+            }
+        }};
+    }
+    if overloaded {
+        drive!(builder.serve_connection(TokioIo::new(io), hyper::service::service_fn(overloaded_response)));
+    } else {
+        drive!(builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app)));
+    }
+}
+
+/// The answer to every request on a connection over the limit.
+async fn overloaded_response(_req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+    Ok(axum::response::IntoResponse::into_response(crate::error::ApiError::overloaded(
+        "keyhold is serving its maximum number of connections; retry",
+    )))
+}
+
+/// Completes once `activity` shows nothing moved for `limit`.
+async fn idle(activity: Arc<Activity>, limit: Duration) {
+    loop {
+        let quiet = activity.quiet_for();
+        if quiet >= limit {
+            return;
+        }
+        tokio::time::sleep(limit.saturating_sub(quiet)).await;
+    }
+}
+
+/// When bytes last moved on a connection.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that records when bytes last moved through it.
+struct Watched<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Watched<I> {
+    fn new(inner: I) -> Self {
+        Self { inner, activity: Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }) }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,147 @@
+//! Logs and traces for `keyhold serve`, on `tracing`: human-readable text or one JSON
+//! object per line on standard error, filtered by level or directives, and (when an
+//! endpoint is given) spans exported over OTLP/HTTP to an OpenTelemetry collector.
+//!
+//! What is logged never holds a secret: plaintext, ciphertext, data keys and tokens are
+//! not fields of any span or event keyhold emits (the request line carries its id, route,
+//! status, latency, tenant and service; never a payload). Lines are written by a
+//! background thread so a slow terminal or pipe does not slow requests; if it falls more
+//! than [`LOG_QUEUE_LINES`] lines behind, further lines are dropped rather than blocking.
+
+use std::io::IsTerminal as _;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// Lines the log writer may queue before it drops new ones.
+pub const LOG_QUEUE_LINES: usize = 128_000;
+
+/// The default filter: keyhold's own lines and its dependencies' warnings.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the request span's fields.
+    Json,
+}
+
+/// What [`init`] sets up.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// The log format.
+    pub format: LogFormat,
+    /// A level or `EnvFilter` directives; `None`: `RUST_LOG`, else [`DEFAULT_FILTER`].
+    pub filter: Option<String>,
+    /// An OTLP/HTTP collector (`http://host:4318`); spans go to its `/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The filter does not parse.
+    #[error("invalid log level or filter {0:?}: {1}")]
+    Filter(String, String),
+    /// The OTLP exporter could not be built.
+    #[error("OTLP exporter for {0}: {1}")]
+    Otlp(String, String),
+    /// A global subscriber was installed already.
+    #[error("logging was set up already: {0}")]
+    Installed(String),
+}
+
+/// Keeps the log writer and the trace exporter running; dropping it flushes both.
+pub struct Guard {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.traces.take() {
+            // Exports what is batched; a collector that is gone costs its timeout only.
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber.
+pub fn init(config: &Telemetry) -> Result<Guard, TelemetryError> {
+    let directives = match &config.filter {
+        Some(f) => f.clone(),
+        None => std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()).unwrap_or(DEFAULT_FILTER.into()),
+    };
+    let filter = EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|e| TelemetryError::Filter(directives.clone(), e.to_string()))?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("keyhold-log")
+        .finish(std::io::stderr());
+    let fmt = match config.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(true)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .boxed(),
+    };
+    let (otel, traces) = match &config.otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            let url = traces_url(endpoint);
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url.clone())
+                .build()
+                .map_err(|e| TelemetryError::Otlp(url.clone(), e.to_string()))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("keyhold").build())
+                .build();
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("keyhold"));
+            (Some(layer), Some(provider))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| TelemetryError::Installed(e.to_string()))?;
+    Ok(Guard { _writer: guard, traces })
+}
+
+/// The collector's traces URL: `/v1/traces` under the endpoint unless it names a path.
+fn traces_url(endpoint: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    let has_path = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest).contains('/');
+    if has_path { trimmed.to_owned() } else { format!("{trimmed}/v1/traces") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traces_url_gets_its_path_unless_given_one() {
+        assert_eq!(traces_url("http://127.0.0.1:4318"), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(traces_url("http://127.0.0.1:4318/"), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(traces_url("http://collector/custom/traces"), "http://collector/custom/traces");
+    }
+}
