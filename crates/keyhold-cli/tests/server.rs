@@ -338,3 +338,254 @@ fn a_tenant_verifies_its_export_offline() {
     let out = run(d, &["audit", "verify", "--tenant", "acme"], b"", &env);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Runs the README quick start's key uses on a server started with `args`; returns the
+/// server's log after a graceful stop.
+fn serve_and_use(args: &[&str], canary: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend(args);
+    let server = Server::start(d, &all, &[("RUST_LOG", "")]);
+    let env = active_tenant(d, &server);
+    let env = pairs(&env);
+    let ct =
+        ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing", "--context", "order=42"], canary, &env));
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &env)), canary);
+    let out = run(d, &["decrypt", "--tenant", "globex"], &ct, &env);
+    assert!(!out.status.success());
+    assert!(server.stop().success());
+    std::fs::read_to_string(d.join("serve.log")).unwrap()
+}
+
+/// The plaintext canary reaches no log line at any format or level, and at the default
+/// level every request has its line: request id, route, status, latency, tenant, service.
+#[test]
+fn logs_hold_a_line_per_request_and_never_a_plaintext_at_any_format_or_level() {
+    use base64::Engine as _;
+    let canary = b"CANARY-5e1f-plaintext-never-logged";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(canary);
+    for format in ["text", "json"] {
+        for level in ["error", "warn", "info", "debug", "trace"] {
+            let log = serve_and_use(&["--log-format", format, "--log-level", level], canary);
+            assert!(!log.contains("CANARY") && !log.contains(&encoded), "{format}/{level}: the canary was logged");
+            if level == "error" || level == "warn" {
+                assert!(!log.contains("keyhold starting"), "{format}/{level}: info lines at {level}");
+                continue;
+            }
+            assert!(log.contains("keyhold starting") && log.contains("keyhold stopped"), "{format}/{level}: {log}");
+            let requests: Vec<&str> =
+                log.lines().filter(|l| l.contains("keyhold::request") && l.contains("/v1/encrypt")).collect();
+            assert!(!requests.is_empty(), "{format}/{level}: no request line");
+            let line = requests[0];
+            if format == "json" {
+                for l in log.lines() {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                }
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["status"], 200, "{line}");
+                assert!(v["latency_us"].is_u64(), "{line}");
+                assert_eq!(v["span"]["route"], "/v1/encrypt", "{line}");
+                assert_eq!(v["span"]["tenant"], "acme", "{line}");
+                assert_eq!(v["span"]["service"], "dev", "{line}");
+                assert!(v["span"]["id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
+            } else {
+                for needle in ["route=/v1/encrypt", "tenant=acme", "service=dev", "status=200", "latency_us=", "id="] {
+                    assert!(line.contains(needle), "{needle} missing: {line}");
+                }
+            }
+            // The refused cross-tenant decrypt has its line with its status.
+            assert!(log.lines().any(|l| l.contains("/v1/decrypt") && l.contains("403")), "{format}/{level}");
+        }
+    }
+}
+
+/// Spans reach an OTLP/HTTP collector: a stand-in collector on loopback receives the
+/// protobuf export posted to /v1/traces, naming the service and the request spans.
+#[test]
+fn traces_are_exported_over_otlp() {
+    use std::io::{Read as _, Write as _};
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for conn in collector.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                loop {
+                    // One request: headers, then Content-Length bytes of body.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if conn.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    let _ = tx.send((line, body));
+                    let resp = "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+                    if conn.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let log = serve_and_use(&["--otlp-endpoint", &endpoint], b"otlp-test");
+    assert!(log.contains(&endpoint), "the effective configuration names the collector: {log}");
+    let mut posts = Vec::new();
+    while let Ok(p) = rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        posts.push(p);
+        if posts.iter().any(|(_, b)| b.windows(11).any(|w| w == b"/v1/encrypt")) {
+            break;
+        }
+    }
+    assert!(!posts.is_empty(), "no export reached the collector");
+    assert!(
+        posts.iter().all(|(l, _)| l.starts_with("POST /v1/traces ")),
+        "{:?}",
+        posts.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    let all: Vec<u8> = posts.into_iter().flat_map(|(_, b)| b).collect();
+    for needle in [&b"keyhold"[..], b"request", b"/v1/encrypt", b"acme"] {
+        assert!(all.windows(needle.len()).any(|w| w == needle), "{} not exported", String::from_utf8_lossy(needle));
+    }
+}
+
+/// Service keys through the CLI: rotation (the previous key refused once its overlap of 0
+/// ends), narrowing and removal, each enforced by the running server within its view
+/// bound; `service list` shows purposes and key age.
+#[test]
+fn service_keys_rotate_narrow_and_are_removed_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &["--listen", "127.0.0.1:0"], &[]);
+    active_tenant(d, &server);
+    ok(run(d, &["service", "add", "--name", "app", "--purpose", "billing"], b"", &[]));
+    let before = token(d, &["--service", "app"]);
+    let use_it = |tok: &str| {
+        let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", tok)];
+        run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], b"x", &env)
+    };
+    // Eventually (within the 5 s view bound, polled for 7 s) the outcome turns.
+    let within_bound = |tok: &str, want_ok: bool| {
+        let started = std::time::Instant::now();
+        loop {
+            let out = use_it(tok);
+            if out.status.success() == want_ok {
+                return (out, started.elapsed());
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(7), "not enforced: {}", stderr(&out));
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    };
+    within_bound(&before, true);
+    let list = String::from_utf8(ok(run(d, &["service", "list"], b"", &[]))).unwrap();
+    assert!(list.lines().any(|l| l.starts_with("app ") && l.contains("billing") && l.contains("never")), "{list}");
+
+    let out =
+        String::from_utf8(ok(run(d, &["service", "rotate", "--name", "app", "--overlap", "0s"], b"", &[]))).unwrap();
+    assert!(out.contains("new key"), "{out}");
+    assert!(d.join("service-keys/app.key.previous").exists());
+    let after = token(d, &["--service", "app"]);
+    let (out, took) = within_bound(&before, false);
+    assert!(stderr(&out).contains("unauthenticated (HTTP 401)"), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(6), "{took:?}");
+    within_bound(&after, true);
+
+    ok(run(d, &["service", "purposes", "--name", "app", "--purpose", "hr"], b"", &[]));
+    let (out, _) = within_bound(&after, false);
+    assert!(stderr(&out).contains("forbidden (HTTP 403)"), "{}", stderr(&out));
+    ok(run(d, &["service", "purposes", "--name", "app", "--all-purposes"], b"", &[]));
+    within_bound(&after, true);
+
+    ok(run(d, &["service", "remove", "--name", "app"], b"", &[]));
+    assert!(!d.join("service-keys/app.key").exists());
+    let (out, _) = within_bound(&after, false);
+    assert!(stderr(&out).contains("unauthenticated (HTTP 401)"), "{}", stderr(&out));
+    let list = String::from_utf8(ok(run(d, &["service", "list"], b"", &[]))).unwrap();
+    assert!(!list.contains("app "), "{list}");
+    assert!(server.stop().success());
+}
+
+/// A new, empty PostgreSQL database on the server the test command starts.
+fn fresh_postgres(prefix: &str) -> String {
+    let base = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
+        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL");
+    let name = format!("{prefix}_{}", std::process::id());
+    for sql in [format!("DROP DATABASE IF EXISTS {name}"), format!("CREATE DATABASE {name}")] {
+        let status = std::process::Command::new("psql").arg(&base).args(["-q", "-c", &sql]).status().unwrap();
+        assert!(status.success(), "{sql}");
+    }
+    format!("{}/{name}", base.rsplit_once('/').unwrap().0)
+}
+
+/// On PostgreSQL no development credentials appear: without an admin key in the
+/// configuration (or --dev) the server refuses to start and says what to do; with one it
+/// serves admin tokens signed by that key, and no `dev` service exists.
+#[test]
+fn postgres_deployments_take_their_admin_key_from_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = fresh_postgres("keyhold_cli_admin");
+    let out = run(d, &["serve", "--listen", "127.0.0.1:0", "--database-url", &url], b"", &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no admin key") && stderr(&out).contains("--admin-public-key"), "{}", stderr(&out));
+    assert!(!d.join("admin.key").exists() && !d.join("service-keys").exists());
+
+    let public = String::from_utf8(ok(run(d, &["admin-key", "create"], b"", &[]))).unwrap();
+    assert_eq!(String::from_utf8(ok(run(d, &["admin-key", "show"], b"", &[]))).unwrap(), public);
+    let server = Server::start(
+        d,
+        &["--listen", "127.0.0.1:0", "--database-url", &url, "--admin-public-key", public.trim()],
+        &[],
+    );
+    let admin = token(d, &["--admin"]);
+    let env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+    ok(run(d, &["tenant", "list"], b"", &env));
+    let services = String::from_utf8(ok(run(d, &["service", "list", "--database-url", &url], b"", &[]))).unwrap();
+    assert!(!services.contains("dev"), "{services}");
+    assert!(!d.join("service-keys/dev.key").exists());
+    assert!(server.stop().success());
+}
+
+/// An existing data dir and registry left readable by others are tightened at start, and
+/// the log says so.
+#[test]
+fn loose_data_dir_permissions_are_tightened_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir(&d).unwrap();
+    let server = Server::start(&d, &["--listen", "127.0.0.1:0"], &[]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d), 0o700);
+    assert_eq!(mode(&d.join("registry.db")), 0o600);
+    for wal in ["registry.db-wal", "registry.db-shm"] {
+        if d.join(wal).exists() {
+            assert_eq!(mode(&d.join(wal)), 0o600, "{wal}");
+        }
+    }
+    assert!(server.stop().success());
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.join("registry.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(&d, &["--listen", "127.0.0.1:0"], &[]);
+    assert_eq!((mode(&d), mode(&d.join("registry.db"))), (0o700, 0o600));
+    assert!(server.stop().success());
+    let log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    assert!(log.contains("permissions tightened") && log.contains("registry.db"), "{log}");
+}

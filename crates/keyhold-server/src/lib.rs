@@ -97,9 +97,9 @@ async fn edge(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
     let id = request_id(req.headers().get(&REQUEST_ID));
     let span = tracing::info_span!(
         "request",
-        id = id.to_str().unwrap_or_default(),
+        id = %id.to_str().unwrap_or_default(),
         method = %req.method(),
-        route,
+        route = %route,
         tenant = tracing::field::Empty,
         service = tracing::field::Empty,
         auth_error = tracing::field::Empty,

@@ -106,13 +106,13 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         match authenticate(parts, state).await {
             Ok(p) => {
                 if let Principal::Service { name, .. } = &p {
-                    tracing::Span::current().record("service", name.as_ref());
+                    tracing::Span::current().record("service", tracing::field::display(name));
                 }
                 Ok(p)
             }
             Err(Refused::Registry(e)) => Err(e.into()),
             Err(Refused::Token(reason)) => {
-                tracing::Span::current().record("auth_error", reason.as_str());
+                tracing::Span::current().record("auth_error", tracing::field::display(&reason));
                 tracing::debug!(reason = reason.as_str(), "authentication failed");
                 Err(ApiError::unauthenticated(UNAUTHENTICATED))
             }
@@ -236,6 +236,6 @@ pub(crate) fn manages(p: &Principal, tenant: &TenantId) -> Result<(), ApiError> 
 /// A tenant id from the request.
 pub(crate) fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
     let t = TenantId::parse(s).map_err(|e| ApiError::invalid(format!("invalid tenant id: {e}")))?;
-    tracing::Span::current().record("tenant", t.as_str());
+    tracing::Span::current().record("tenant", tracing::field::display(t.as_str()));
     Ok(t)
 }
