@@ -6,6 +6,10 @@
 //! with p99 latency, the batch endpoints' operations per second against the single-item
 //! ones, and key-provider calls per 100,000 operations in steady state.
 //!
+//! keyhold runs behind its own accept loop ([`keyhold_server::conn`]) with its default
+//! limits, and logs at its default level (a line per request, to a file), as `keyhold
+//! serve` does; the echo runs on plain `axum::serve` with no logging.
+//!
 //! Run: `cargo bench -p keyhold-server --bench http` (env `ROUNDS`, `SECONDS`,
 //! `CONNECTIONS` to change the defaults 3, 2 and 16).
 
@@ -40,6 +44,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// keyhold as `keyhold serve` runs it: its own accept loop, limits and timeouts.
+async fn serve_keyhold(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = keyhold_server::conn::Limits::default();
+    tokio::spawn(keyhold_server::conn::serve(listener, None, router, limits, std::future::pending()));
+    format!("http://{addr}")
 }
 
 async fn serve(router: axum::Router) -> String {
@@ -118,13 +131,18 @@ fn main() {
     let rounds = env_or("ROUNDS", 3);
     let seconds = env_or("SECONDS", 2);
     let connections = env_or("CONNECTIONS", 16);
+    // Logging as `keyhold serve` does at its default level (a line per request), to a file.
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let guard = keyhold_server::telemetry::init_to(&keyhold_server::telemetry::Telemetry::default(), log, false).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         // keyhold on its embedded default, one active tenant with two local keys.
         let dir = tempfile::tempdir().unwrap();
         let config = ServeConfig { probe_interval: None, ..ServeConfig::embedded(dir.path()) };
         let (state, _) = build(&config, RealmCatalog::builtin(), Arc::new(SystemClock)).await.unwrap();
-        let keyhold_url = serve(keyhold_server::router(state.clone())).await;
+        let keyhold_url = serve_keyhold(keyhold_server::router(state.clone())).await;
         let echo_url = serve(axum::Router::new().route("/echo", post(|Json(v): Json<Value>| async move { Json(v) }))).await;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let admin = devcreds::read_key(&devcreds::admin_key_path(dir.path())).unwrap();
@@ -200,4 +218,7 @@ fn main() {
             calls as f64 * 100_000.0 / ops.max(1) as f64
         );
     });
+    drop(guard);
+    let lines = std::fs::read_to_string(&log_path).unwrap().lines().filter(|l| l.contains("keyhold::request")).count();
+    println!("  request log lines written (default level, text): {lines}");
 }

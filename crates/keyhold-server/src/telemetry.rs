@@ -73,8 +73,17 @@ impl Drop for Guard {
     }
 }
 
-/// Installs the global subscriber.
+/// Installs the global subscriber, writing to standard error.
 pub fn init(config: &Telemetry) -> Result<Guard, TelemetryError> {
+    init_to(config, std::io::stderr(), std::io::stderr().is_terminal())
+}
+
+/// Installs the global subscriber, writing to `out` (colours only with `ansi`).
+pub fn init_to(
+    config: &Telemetry,
+    out: impl std::io::Write + Send + 'static,
+    ansi: bool,
+) -> Result<Guard, TelemetryError> {
     let directives = match &config.filter {
         Some(f) => f.clone(),
         None => std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()).unwrap_or(DEFAULT_FILTER.into()),
@@ -86,11 +95,11 @@ pub fn init(config: &Telemetry) -> Result<Guard, TelemetryError> {
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(true)
         .thread_name("keyhold-log")
-        .finish(std::io::stderr());
+        .finish(out);
     let fmt = match config.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(ansi)
             .with_target(true)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
