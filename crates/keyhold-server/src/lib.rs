@@ -1,7 +1,8 @@
 //! keyhold's HTTP API v1 on axum: what platform services call (encrypt, decrypt) and
 //! operators and tenant administrators use (tenants, keys, validation, audit).
 //!
-//! - [`api`]: the handlers; [`router`] wires them with request metrics and JSON 404s.
+//! - [`api`]: the handlers; [`router`] wires them with request metrics and JSON 404s and
+//!   405s.
 //! - [`auth`]: Ed25519 JWTs for services (verified against each service's registered key)
 //!   and for the admin and tenant admins (verified against the admin key).
 //! - [`error`]: `{"error":{"code","message"}}`, status from the variant.
@@ -59,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::serve))
+        .method_not_allowed_fallback(api::extract::method_not_allowed)
         .fallback(|| async { error::ApiError::no_route() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))

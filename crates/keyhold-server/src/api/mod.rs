@@ -9,11 +9,16 @@
 //! - [`crypto`]: encrypt and decrypt, one at a time or in batches.
 //! - [`audit`]: the trail, its verification, signed checkpoints.
 //! - [`ops`]: health, readiness, metrics.
+//! - [`extract`]: path and query extractors answering in keyhold's error format, the
+//!   typed path parameters, the 405 and 415 answers.
+//! - [`schema`]: the constraints the server enforces, as JSON Schema for the document.
 
 pub mod audit;
 pub mod crypto;
+pub mod extract;
 pub mod keys;
 pub mod ops;
+pub mod schema;
 pub mod tenants;
 
 use std::sync::Arc;
