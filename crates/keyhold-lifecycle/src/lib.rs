@@ -260,13 +260,13 @@ impl Lifecycle {
     }
 
     /// One tenant, from the registry, deleted ones included (a deleted tenant's record and
-    /// audit trail outlive it).
+    /// audit trail stay in the registry).
     pub async fn tenant(&self, id: &TenantId) -> Result<Tenant, LifecycleError> {
         self.registry.tenant(id).await?.ok_or_else(|| LifecycleError::TenantNotFound(id.clone()))
     }
 
-    /// One tenant that is not deleted: a deleted tenant is gone for everything but its
-    /// audit trail ([`LifecycleError::TenantDeleted`]).
+    /// One tenant that is not deleted: a deleted tenant is gone
+    /// ([`LifecycleError::TenantDeleted`]).
     pub async fn live_tenant(&self, id: &TenantId) -> Result<Tenant, LifecycleError> {
         let t = self.tenant(id).await?;
         if t.state == TenantState::Deleted {

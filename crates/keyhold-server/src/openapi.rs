@@ -22,12 +22,13 @@
 use axum::Json;
 use axum::extract::State;
 use keyhold_onboarding::RealmCatalog;
+use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::link::LinkBuilder;
-use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{self, Shared, schema};
@@ -103,6 +104,13 @@ impl Modify for Common {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
             for op in operations_mut(item) {
+                // OpenAPI requires it, and utoipa leaves it out for a parameter whose
+                // schema is given by `schema_with`.
+                for param in op.parameters.iter_mut().flatten() {
+                    if param.parameter_in == ParameterIn::Path {
+                        param.required = Required::True;
+                    }
+                }
                 let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
                 let body = op.request_body.is_some();
                 let params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
@@ -206,7 +214,10 @@ impl Modify for Links {
             let op = if status == "201" { item.post.as_mut() } else { item.get.as_mut() };
             let Some(RefOr::T(resp)) = op.and_then(|op| op.responses.responses.get_mut(status)) else { continue };
             for (name, operation_id) in targets {
-                let mut link = LinkBuilder::new().operation_id(operation_id).parameter("id", "$response.body#/id");
+                // utoipa 5 writes `Link::operation_id` as `operation_id`, not `operationId`:
+                // the field is spelled here, in the extensions it writes flattened.
+                let id = Extensions::from_iter([("operationId", operation_id)]);
+                let mut link = LinkBuilder::new().extensions(Some(id)).parameter("id", "$response.body#/id");
                 if operation_id == "attach_key" {
                     link = link.parameter("region", "$response.body#/regions/0");
                 }

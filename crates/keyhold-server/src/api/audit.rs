@@ -32,13 +32,15 @@ pub struct AuditPage {
     pub events: Vec<Record>,
 }
 
-/// The tenant's audit trail, a page at a time; a deleted tenant's trail stays readable.
+/// The tenant's audit trail, a page at a time.
 #[utoipa::path(get, path = "/v1/tenants/{id}/audit", params(TenantPath, AuditQuery),
     responses(
         (status = 200, body = AuditPage),
         (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id, `after` or `limit`"),
         (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
         (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 410, body = ErrorBody,
+            description = "`tenant_deleted`: the trail stays in the registry, unchanged, but is not served; export it before deleting"),
         (status = 500, body = ErrorBody, description = "`internal`: a stored event does not read"),
         (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
     ),
@@ -59,7 +61,7 @@ pub async fn audit(
     if !(1..=schema::AUDIT_PAGE).contains(&limit) {
         return Err(ApiError::invalid(format!("limit must be 1 to {}, not {limit}", schema::AUDIT_PAGE)));
     }
-    state.lifecycle.tenant(&id).await?;
+    state.lifecycle.live_tenant(&id).await?;
     state.lifecycle.flush(false).await;
     let events = state.lifecycle.journal().auditor().read(&id, after, limit).await.map_err(audit_error)?;
     Ok(Json(AuditPage { events }))
@@ -95,6 +97,8 @@ pub struct VerifyOut {
         (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id"),
         (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
         (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 410, body = ErrorBody,
+            description = "`tenant_deleted`: the trail stays in the registry, unchanged, but is not served; export it before deleting"),
         (status = 500, body = ErrorBody, description = "`internal`"),
         (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
     ),
@@ -106,7 +110,7 @@ pub async fn audit_verify(
 ) -> Result<Json<VerifyOut>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
-    state.lifecycle.tenant(&id).await?;
+    state.lifecycle.live_tenant(&id).await?;
     Ok(Json(match state.lifecycle.journal().auditor().verify(&id, true).await.map_err(audit_error)? {
         Ok(n) => VerifyOut { ok: true, events: n, problem: None, message: None },
         Err(b) => VerifyOut { ok: false, events: 0, message: Some(b.to_string()), problem: Some(b) },
@@ -122,6 +126,8 @@ pub async fn audit_verify(
         (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id"),
         (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
         (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 410, body = ErrorBody,
+            description = "`tenant_deleted`: the trail stays in the registry, unchanged, but is not served; export it before deleting"),
         (status = 409, body = ErrorBody, description = "`audit_broken`: the trail does not verify, nothing is signed"),
         (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
     ),
@@ -133,7 +139,7 @@ pub async fn audit_checkpoint(
 ) -> Result<Json<keyhold_audit::Checkpoint>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
-    state.lifecycle.tenant(&id).await?;
+    state.lifecycle.live_tenant(&id).await?;
     state.lifecycle.flush(false).await;
     match state.lifecycle.journal().auditor().checkpoint(&id).await {
         Ok(c) => Ok(Json(c)),

@@ -160,14 +160,40 @@ pub async fn decrypt(
     Ok(Json(decrypt_one(&state, &p, item).await?))
 }
 
-/// A batch request.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `POST /v1/encrypt/batch` body. Its items are checked one by one, as the single call
+/// checks its body, so one bad item is that item's error and the others are served: the
+/// schema of an item is its shape only ([`schema::encrypt_batch`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Batch<T> {
+pub struct EncryptBatch {
     /// Up to 1000 items.
-    #[schema(max_items = 1000)]
-    pub items: Vec<T>,
+    pub items: Vec<EncryptItem>,
 }
+
+impl utoipa::PartialSchema for EncryptBatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema::encrypt_batch()
+    }
+}
+
+impl ToSchema for EncryptBatch {}
+
+/// `POST /v1/decrypt/batch` body, checked item by item as [`EncryptBatch`] is
+/// ([`schema::decrypt_batch`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptBatch {
+    /// Up to 1000 items.
+    pub items: Vec<DecryptItem>,
+}
+
+impl utoipa::PartialSchema for DecryptBatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema::decrypt_batch()
+    }
+}
+
+impl ToSchema for DecryptBatch {}
 
 /// One batch result: the item's result, or its error.
 #[derive(Debug, Serialize, ToSchema)]
@@ -210,7 +236,7 @@ where
 
 /// Encrypts up to 1000 items; each gets its own result or error (as `POST /v1/encrypt`
 /// answers them).
-#[utoipa::path(post, path = "/v1/encrypt/batch", request_body = Batch<EncryptItem>,
+#[utoipa::path(post, path = "/v1/encrypt/batch", request_body = EncryptBatch,
     responses(
         (status = 200, body = BatchOut<EncryptOut>),
         (status = 400, body = ErrorBody, description = "`invalid_request`: more than 1000 items"),
@@ -220,14 +246,14 @@ where
 pub async fn encrypt_batch(
     p: Principal,
     State(state): Shared,
-    ApiJson(batch): ApiJson<Batch<EncryptItem>>,
+    ApiJson(batch): ApiJson<EncryptBatch>,
 ) -> Result<Json<BatchOut<EncryptOut>>, ApiError> {
     run_batch(&p, batch.items, |item| encrypt_one(&state, &p, item)).await
 }
 
 /// Decrypts up to 1000 items; each gets its own result or error (as `POST /v1/decrypt`
 /// answers them).
-#[utoipa::path(post, path = "/v1/decrypt/batch", request_body = Batch<DecryptItem>,
+#[utoipa::path(post, path = "/v1/decrypt/batch", request_body = DecryptBatch,
     responses(
         (status = 200, body = BatchOut<DecryptOut>),
         (status = 400, body = ErrorBody, description = "`invalid_request`: more than 1000 items"),
@@ -237,7 +263,7 @@ pub async fn encrypt_batch(
 pub async fn decrypt_batch(
     p: Principal,
     State(state): Shared,
-    ApiJson(batch): ApiJson<Batch<DecryptItem>>,
+    ApiJson(batch): ApiJson<DecryptBatch>,
 ) -> Result<Json<BatchOut<DecryptOut>>, ApiError> {
     run_batch(&p, batch.items, |item| decrypt_one(&state, &p, item)).await
 }

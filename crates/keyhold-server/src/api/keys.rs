@@ -12,6 +12,7 @@ use super::tenants::KeyOut;
 use super::{ApiJson, Shared, manages, schema, tenant_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
 
 /// `PUT /v1/tenants/{id}/keys/{region}` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -60,9 +61,20 @@ pub async fn attach_key(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
-    let region = Region::parse(&region).map_err(|e| ApiError::invalid(format!("invalid region: {e}")))?;
+    let region = catalog_region(&state, &region)?;
     let outcome = state.lifecycle.attach_key(&p.actor(), &id, &region, &body.key_arn).await?;
     Ok(Json(report_json(&outcome.report, Some(outcome.attached))?))
+}
+
+/// A region from the request: a region of some realm of the catalog (the document's
+/// `Region` enum), checked before the tenant is read; whether it is in the tenant's realm
+/// is for the lifecycle layer to say.
+pub(crate) fn catalog_region(state: &AppState, s: &str) -> Result<Region, ApiError> {
+    let region = Region::parse(s).map_err(|e| ApiError::invalid(format!("invalid region: {e}")))?;
+    if !state.lifecycle.catalog().realms().iter().any(|r| r.regions.contains(&region)) {
+        return Err(ApiError::invalid(format!("region {region} is in no realm of this server's catalog")));
+    }
+    Ok(region)
 }
 
 /// A tenant's key history.

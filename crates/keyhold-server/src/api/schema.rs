@@ -15,8 +15,12 @@
 
 use serde_json::{Value, json};
 use utoipa::openapi::extensions::Extensions;
-use utoipa::openapi::schema::{AdditionalProperties, AnyOfBuilder, Object, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, OneOfBuilder, Schema, Type,
+};
 use utoipa::openapi::{Ref, RefOr};
+
+use super::crypto::MAX_BATCH;
 
 /// `keyhold_core::TenantId`: 1 to 128 ASCII letters, digits and `-_.:`, starting with a
 /// letter or digit.
@@ -227,6 +231,57 @@ pub fn create_tenant() -> RefOr<Schema> {
         .description(Some("A tenant to create (state `pending` until its keys validate)."))
         .build();
     RefOr::T(Schema::OneOf(one))
+}
+
+/// `POST /v1/encrypt/batch`: up to [`MAX_BATCH`] items shaped as `EncryptItem`.
+pub fn encrypt_batch() -> RefOr<Schema> {
+    let context = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::Object(string().build())))))
+        .default(Some(json!({})));
+    let item = ObjectBuilder::new()
+        .property("tenant", string())
+        .required("tenant")
+        .property("purpose", string())
+        .required("purpose")
+        .property("plaintext", string())
+        .required("plaintext")
+        .property("context", context)
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .description(Some(
+            "An `EncryptItem`, checked on its own: a value `EncryptItem` does not allow is this item's \
+             `invalid_request` result, and the other items are served.",
+        ));
+    batch(item)
+}
+
+/// `POST /v1/decrypt/batch`: up to [`MAX_BATCH`] items shaped as `DecryptItem`.
+pub fn decrypt_batch() -> RefOr<Schema> {
+    let item = ObjectBuilder::new()
+        .property("tenant", string())
+        .required("tenant")
+        .property("ciphertext", string())
+        .required("ciphertext")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .description(Some(
+            "A `DecryptItem`, checked on its own: a value `DecryptItem` does not allow is this item's \
+             `invalid_request` result, and the other items are served.",
+        ));
+    batch(item)
+}
+
+fn batch(item: ObjectBuilder) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .property(
+            "items",
+            ArrayBuilder::new()
+                .items(item)
+                .max_items(Some(MAX_BATCH))
+                .description(Some(format!("Up to {MAX_BATCH} items; one result each, in order."))),
+        )
+        .required("items")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .into()
 }
 
 fn string() -> ObjectBuilder {

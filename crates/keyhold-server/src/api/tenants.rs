@@ -4,13 +4,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use keyhold_core::Region;
 use keyhold_onboarding::{PolicyParams, byok_role_template, cmk_template, key_policy};
 use keyhold_registry::{Tenant, TenantKey, TenantMode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiPath, ApiQuery, TenantPath};
+use super::keys::catalog_region;
 use super::{ApiJson, Shared, admin_only, manages, schema, tenant_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
@@ -192,7 +192,8 @@ pub async fn get_tenant(
 /// Deletes a tenant: its key references are destroyed and its cached data keys dropped at
 /// once; a `local` tenant's keys are scheduled for deletion (unusable at once, offline
 /// too). A CMK or BYOK tenant shreds its data by deleting its own KMS keys. Its audit
-/// trail stays. Later requests for it get `tenant_deleted`.
+/// trail stays in the registry, unchanged. Later requests for it, its audit trail
+/// included, get `tenant_deleted` (so a tenant exports its trail before it is deleted).
 #[utoipa::path(delete, path = "/v1/tenants/{id}", params(TenantPath),
     responses(
         (status = 200, body = TenantOut, description = "the tenant, `deleted`"),
@@ -259,14 +260,14 @@ pub async fn get_key_policy(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
+    let region = q.region.map(|r| catalog_region(&state, &r)).transpose()?;
     let t = state.lifecycle.live_tenant(&id).await?;
     let realm = state.lifecycle.realm_of(&t)?;
     let principal = principal_of(&state)?;
     let doc = key_policy(&PolicyParams { tenant: &id, platform_principal: principal, tenant_account: None })
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_configured", e.to_string()))?;
-    Ok(Json(match q.region {
-        Some(r) => {
-            let region = Region::parse(&r).map_err(|e| ApiError::invalid(format!("invalid region: {e}")))?;
+    Ok(Json(match region {
+        Some(region) => {
             if !realm.regions.contains(&region) {
                 return Err(ApiError::invalid(format!("region {region} is not in realm {}", realm.id)));
             }
@@ -281,6 +282,7 @@ pub async fn get_key_policy(
 #[into_params(parameter_in = Query)]
 pub struct KindQuery {
     /// `cmk` (key, alias, policy) or `byok-role` (the role keyhold assumes).
+    #[param(inline)]
     pub kind: TemplateKind,
 }
 
