@@ -64,7 +64,8 @@ pub async fn serve(State(state): Shared) -> Json<utoipa::openapi::OpenApi> {
     Json(document(state.lifecycle.catalog()))
 }
 
-/// The operations whose 503 is only ever the registry's: they answer under load.
+/// The operations load shedding leaves alone: they answer even under load (and neither
+/// answers with an error, so they have no 503 at all).
 const NOT_SHED: [&str; 2] = ["/healthz", "/metrics"];
 
 fn set_catalog(doc: &mut utoipa::openapi::OpenApi, catalog: &RealmCatalog) {
@@ -127,7 +128,7 @@ impl Modify for Common {
                 }
                 if body {
                     add_error(op, 408, "`request_timeout`: the body did not arrive in time");
-                    add_error(op, 413, "`payload_too_large`: the body is over 16 MiB");
+                    add_error(op, 413, &format!("`payload_too_large`: the body is over {} MiB", crate::MAX_BODY >> 20));
                     add_error(op, 415, "`unsupported_media_type`: the body must be sent as `application/json`");
                 }
                 if !NOT_SHED.contains(&path.as_str()) {
