@@ -38,12 +38,14 @@ pub struct AttachOutcome {
     pub attached: bool,
 }
 
-/// Checks a role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
+/// Checks a role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`, the path and
+/// name in printable ASCII without spaces (what IAM allows, and a rule every regex dialect
+/// reads alike, so the OpenAPI document states it exactly).
 pub fn check_role_arn(arn: &str) -> Result<(), LifecycleError> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let ok = matches!(parts.as_slice(), ["arn", p, "iam", "", account, resource]
         if !p.is_empty() && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
-            && resource.strip_prefix("role/").is_some_and(|n| !n.is_empty() && !n.contains(char::is_whitespace)));
+            && resource.strip_prefix("role/").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic())));
     if ok {
         Ok(())
     } else {

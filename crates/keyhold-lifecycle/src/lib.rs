@@ -259,9 +259,20 @@ impl Lifecycle {
         Ok(t)
     }
 
-    /// One tenant, from the registry.
+    /// One tenant, from the registry, deleted ones included (a deleted tenant's record and
+    /// audit trail stay in the registry).
     pub async fn tenant(&self, id: &TenantId) -> Result<Tenant, LifecycleError> {
         self.registry.tenant(id).await?.ok_or_else(|| LifecycleError::TenantNotFound(id.clone()))
+    }
+
+    /// One tenant that is not deleted: a deleted tenant is gone
+    /// ([`LifecycleError::TenantDeleted`]).
+    pub async fn live_tenant(&self, id: &TenantId) -> Result<Tenant, LifecycleError> {
+        let t = self.tenant(id).await?;
+        if t.state == TenantState::Deleted {
+            return Err(LifecycleError::TenantDeleted(id.clone()));
+        }
+        Ok(t)
     }
 
     /// A tenant's key history (every key attached and not destroyed).
@@ -457,11 +468,7 @@ impl Lifecycle {
     /// one at a time on an instance) and reads the tenant, refusing a deleted one.
     async fn lock_live(&self, id: &TenantId) -> Result<(tokio::sync::OwnedMutexGuard<()>, Tenant), LifecycleError> {
         let guard = Self::tenant_lock(&self.key_locks, id).lock_owned().await;
-        let t = self.tenant(id).await?;
-        if t.state == TenantState::Deleted {
-            return Err(LifecycleError::TenantDeleted(id.clone()));
-        }
-        Ok((guard, t))
+        Ok((guard, self.live_tenant(id).await?))
     }
 
     fn tenant_lock<T: Default>(map: &Mutex<HashMap<TenantId, Arc<T>>>, id: &TenantId) -> Arc<T> {

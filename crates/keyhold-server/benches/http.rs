@@ -135,7 +135,8 @@ fn main() {
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("serve.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let guard = keyhold_server::telemetry::init_to(&keyhold_server::telemetry::Telemetry::default(), log, false).unwrap();
+    let guard =
+        keyhold_server::telemetry::init_to(&keyhold_server::telemetry::Telemetry::default(), log, false).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         // keyhold on its embedded default, one active tenant with two local keys.

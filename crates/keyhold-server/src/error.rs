@@ -36,11 +36,14 @@ pub struct ErrorBody {
 /// The error itself.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable code: `invalid_request`, `unauthenticated`, `forbidden`, `tenant_not_found`,
-    /// `tenant_exists`, `tenant_not_active`, `tenant_suspended`, `tenant_deleted`,
-    /// `tenant_mismatch`, `malformed_ciphertext`, `key_not_in_tenant`, `key_in_use`,
-    /// `key_retired`, `conflict`, `key_unavailable`, `key_revoked`, `key_misconfigured`,
-    /// `not_configured`, `audit_unavailable`, `registry_unavailable`, `internal`.
+    /// Stable code: `invalid_request`, `unauthenticated`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `tenant_not_found`, `tenant_exists`, `tenant_not_active`,
+    /// `tenant_suspended`, `tenant_deleted`, `tenant_mismatch`, `malformed_ciphertext`,
+    /// `key_not_in_tenant`, `key_in_use`, `key_retired`, `conflict`, `key_unavailable`,
+    /// `key_revoked`, `key_misconfigured`, `not_configured`, `audit_broken`,
+    /// `payload_too_large`, `unsupported_media_type`, `request_timeout`, `overloaded`,
+    /// `audit_unavailable`, `registry_unavailable`, `shred_incomplete`, `internal`. Each
+    /// operation's answers in the document name the codes it can give.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,

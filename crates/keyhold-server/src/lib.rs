@@ -2,7 +2,7 @@
 //! operators and tenant administrators use (tenants, keys, validation, audit).
 //!
 //! - [`api`]: the handlers; [`router`] wires them with the edge middleware (request id,
-//!   in-flight limit, one log line and metrics per request) and JSON 404s.
+//!   in-flight limit, one log line and metrics per request) and JSON 404s and 405s.
 //! - [`conn`]: the accept loop, TLS handshakes, timeouts and connection limits.
 //! - [`auth`]: Ed25519 JWTs for services (verified against each service's registered key)
 //!   and for the admin and tenant admins (verified against the admin key).
@@ -13,6 +13,7 @@
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //! - [`services`]: service identities' lifecycle (register, rotate, narrow, remove).
 //! - [`telemetry`]: logs (text or JSON) and OTLP trace export.
+//! - [`reqlog`]: the one log line per request and what handlers add to it.
 //! - [`serve`]: assembling the state from configuration, listening (plain or [`tls`]),
 //!   graceful shutdown.
 
@@ -24,6 +25,7 @@ pub mod conn;
 pub mod devcreds;
 pub mod error;
 pub mod openapi;
+pub mod reqlog;
 pub mod serve;
 pub mod services;
 pub mod state;
@@ -74,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::serve))
+        .method_not_allowed_fallback(api::extract::method_not_allowed)
         .fallback(|| async { error::ApiError::no_route() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
@@ -88,58 +91,76 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// liveness checks and metrics keep answering under overload.
 const EXEMPT_ROUTES: [&str; 2] = ["/healthz", "/metrics"];
 
-/// The edge of every request: its id, the in-flight limit, a `request` span that handlers
-/// add the tenant and service to, one log line, and metrics by matched route and status.
+/// The edge of every request: its id, the in-flight limit, one log line with what the
+/// handler recorded ([`reqlog`]), and metrics by matched route and status. With trace
+/// export on, the request also runs in a `request` span.
 async fn edge(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let id = request_id(req.headers().get(&REQUEST_ID));
-    let span = tracing::info_span!(
-        "request",
-        id = %id.to_str().unwrap_or_default(),
-        method = %req.method(),
-        route = %route,
-        tenant = tracing::field::Empty,
-        service = tracing::field::Empty,
-        auth_error = tracing::field::Empty,
-    );
+    let method = req.method().clone();
     let permit = if EXEMPT_ROUTES.contains(&route) {
         None
     } else {
         match state.in_flight.try_acquire() {
             Ok(p) => Some(p),
             Err(_) => {
-                let _in = span.enter();
-                tracing::warn!(max_in_flight = state.limits.max_in_flight, "overloaded: request refused");
+                // The request line (status 503) says it; no extra line per refusal, so a
+                // flood cannot multiply the log.
                 let mut resp = error::ApiError::overloaded(
                     "keyhold is handling its maximum number of requests; retry after the Retry-After delay",
                 )
                 .into_response();
-                finish(&state, &span, route, started, &mut resp, id);
+                finish(&state, &method, route, started, &mut resp, id, &reqlog::Fields::default());
                 return resp;
             }
         }
     };
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let (mut resp, fields) = if reqlog::spans() {
+        let span = tracing::info_span!(
+            "request",
+            id = %id.to_str().unwrap_or_default(),
+            method = %method,
+            route = %route,
+            tenant = tracing::field::Empty,
+            service = tracing::field::Empty,
+            auth_error = tracing::field::Empty,
+        );
+        reqlog::scope(next.run(req).instrument(span)).await
+    } else {
+        reqlog::scope(next.run(req)).await
+    };
     drop(permit);
-    finish(&state, &span, route, started, &mut resp, id);
+    finish(&state, &method, route, started, &mut resp, id, &fields);
     resp
 }
 
 /// The request's log line and metrics, and its id on the response.
-fn finish(state: &AppState, span: &tracing::Span, route: &str, started: Instant, resp: &mut Response, id: HeaderValue) {
+fn finish(
+    state: &AppState,
+    method: &axum::http::Method,
+    route: &str,
+    started: Instant,
+    resp: &mut Response,
+    id: HeaderValue,
+    fields: &reqlog::Fields,
+) {
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     state.metrics().request(route, status, elapsed);
-    span.in_scope(|| {
-        tracing::info!(
-            target: "keyhold::request",
-            status,
-            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            "request"
-        );
-    });
+    tracing::info!(
+        target: "keyhold::request",
+        id = %id.to_str().unwrap_or_default(),
+        method = %method,
+        route = %route,
+        status,
+        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        tenant = fields.tenant.as_ref().map(|t| tracing::field::display(t.as_str())),
+        service = fields.service.as_deref().map(tracing::field::display),
+        auth_error = fields.auth_error.as_deref().map(tracing::field::display),
+        "request"
+    );
     resp.headers_mut().insert(REQUEST_ID, id);
 }
 

@@ -33,8 +33,13 @@ pub enum ServiceError {
     #[error("invalid purpose {0:?}: {1}")]
     InvalidPurpose(String, String),
     /// Neither purposes nor every purpose were given, or both.
-    #[error("give the purposes the service may use, or every purpose, not both or neither")]
+    #[error(
+        "give the purposes the service may use (or [\"*\"], --all-purposes, for every purpose), not both or neither"
+    )]
     PurposesRequired,
+    /// Too many purposes.
+    #[error("{0} purposes listed; a service may list at most 100 (or every purpose)")]
+    TooManyPurposes(usize),
     /// The public key is not 32 bytes of Ed25519.
     #[error("the public key must be 32 bytes (Ed25519), base64")]
     InvalidPublicKey,
@@ -58,15 +63,30 @@ pub fn check_name(name: &str) -> Result<(), ServiceError> {
     if valid { Ok(()) } else { Err(ServiceError::InvalidName(name.to_owned())) }
 }
 
-/// Purposes from a list, or every purpose.
+/// Purposes from a list: `["*"]` is every purpose.
+pub fn purposes_from(list: &[String]) -> Result<Purposes, ServiceError> {
+    match list {
+        [] => Err(ServiceError::PurposesRequired),
+        [all] if all == "*" => Ok(Purposes::All),
+        _ if list.len() > crate::api::schema::MAX_PURPOSES => Err(ServiceError::TooManyPurposes(list.len())),
+        _ => {
+            let mut out: Vec<Purpose> = Vec::with_capacity(list.len());
+            for p in list {
+                let purpose = Purpose::parse(p).map_err(|e| ServiceError::InvalidPurpose(p.clone(), e.to_string()))?;
+                if !out.contains(&purpose) {
+                    out.push(purpose);
+                }
+            }
+            Ok(Purposes::Only(out))
+        }
+    }
+}
+
+/// Purposes from a list, or every purpose (the CLI's `--purpose`... / `--all-purposes`).
 pub fn purposes(list: &[String], all: bool) -> Result<Purposes, ServiceError> {
     match (list.is_empty(), all) {
         (true, true) => Ok(Purposes::All),
-        (false, false) => Ok(Purposes::Only(
-            list.iter()
-                .map(|p| Purpose::parse(p).map_err(|e| ServiceError::InvalidPurpose(p.clone(), e.to_string())))
-                .collect::<Result<_, _>>()?,
-        )),
+        (false, false) => purposes_from(list),
         _ => Err(ServiceError::PurposesRequired),
     }
 }

@@ -96,18 +96,23 @@ pub fn init_to(
         .lossy(true)
         .thread_name("keyhold-log")
         .finish(out);
+    // The log shows events only: keyhold's request line carries its fields itself, and a
+    // span's fields would be formatted (allocated) for nothing.
+    let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());
     let fmt = match config.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
             .with_target(true)
+            .with_filter(events_only)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(writer)
-            .with_current_span(true)
+            .with_current_span(false)
             .with_span_list(false)
             .flatten_event(true)
+            .with_filter(events_only)
             .boxed(),
     };
     let (otel, traces) = match &config.otlp_endpoint {
@@ -124,6 +129,7 @@ pub fn init_to(
                 .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("keyhold").build())
                 .build();
             let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("keyhold"));
+            crate::reqlog::set_spans(true);
             (Some(layer), Some(provider))
         }
     };

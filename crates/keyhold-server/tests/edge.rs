@@ -335,9 +335,8 @@ async fn services_removed_narrowed_or_rotated_are_enforced_from_the_next_request
     let (_, list) = f.call(Method::GET, "/v1/services", Some(&admin), None).await;
     assert!(list.to_string().contains("billing") && !list.to_string().contains("private_key"), "{list}");
     // A duplicate is refused.
-    let (s, e) = f
-        .call(Method::POST, "/v1/services", Some(&admin), Some(json!({"name": "billing", "all_purposes": true})))
-        .await;
+    let (s, e) =
+        f.call(Method::POST, "/v1/services", Some(&admin), Some(json!({"name": "billing", "purposes": ["*"]}))).await;
     assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("service_exists")));
 
     // Narrowed: the cached token now meets the narrower purposes.
@@ -345,7 +344,7 @@ async fn services_removed_narrowed_or_rotated_are_enforced_from_the_next_request
         f.call(Method::PUT, "/v1/services/billing/purposes", Some(&admin), Some(json!({"purposes": ["hr"]}))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(f.encrypt_with("acme", &token).await.0, StatusCode::FORBIDDEN);
-    f.call(Method::PUT, "/v1/services/billing/purposes", Some(&admin), Some(json!({"all_purposes": true}))).await;
+    f.call(Method::PUT, "/v1/services/billing/purposes", Some(&admin), Some(json!({"purposes": ["*"]}))).await;
     assert_eq!(f.encrypt_with("acme", &token).await.0, StatusCode::OK);
 
     // Rotated with an overlap: old and new keys both work until the overlap ends.

@@ -13,7 +13,7 @@ use keyhold_lifecycle::Caller;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, Shared, tenant_id};
+use super::{ApiJson, Shared, schema, tenant_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -26,13 +26,17 @@ pub const MAX_BATCH: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct EncryptItem {
     /// The tenant whose keys protect the data.
+    #[schema(schema_with = schema::tenant_id)]
     pub tenant: String,
     /// The data's purpose (must be allowed to the calling service).
+    #[schema(schema_with = schema::purpose)]
     pub purpose: String,
     /// The plaintext, base64.
+    #[schema(schema_with = schema::plaintext)]
     pub plaintext: String,
     /// Extra encryption context (not `tenant` or `purpose`; low-cardinality values).
     #[serde(default)]
+    #[schema(schema_with = schema::context)]
     pub context: BTreeMap<String, String>,
 }
 
@@ -48,8 +52,10 @@ pub struct EncryptOut {
 #[serde(deny_unknown_fields)]
 pub struct DecryptItem {
     /// The tenant the caller acts for; a ciphertext of another tenant is refused.
+    #[schema(schema_with = schema::tenant_id)]
     pub tenant: String,
     /// The message, base64.
+    #[schema(schema_with = schema::ciphertext)]
     pub ciphertext: String,
 }
 
@@ -102,7 +108,21 @@ async fn decrypt_one(state: &AppState, p: &Principal, item: DecryptItem) -> Resu
 
 /// Encrypts one plaintext for a tenant.
 #[utoipa::path(post, path = "/v1/encrypt", request_body = EncryptItem,
-    responses((status = 200, body = EncryptOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = EncryptOut),
+        (status = 400, body = ErrorBody,
+            description = "`invalid_request`: tenant, purpose, plaintext or context (reserved keys, over 8,192 bytes)"),
+        (status = 403, body = ErrorBody,
+            description = "`forbidden` (not a service token, or a purpose the service is not allowed), \
+                           `tenant_suspended`, `key_revoked` (the tenant's key refused)"),
+        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 409, body = ErrorBody,
+            description = "`tenant_not_active` (pending: its keys are not validated yet), `key_misconfigured`"),
+        (status = 410, body = ErrorBody, description = "`tenant_deleted`"),
+        (status = 500, body = ErrorBody, description = "`internal`"),
+        (status = 503, body = ErrorBody,
+            description = "`key_unavailable`, `audit_unavailable` (nothing was returned), `registry_unavailable`: retry"),
+    ),
     security(("bearer" = [])))]
 pub async fn encrypt(
     p: Principal,
@@ -114,7 +134,23 @@ pub async fn encrypt(
 
 /// Decrypts one ciphertext of a tenant.
 #[utoipa::path(post, path = "/v1/decrypt", request_body = DecryptItem,
-    responses((status = 200, body = DecryptOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = DecryptOut),
+        (status = 400, body = ErrorBody,
+            description = "`invalid_request` (tenant or ciphertext), `malformed_ciphertext` (not a message keyhold \
+                           can read), `key_not_in_tenant` (the message names no key of the tenant's history; no key \
+                           was asked)"),
+        (status = 403, body = ErrorBody,
+            description = "`forbidden` (not a service token, or the message's purpose is not allowed to the \
+                           service), `tenant_mismatch` (another tenant's message; nothing decrypted), \
+                           `tenant_suspended`, `key_revoked`"),
+        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 409, body = ErrorBody, description = "`tenant_not_active`, `key_misconfigured`"),
+        (status = 410, body = ErrorBody, description = "`tenant_deleted`"),
+        (status = 500, body = ErrorBody, description = "`internal`"),
+        (status = 503, body = ErrorBody,
+            description = "`key_unavailable`, `audit_unavailable` (nothing was returned), `registry_unavailable`: retry"),
+    ),
     security(("bearer" = [])))]
 pub async fn decrypt(
     p: Principal,
@@ -124,13 +160,40 @@ pub async fn decrypt(
     Ok(Json(decrypt_one(&state, &p, item).await?))
 }
 
-/// A batch request.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `POST /v1/encrypt/batch` body. Its items are checked one by one, as the single call
+/// checks its body, so one bad item is that item's error and the others are served: the
+/// schema of an item is its shape only ([`schema::encrypt_batch`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Batch<T> {
+pub struct EncryptBatch {
     /// Up to 1000 items.
-    pub items: Vec<T>,
+    pub items: Vec<EncryptItem>,
 }
+
+impl utoipa::PartialSchema for EncryptBatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema::encrypt_batch()
+    }
+}
+
+impl ToSchema for EncryptBatch {}
+
+/// `POST /v1/decrypt/batch` body, checked item by item as [`EncryptBatch`] is
+/// ([`schema::decrypt_batch`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptBatch {
+    /// Up to 1000 items.
+    pub items: Vec<DecryptItem>,
+}
+
+impl utoipa::PartialSchema for DecryptBatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema::decrypt_batch()
+    }
+}
+
+impl ToSchema for DecryptBatch {}
 
 /// One batch result: the item's result, or its error.
 #[derive(Debug, Serialize, ToSchema)]
@@ -171,24 +234,36 @@ where
     Ok(Json(BatchOut { results }))
 }
 
-/// Encrypts up to 1000 items; each gets its own result or error.
-#[utoipa::path(post, path = "/v1/encrypt/batch", request_body = Batch<EncryptItem>,
-    responses((status = 200, body = BatchOut<EncryptOut>), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+/// Encrypts up to 1000 items; each gets its own result or error (as `POST /v1/encrypt`
+/// answers them).
+#[utoipa::path(post, path = "/v1/encrypt/batch", request_body = EncryptBatch,
+    responses(
+        (status = 200, body = BatchOut<EncryptOut>),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: more than 1000 items"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not a service token"),
+    ),
+    security(("bearer" = [])))]
 pub async fn encrypt_batch(
     p: Principal,
     State(state): Shared,
-    ApiJson(batch): ApiJson<Batch<EncryptItem>>,
+    ApiJson(batch): ApiJson<EncryptBatch>,
 ) -> Result<Json<BatchOut<EncryptOut>>, ApiError> {
     run_batch(&p, batch.items, |item| encrypt_one(&state, &p, item)).await
 }
 
-/// Decrypts up to 1000 items; each gets its own result or error.
-#[utoipa::path(post, path = "/v1/decrypt/batch", request_body = Batch<DecryptItem>,
-    responses((status = 200, body = BatchOut<DecryptOut>), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+/// Decrypts up to 1000 items; each gets its own result or error (as `POST /v1/decrypt`
+/// answers them).
+#[utoipa::path(post, path = "/v1/decrypt/batch", request_body = DecryptBatch,
+    responses(
+        (status = 200, body = BatchOut<DecryptOut>),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: more than 1000 items"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not a service token"),
+    ),
+    security(("bearer" = [])))]
 pub async fn decrypt_batch(
     p: Principal,
     State(state): Shared,
-    ApiJson(batch): ApiJson<Batch<DecryptItem>>,
+    ApiJson(batch): ApiJson<DecryptBatch>,
 ) -> Result<Json<BatchOut<DecryptOut>>, ApiError> {
     run_batch(&p, batch.items, |item| decrypt_one(&state, &p, item)).await
 }

@@ -10,11 +10,16 @@
 //! - [`audit`]: the trail, its verification, signed checkpoints.
 //! - [`services`]: service identities: register, list, purposes, key rotation, removal.
 //! - [`ops`]: health, readiness, metrics.
+//! - [`extract`]: path and query extractors answering in keyhold's error format, the
+//!   typed path parameters, the 405 and 415 answers.
+//! - [`schema`]: the constraints the server enforces, as JSON Schema for the document.
 
 pub mod audit;
 pub mod crypto;
+pub mod extract;
 pub mod keys;
 pub mod ops;
+pub mod schema;
 pub mod services;
 pub mod tenants;
 
@@ -61,11 +66,7 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
                     || (m.len() > 5 && m.get(m.len() - 5..).is_some_and(|t| t.eq_ignore_ascii_case("+json")))
             });
         if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the request body must be JSON: send Content-Type: application/json",
-            ));
+            return Err(extract::unsupported_media_type());
         }
         let bytes = read_body(req.into_body(), crate::MAX_BODY, state.limits.body_timeout).await?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
@@ -106,13 +107,13 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         match authenticate(parts, state).await {
             Ok(p) => {
                 if let Principal::Service { name, .. } = &p {
-                    tracing::Span::current().record("service", tracing::field::display(name));
+                    crate::reqlog::service(name);
                 }
                 Ok(p)
             }
             Err(Refused::Registry(e)) => Err(e.into()),
             Err(Refused::Token(reason)) => {
-                tracing::Span::current().record("auth_error", tracing::field::display(&reason));
+                crate::reqlog::auth_error(&reason);
                 tracing::debug!(reason = reason.as_str(), "authentication failed");
                 Err(ApiError::unauthenticated(UNAUTHENTICATED))
             }
@@ -236,6 +237,6 @@ pub(crate) fn manages(p: &Principal, tenant: &TenantId) -> Result<(), ApiError> 
 /// A tenant id from the request.
 pub(crate) fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
     let t = TenantId::parse(s).map_err(|e| ApiError::invalid(format!("invalid tenant id: {e}")))?;
-    tracing::Span::current().record("tenant", tracing::field::display(t.as_str()));
+    crate::reqlog::tenant(&t);
     Ok(t)
 }

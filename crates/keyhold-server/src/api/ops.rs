@@ -8,20 +8,25 @@ use super::Shared;
 use crate::error::{ApiError, ErrorBody};
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// Readiness: the registry answers.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/readyz",
+    responses(
+        (status = 200, description = "ready", body = String, content_type = "text/plain"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`: the registry does not answer"),
+    ))]
 pub async fn readyz(State(state): Shared) -> Result<&'static str, ApiError> {
     state.lifecycle.registry().ping().await?;
     Ok("ready\n")
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): Shared) -> Response {
     let mut by_state = Vec::new();
     let tenants = state.lifecycle.registry().tenants().await.unwrap_or_default();

@@ -4,7 +4,7 @@
 //! private half (PKCS#8, base64) in that one answer; it never stores it.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -12,7 +12,8 @@ use keyhold_registry::{Purposes, ServiceIdentity};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, Shared, admin_only};
+use super::extract::{ApiPath, ServicePath};
+use super::{ApiJson, Shared, admin_only, schema};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::services::{self, DEFAULT_OVERLAP_S};
@@ -81,16 +82,14 @@ fn public_key(b64: Option<&str>) -> Result<Option<Vec<u8>>, ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct CreateService {
     /// 1 to 64 ASCII letters, digits, `-` and `_`.
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    #[schema(schema_with = schema::service_name)]
     pub name: String,
-    /// The purposes it may use (or `all_purposes`).
-    #[serde(default)]
+    /// The purposes it may use, or `["*"]` for every purpose.
+    #[schema(schema_with = schema::service_purposes)]
     pub purposes: Vec<String>,
-    /// Every purpose.
-    #[serde(default)]
-    pub all_purposes: bool,
     /// Its Ed25519 public key (32 bytes, base64); without it keyhold generates the pair.
     #[serde(default)]
+    #[schema(schema_with = schema::public_key)]
     pub public_key: Option<String>,
 }
 
@@ -105,7 +104,7 @@ pub async fn create_service(
     ApiJson(body): ApiJson<CreateService>,
 ) -> Result<(StatusCode, Json<ServiceOut>), ApiError> {
     admin_only(&p)?;
-    let purposes = services::purposes(&body.purposes, body.all_purposes)?;
+    let purposes = services::purposes_from(&body.purposes)?;
     services::check_name(&body.name)?;
     let (public, private) = services::key_for(public_key(body.public_key.as_deref())?.as_deref())?;
     let now = state.now_ms();
@@ -127,14 +126,14 @@ pub async fn list_services(p: Principal, State(state): Shared) -> Result<Json<Ve
 }
 
 /// Shows one service.
-#[utoipa::path(get, path = "/v1/services/{name}", params(("name" = String, Path, description = "service name")),
+#[utoipa::path(get, path = "/v1/services/{name}", params(ServicePath),
     responses((status = 200, body = ServiceOut), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_service(
     p: Principal,
     State(state): Shared,
-    Path(name): Path<String>,
+    ApiPath(ServicePath { name }): ApiPath<ServicePath>,
 ) -> Result<Json<ServiceOut>, ApiError> {
     admin_only(&p)?;
     services::check_name(&name)?;
@@ -149,14 +148,14 @@ pub async fn get_service(
 
 /// Removes a service: its tokens are refused from the next request on this instance, and
 /// on every instance within the view bound.
-#[utoipa::path(delete, path = "/v1/services/{name}", params(("name" = String, Path, description = "service name")),
+#[utoipa::path(delete, path = "/v1/services/{name}", params(ServicePath),
     responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_service(
     p: Principal,
     State(state): Shared,
-    Path(name): Path<String>,
+    ApiPath(ServicePath { name }): ApiPath<ServicePath>,
 ) -> Result<StatusCode, ApiError> {
     admin_only(&p)?;
     services::remove(state.lifecycle.registry(), &name).await?;
@@ -168,28 +167,25 @@ pub async fn delete_service(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPurposes {
-    /// The purposes it may use (or `all_purposes`).
-    #[serde(default)]
+    /// The purposes it may use, or `["*"]` for every purpose.
+    #[schema(schema_with = schema::service_purposes)]
     pub purposes: Vec<String>,
-    /// Every purpose.
-    #[serde(default)]
-    pub all_purposes: bool,
 }
 
 /// Replaces what a service may use (narrowing takes effect like removal).
 #[utoipa::path(put, path = "/v1/services/{name}/purposes", request_body = SetPurposes,
-    params(("name" = String, Path, description = "service name")),
+    params(ServicePath),
     responses((status = 200, body = ServiceOut), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn set_service_purposes(
     p: Principal,
     State(state): Shared,
-    Path(name): Path<String>,
+    ApiPath(ServicePath { name }): ApiPath<ServicePath>,
     ApiJson(body): ApiJson<SetPurposes>,
 ) -> Result<Json<ServiceOut>, ApiError> {
     admin_only(&p)?;
-    let purposes = services::purposes(&body.purposes, body.all_purposes)?;
+    let purposes = services::purposes_from(&body.purposes)?;
     let s = services::set_purposes(state.lifecycle.registry(), &name, &purposes).await?;
     state.forget_services();
     Ok(Json(service_out(s, state.now_ms(), None)))
@@ -201,24 +197,25 @@ pub async fn set_service_purposes(
 pub struct RotateService {
     /// The new Ed25519 public key (32 bytes, base64); without it keyhold generates the pair.
     #[serde(default)]
+    #[schema(schema_with = schema::public_key)]
     pub public_key: Option<String>,
     /// Seconds the previous keys stay accepted (default 86400, at most 2592000; 0 ends
     /// them at once, for a leaked key).
     #[serde(default)]
-    #[schema(maximum = 2592000)]
+    #[schema(minimum = 0, maximum = 2592000)]
     pub overlap_s: Option<u64>,
 }
 
 /// Gives a service a new key; its previous keys stay accepted for the overlap.
 #[utoipa::path(post, path = "/v1/services/{name}/rotate", request_body = RotateService,
-    params(("name" = String, Path, description = "service name")),
+    params(ServicePath),
     responses((status = 200, body = ServiceOut), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn rotate_service(
     p: Principal,
     State(state): Shared,
-    Path(name): Path<String>,
+    ApiPath(ServicePath { name }): ApiPath<ServicePath>,
     ApiJson(body): ApiJson<RotateService>,
 ) -> Result<Json<ServiceOut>, ApiError> {
     admin_only(&p)?;

@@ -2,15 +2,16 @@
 //! tenant administrator applies.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use keyhold_core::Region;
 use keyhold_onboarding::{PolicyParams, byok_role_template, cmk_template, key_policy};
 use keyhold_registry::{Tenant, TenantKey, TenantMode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, Shared, admin_only, manages, tenant_id};
+use super::extract::{ApiPath, ApiQuery, TenantPath};
+use super::keys::catalog_region;
+use super::{ApiJson, Shared, admin_only, manages, schema, tenant_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -101,8 +102,8 @@ pub(crate) async fn tenant_out(state: &AppState, t: Tenant) -> Result<TenantOut,
     })
 }
 
-/// `POST /v1/tenants` body.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `POST /v1/tenants` body (its schema: [`schema::create_tenant`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// Tenant id: ASCII letters, digits and `-_.:`, starting with a letter or digit.
@@ -118,9 +119,24 @@ pub struct CreateTenant {
     pub role_arn: Option<String>,
 }
 
+impl utoipa::PartialSchema for CreateTenant {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema::create_tenant()
+    }
+}
+
+impl ToSchema for CreateTenant {}
+
 /// Creates a tenant (state `pending` until its keys validate).
 #[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant,
-    responses((status = 201, body = TenantOut), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses(
+        (status = 201, body = TenantOut, description = "the tenant, `pending`"),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: id, realm, mode or role_arn"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not an admin token"),
+        (status = 409, body = ErrorBody, description = "`tenant_exists` (deleted tenants' ids included)"),
+        (status = 500, body = ErrorBody, description = "`internal`"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`, `audit_unavailable`: retry"),
+    ),
     security(("bearer" = [])))]
 pub async fn create_tenant(
     p: Principal,
@@ -134,8 +150,14 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant_out(&state, t).await?)))
 }
 
-/// Lists tenants.
-#[utoipa::path(get, path = "/v1/tenants", responses((status = 200, body = [TenantOut])), security(("bearer" = [])))]
+/// Lists tenants, deleted ones included (state `deleted`).
+#[utoipa::path(get, path = "/v1/tenants",
+    responses(
+        (status = 200, body = [TenantOut]),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not an admin token"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
+    ),
+    security(("bearer" = [])))]
 pub async fn list_tenants(p: Principal, State(state): Shared) -> Result<Json<Vec<TenantOut>>, ApiError> {
     admin_only(&p)?;
     let mut out = Vec::new();
@@ -146,30 +168,49 @@ pub async fn list_tenants(p: Principal, State(state): Shared) -> Result<Json<Vec
 }
 
 /// Shows one tenant, with its key history.
-#[utoipa::path(get, path = "/v1/tenants/{id}", params(("id" = String, Path, description = "tenant id")),
-    responses((status = 200, body = TenantOut), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tenants/{id}", params(TenantPath),
+    responses(
+        (status = 200, body = TenantOut),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
+        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 410, body = ErrorBody, description = "`tenant_deleted` (the tenant list still shows it)"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
+    ),
+    security(("bearer" = [])))]
 pub async fn get_tenant(
     p: Principal,
     State(state): Shared,
-    Path(id): Path<String>,
+    ApiPath(TenantPath { id }): ApiPath<TenantPath>,
 ) -> Result<Json<TenantOut>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
-    let t = state.lifecycle.tenant(&id).await?;
+    let t = state.lifecycle.live_tenant(&id).await?;
     Ok(Json(tenant_out(&state, t).await?))
 }
 
 /// Deletes a tenant: its key references are destroyed and its cached data keys dropped at
 /// once; a `local` tenant's keys are scheduled for deletion (unusable at once, offline
 /// too). A CMK or BYOK tenant shreds its data by deleting its own KMS keys. Its audit
-/// trail stays. Later requests for it get `tenant_deleted`.
-#[utoipa::path(delete, path = "/v1/tenants/{id}", params(("id" = String, Path, description = "tenant id")),
-    responses((status = 200, body = TenantOut), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
+/// trail stays in the registry, unchanged. Later requests for it, its audit trail
+/// included, get `tenant_deleted` (so a tenant exports its trail before it is deleted).
+#[utoipa::path(delete, path = "/v1/tenants/{id}", params(TenantPath),
+    responses(
+        (status = 200, body = TenantOut, description = "the tenant, `deleted`"),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not an admin token"),
+        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 409, body = ErrorBody, description = "`conflict`: the tenant changed meanwhile, retry"),
+        (status = 410, body = ErrorBody, description = "`tenant_deleted`: deleted already"),
+        (status = 500, body = ErrorBody,
+            description = "`shred_incomplete`: deleted, but local keys are left to schedule for deletion by hand; `internal`"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`, `audit_unavailable`: retry"),
+    ),
     security(("bearer" = [])))]
 pub async fn delete_tenant(
     p: Principal,
     State(state): Shared,
-    Path(id): Path<String>,
+    ApiPath(TenantPath { id }): ApiPath<TenantPath>,
 ) -> Result<Json<TenantOut>, ApiError> {
     let id = tenant_id(&id)?;
     admin_only(&p)?;
@@ -179,8 +220,10 @@ pub async fn delete_tenant(
 
 /// `?region=` of the key-policy call.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RegionQuery {
     /// One region of the tenant's realm; default: every region.
+    #[param(schema_with = schema::region)]
     pub region: Option<String>,
 }
 
@@ -195,24 +238,36 @@ fn principal_of(state: &AppState) -> Result<&str, ApiError> {
 }
 
 /// The key policy the tenant applies to its key (per region of its realm, or one).
-#[utoipa::path(get, path = "/v1/tenants/{id}/key-policy", params(("id" = String, Path, description = "tenant id"), RegionQuery),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tenants/{id}/key-policy", params(TenantPath, RegionQuery),
+    responses(
+        (status = 200, body = Object,
+            description = "an IAM key policy; without `region`, an object of one policy per region of the realm"),
+        (status = 400, body = ErrorBody,
+            description = "`invalid_request`: the tenant id, or a region that is not in the tenant's realm"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
+        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 409, body = ErrorBody,
+            description = "`not_configured`: no `--platform-principal`, or the tenant's realm is not in the catalog"),
+        (status = 410, body = ErrorBody, description = "`tenant_deleted`"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
+    ),
+    security(("bearer" = [])))]
 pub async fn get_key_policy(
     p: Principal,
     State(state): Shared,
-    Path(id): Path<String>,
-    Query(q): Query<RegionQuery>,
+    ApiPath(TenantPath { id }): ApiPath<TenantPath>,
+    ApiQuery(q): ApiQuery<RegionQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
-    let t = state.lifecycle.tenant(&id).await?;
+    let region = q.region.map(|r| catalog_region(&state, &r)).transpose()?;
+    let t = state.lifecycle.live_tenant(&id).await?;
     let realm = state.lifecycle.realm_of(&t)?;
     let principal = principal_of(&state)?;
     let doc = key_policy(&PolicyParams { tenant: &id, platform_principal: principal, tenant_account: None })
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_configured", e.to_string()))?;
-    Ok(Json(match q.region {
-        Some(r) => {
-            let region = Region::parse(&r).map_err(|e| ApiError::invalid(format!("invalid region: {e}")))?;
+    Ok(Json(match region {
+        Some(region) => {
             if !realm.regions.contains(&region) {
                 return Err(ApiError::invalid(format!("region {region} is not in realm {}", realm.id)));
             }
@@ -224,29 +279,50 @@ pub async fn get_key_policy(
 
 /// `?kind=` of the CloudFormation call.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KindQuery {
     /// `cmk` (key, alias, policy) or `byok-role` (the role keyhold assumes).
-    pub kind: String,
+    #[param(inline)]
+    pub kind: TemplateKind,
+}
+
+/// Which CloudFormation template.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TemplateKind {
+    /// The key, its alias and policy.
+    Cmk,
+    /// The role keyhold assumes.
+    ByokRole,
 }
 
 /// The CloudFormation template for the tenant.
-#[utoipa::path(get, path = "/v1/tenants/{id}/cloudformation", params(("id" = String, Path, description = "tenant id"), KindQuery),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tenants/{id}/cloudformation", params(TenantPath, KindQuery),
+    responses(
+        (status = 200, body = Object, description = "a CloudFormation template"),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id, or `kind` missing or unknown"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
+        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 409, body = ErrorBody,
+            description = "`not_configured`: no `--platform-principal`, or the tenant's realm is not in the catalog"),
+        (status = 410, body = ErrorBody, description = "`tenant_deleted`"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
+    ),
+    security(("bearer" = [])))]
 pub async fn get_cloudformation(
     p: Principal,
     State(state): Shared,
-    Path(id): Path<String>,
-    Query(q): Query<KindQuery>,
+    ApiPath(TenantPath { id }): ApiPath<TenantPath>,
+    ApiQuery(q): ApiQuery<KindQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
-    let t = state.lifecycle.tenant(&id).await?;
+    let t = state.lifecycle.live_tenant(&id).await?;
     let realm = state.lifecycle.realm_of(&t)?;
     let principal = principal_of(&state)?;
-    let doc = match q.kind.as_str() {
-        "cmk" => cmk_template(&id, principal),
-        "byok-role" => byok_role_template(&id, principal, &realm.regions),
-        other => return Err(ApiError::invalid(format!("unknown kind {other:?}; use cmk or byok-role"))),
+    let doc = match q.kind {
+        TemplateKind::Cmk => cmk_template(&id, principal),
+        TemplateKind::ByokRole => byok_role_template(&id, principal, &realm.regions),
     }
     .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_configured", e.to_string()))?;
     Ok(Json(doc))
