@@ -4,11 +4,17 @@
 //!
 //! Every accepted connection gets a task of its own: a TLS handshake runs there, under
 //! [`Limits::handshake_timeout`], so a client that opens a socket and sends nothing blocks
-//! no one. hyper then reads requests with [`Limits::header_timeout`] (a request's headers
-//! must arrive within it, and a keep-alive connection waiting for its next request is
-//! closed after it); a connection on which no byte moves either way for
-//! [`Limits::idle_timeout`] is closed (a client that stops reading its response, a stalled
-//! upload); request bodies are read under [`Limits::body_timeout`] by the JSON extractor.
+//! no one. A request's head must arrive within [`Limits::header_timeout`], counted from
+//! its first byte (and, for a new connection, from its opening); a connection on which no
+//! byte moves either way for [`Limits::idle_timeout`] is closed: a keep-alive connection
+//! waiting for its next request, a client that stops reading its response, a stalled
+//! upload. Request bodies are read under [`Limits::body_timeout`] by the JSON extractor.
+//!
+//! The header timer is keyhold's, not hyper's: hyper's starts whenever it waits for a
+//! request, so it would also close keep-alive connections after the header timeout, racing
+//! clients that reuse a pooled connection at that moment (their request fails with the
+//! connection closed under it). Here a connection is in one of three phases, moved by the
+//! stream (the first byte of a request) and by the service (head parsed, response ready).
 //!
 //! At most [`Limits::max_connections`] connections are served at once. Beyond that a small
 //! overflow ([`OVERFLOW_CONNECTIONS`]) is answered `503 overloaded` with `Retry-After`
@@ -24,7 +30,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,7 +39,6 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -54,13 +59,14 @@ pub const RETRY_AFTER_S: u32 = 1;
 pub struct Limits {
     /// The longest a TLS handshake may take.
     pub handshake_timeout: Duration,
-    /// The longest a request's headers may take to arrive; also how long a keep-alive
-    /// connection waits for its next request.
+    /// The longest a request's head may take to arrive, from its first byte (for a new
+    /// connection, from its opening).
     pub header_timeout: Duration,
     /// The longest a request body may take to arrive in full (answered `408
     /// request_timeout`).
     pub body_timeout: Duration,
-    /// A connection on which no byte is read or written for this long is closed.
+    /// A connection on which no byte is read or written for this long is closed (also how
+    /// long a keep-alive connection waits for its next request).
     pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
@@ -173,9 +179,9 @@ async fn http<I>(
     let io = Watched::new(io);
     let activity = io.activity.clone();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(!overloaded);
-    let idle = idle(activity, limits.idle_timeout);
-    tokio::pin!(idle);
+    builder.timer(TokioTimer::new()).keep_alive(!overloaded);
+    let watchdog = watchdog(activity.clone(), limits);
+    tokio::pin!(watchdog);
     let mut stopping = *stop.borrow_and_update();
     macro_rules! drive {
         ($conn:expr) => {{
@@ -198,8 +204,8 @@ async fn http<I>(
                             conn.as_mut().graceful_shutdown();
                         }
                     }
-                    () = &mut idle => {
-                        tracing::debug!(%peer, idle_s = limits.idle_timeout.as_secs(), "idle connection closed");
+                    why = &mut watchdog => {
+                        tracing::debug!(%peer, why, "connection closed");
                         break;
                     }
                 }
@@ -209,7 +215,20 @@ async fn http<I>(
     if overloaded {
         drive!(builder.serve_connection(TokioIo::new(io), hyper::service::service_fn(overloaded_response)));
     } else {
-        drive!(builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app)));
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            // The head is in: the request is being served.
+            activity.set_phase(Phase::Busy);
+            let call = tower::ServiceExt::oneshot(app.clone(), req);
+            let activity = activity.clone();
+            async move {
+                let resp = call.await;
+                // The response is ready (its body may still be streaming, which the idle
+                // timeout watches): the connection waits for its next request.
+                activity.set_phase(Phase::Waiting);
+                resp
+            }
+        });
+        drive!(builder.serve_connection(TokioIo::new(io), service));
     }
 }
 
@@ -220,32 +239,70 @@ async fn overloaded_response(_req: Request<Incoming>) -> Result<Response<Body>, 
     )))
 }
 
-/// Completes once `activity` shows nothing moved for `limit`.
-async fn idle(activity: Arc<Activity>, limit: Duration) {
+/// Completes, saying why, once the connection must be closed: a request head that took
+/// longer than the header timeout, or nothing moved for the idle timeout.
+async fn watchdog(activity: Arc<Activity>, limits: Limits) -> &'static str {
     loop {
-        let quiet = activity.quiet_for();
-        if quiet >= limit {
-            return;
+        let now = activity.now_ms();
+        let quiet = Duration::from_millis(now.saturating_sub(activity.last_ms.load(Ordering::Relaxed)));
+        if quiet >= limits.idle_timeout {
+            return "idle timeout";
         }
-        tokio::time::sleep(limit.saturating_sub(quiet)).await;
+        let mut wait = limits.idle_timeout.saturating_sub(quiet);
+        if activity.phase.load(Ordering::Relaxed) == Phase::Head as u8 {
+            let head = Duration::from_millis(now.saturating_sub(activity.head_ms.load(Ordering::Relaxed)));
+            if head >= limits.header_timeout {
+                return "header timeout";
+            }
+            wait = wait.min(limits.header_timeout.saturating_sub(head));
+        }
+        // Phases change without waking the watchdog: look again at least every 100 ms
+        // while a head may be arriving, so a new head's timer is never overslept.
+        tokio::time::sleep(wait.min(Duration::from_millis(100)).max(Duration::from_millis(10))).await;
     }
 }
 
-/// When bytes last moved on a connection.
+/// Where a connection is between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Waiting for the first byte of the next request (keep-alive).
+    Waiting = 0,
+    /// A request's head is arriving (or, for a new connection, expected).
+    Head = 1,
+    /// A request is being served.
+    Busy = 2,
+}
+
+/// When bytes last moved on a connection, and which phase it is in.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    head_ms: AtomicU64,
+    phase: AtomicU8,
 }
 
 impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn quiet_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
+    /// Bytes moved; `read` bytes that arrive while waiting start a request's head.
+    fn touch(&self, read: bool) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if read
+            && self
+                .phase
+                .compare_exchange(Phase::Waiting as u8, Phase::Head as u8, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.head_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
     }
 }
 
@@ -257,7 +314,14 @@ struct Watched<I> {
 
 impl<I> Watched<I> {
     fn new(inner: I) -> Self {
-        Self { inner, activity: Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }) }
+        // A new connection is expected to send its first head within the header timeout.
+        let activity = Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            head_ms: AtomicU64::new(0),
+            phase: AtomicU8::new(Phase::Head as u8),
+        };
+        Self { inner, activity: Arc::new(activity) }
     }
 }
 
@@ -266,7 +330,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.touch(true);
         }
         r
     }
@@ -276,7 +340,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch(false);
         }
         r
     }
@@ -288,7 +352,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch(false);
         }
         r
     }

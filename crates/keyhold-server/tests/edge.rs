@@ -173,6 +173,39 @@ async fn a_half_sent_request_is_closed_within_the_header_timeout() {
     served.shutdown().await;
 }
 
+/// Regression: hyper's own header timer also ran while a keep-alive connection waited for
+/// its next request, so pooled connections were closed after the header timeout, racing
+/// clients that reused them (the HTTP benchmark's requests failed with the connection
+/// closed under them). The header timer now runs from a request's first byte only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_outlives_the_header_timeout_and_closes_after_the_idle_timeout() {
+    let limits = Limits { idle_timeout: Duration::from_secs(3), ..short(Limits::default()) };
+    let served = Served::start(limits, None).await;
+    let mut s = TcpStream::connect(served.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nok\n") {
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        // Longer than the header timeout, shorter than the idle timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let started = Instant::now();
+    closed_within(&mut s, Duration::from_secs(4)).await;
+    assert!(started.elapsed() >= Duration::from_millis(1000), "{:?}", started.elapsed());
+    // A new connection that sends nothing has the header timeout to start.
+    let mut quiet = TcpStream::connect(served.addr).await.unwrap();
+    let started = Instant::now();
+    closed_within(&mut quiet, Duration::from_secs(3)).await;
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    served.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_slow_clients_leaves_healthz_answering_and_is_cleared() {
     let served = Served::start(short(Limits::default()), None).await;
