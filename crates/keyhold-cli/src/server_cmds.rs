@@ -65,8 +65,25 @@ fn seconds(name: &str, value: Option<u64>, default: std::time::Duration) -> Resu
     }
 }
 
-/// A database URL as it may be logged: without its password.
+/// A database URL as it may be logged: without its password (in the user info or a
+/// `password=` parameter).
 fn redact_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{}?{}", redact_userinfo(base), query.join("&"))
+        }
+        None => redact_userinfo(url),
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
             let userinfo = rest.get(..at - scheme.len() - 3).unwrap_or_default();
@@ -496,16 +513,31 @@ pub fn service(data_dir: &Path, cmd: ServiceCmd) -> Result<()> {
             ServiceCmd::Rotate { name, overlap, database_url } => {
                 services::check_name(&name)?;
                 let reg = registry(data_dir, database_url.as_deref()).await?;
-                if reg.service(&name).await?.is_none() {
+                let Some(current) = reg.service(&name).await? else {
                     bail!("no service named {name:?} is registered");
-                }
+                };
                 // The new key is written beside the current one first; the registry learns
-                // it next; only then does it take the current key's file name.
+                // it next; only then does it take the current key's file name. A new key
+                // left by an interrupted rotation that the registry already knows is
+                // installed, never replaced (its private half exists nowhere else).
                 let path = devcreds::service_key_path(data_dir, &name);
                 let fresh = path.with_extension("key.new");
-                let _ = std::fs::remove_file(&fresh);
-                let key = devcreds::write_new_key(&fresh)?;
-                let s = services::rotate(&reg, &name, &key.public_key(), overlap.as_secs(), now_ms()?).await?;
+                let leftover = match devcreds::read_key(&fresh) {
+                    Ok(k) => {
+                        let id = keyhold_registry::service_key_id(&k.public_key());
+                        current.keys.iter().any(|r| r.id == id).then_some(k)
+                    }
+                    Err(_) => None,
+                };
+                let key = match leftover {
+                    Some(k) => k,
+                    None => {
+                        let _ = std::fs::remove_file(&fresh);
+                        let k = devcreds::write_new_key(&fresh)?;
+                        services::rotate(&reg, &name, &k.public_key(), overlap.as_secs(), now_ms()?).await?;
+                        k
+                    }
+                };
                 if path.exists() {
                     std::fs::rename(&path, path.with_extension("key.previous"))
                         .with_context(|| format!("keeping the previous key {}", path.display()))?;
@@ -513,11 +545,10 @@ pub fn service(data_dir: &Path, cmd: ServiceCmd) -> Result<()> {
                 std::fs::rename(&fresh, &path).with_context(|| format!("installing the new key {}", path.display()))?;
                 println!(
                     "service {name}: new key {} in {}; previous keys accepted for {} more",
-                    keyhold_registry::service_key_id(&key.public_key()),
+                    keyhold_registry::service_key_id(&key.public_key()).get(..16).unwrap_or_default(),
                     path.display(),
                     humantime::format_duration(overlap)
                 );
-                let _ = s;
             }
             ServiceCmd::Purposes { name, purposes, all_purposes, database_url } => {
                 let purposes = services::purposes(&purposes, all_purposes)?;

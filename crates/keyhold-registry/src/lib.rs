@@ -317,6 +317,17 @@ impl Registry {
         rows.iter().map(tenant_from_row).collect()
     }
 
+    /// How many tenants are in each state (one aggregate query, for metrics).
+    pub async fn tenant_states(&self) -> Result<Vec<(TenantState, usize)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM tenants GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get(1)?;
+                Ok((parse(r, 0, TenantState::from_str)?, usize::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Moves `from` (the tenant as the caller read it) to `to`, compare-and-set: the
     /// change happens only if the tenant is still in `from.state` at `from.version`, so of
     /// two instances deciding on the same tenant only one wins; the other gets
@@ -961,9 +972,9 @@ fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
     })
 }
 
-/// A service key's id: the first 8 bytes of its public key, in hex.
+/// A service key's id: its public key in hex (the whole key, so no two keys share an id).
 pub fn service_key_id(public_key: &[u8]) -> String {
-    public_key.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    public_key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn insert_service_key(

@@ -222,7 +222,7 @@ impl ServiceIdentity {
 /// One of a service's Ed25519 public keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceKey {
-    /// Its id: the first 8 bytes of the public key, hex.
+    /// Its id: the public key, hex.
     pub id: String,
     /// The public key (32 bytes).
     pub public_key: Vec<u8>,

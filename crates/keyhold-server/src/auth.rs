@@ -24,6 +24,16 @@ pub const AUDIENCE: &str = "keyhold";
 pub const ADMIN_ISSUER: &str = "keyhold-admin";
 /// The longest lifetime a token may have (10 minutes).
 pub const MAX_LIFETIME_S: u64 = 600;
+/// A valid Ed25519 public key that tokens naming an unknown service are checked against,
+/// so they cost what a wrong signature costs. Its result is never used (the token is
+/// refused either way), so that its seed is public does not matter.
+pub fn unknown_issuer_key() -> &'static [u8] {
+    static KEY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        Ed25519KeyPair::from_seed_unchecked(&[0x5a; 32]).map(|k| k.public_key().as_ref().to_vec()).unwrap_or_default()
+    });
+    &KEY
+}
+
 /// The longest token accepted: anything longer is refused before any work.
 pub const MAX_TOKEN_BYTES: usize = 8 << 10;
 /// Clock skew tolerated on `iat` and `exp`.

@@ -5,10 +5,14 @@
 //! Every accepted connection gets a task of its own: a TLS handshake runs there, under
 //! [`Limits::handshake_timeout`], so a client that opens a socket and sends nothing blocks
 //! no one. A request's head must arrive within [`Limits::header_timeout`], counted from
-//! its first byte (and, for a new connection, from its opening); a connection on which no
-//! byte moves either way for [`Limits::idle_timeout`] is closed: a keep-alive connection
-//! waiting for its next request, a client that stops reading its response, a stalled
-//! upload. Request bodies are read under [`Limits::body_timeout`] by the JSON extractor.
+//! its first byte (and, for a new connection, from its opening; a head that starts on a
+//! kept-alive connection is noticed within a quarter of the timeout, so it is closed at
+//! most 25% late), and may hold at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`]. Outside a
+//! request being handled, a connection on which no byte moves either way for
+//! [`Limits::idle_timeout`] is closed: a keep-alive connection waiting for its next
+//! request, a client that stops reading its response. While a request is handled, its
+//! handler's own timeouts apply: request bodies are read under [`Limits::body_timeout`] by
+//! the JSON extractor, key-service calls under their own.
 //!
 //! The header timer is keyhold's, not hyper's: hyper's starts whenever it waits for a
 //! request, so it would also close keep-alive connections after the header timeout, racing
@@ -30,7 +34,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -47,6 +51,12 @@ use tokio_rustls::TlsAcceptor;
 /// Connections answered `503 overloaded` when [`Limits::max_connections`] are in use; past
 /// these, new connections are closed at once.
 pub const OVERFLOW_CONNECTIONS: usize = 64;
+
+/// The most bytes of a request head (request line and headers) keyhold reads.
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// The most headers a request may have.
+pub const MAX_HEADERS: usize = 100;
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -179,7 +189,14 @@ async fn http<I>(
     let io = Watched::new(io);
     let activity = io.activity.clone();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(!overloaded);
+    // hyper's own header timer stays off (`None`: with a timer set it would default to
+    // 30 s and also run on idle keep-alive connections); heads are bounded in size too.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(!overloaded);
     let watchdog = watchdog(activity.clone(), limits);
     tokio::pin!(watchdog);
     let mut stopping = *stop.borrow_and_update();
@@ -244,21 +261,30 @@ async fn overloaded_response(_req: Request<Incoming>) -> Result<Response<Body>, 
 async fn watchdog(activity: Arc<Activity>, limits: Limits) -> &'static str {
     loop {
         let now = activity.now_ms();
-        let quiet = Duration::from_millis(now.saturating_sub(activity.last_ms.load(Ordering::Relaxed)));
-        if quiet >= limits.idle_timeout {
-            return "idle timeout";
-        }
-        let mut wait = limits.idle_timeout.saturating_sub(quiet);
-        if activity.phase.load(Ordering::Relaxed) == Phase::Head as u8 {
-            let head = Duration::from_millis(now.saturating_sub(activity.head_ms.load(Ordering::Relaxed)));
-            if head >= limits.header_timeout {
-                return "header timeout";
+        let quiet = Duration::from_millis(now.saturating_sub(activity.last_moved_ms(now)));
+        // A head may start at any moment without waking this watchdog (a wake per request
+        // would cost every request a task wake-up): outside a head it looks every quarter
+        // of the header timeout, so a head is closed at most 25% late.
+        let mut wait = limits.header_timeout / 4;
+        match activity.phase.load(Ordering::Acquire) {
+            p if p == Phase::Head as u8 => {
+                let head = Duration::from_millis(now.saturating_sub(activity.head_ms.load(Ordering::Acquire)));
+                if head >= limits.header_timeout {
+                    return "header timeout";
+                }
+                wait = wait.min(limits.header_timeout.saturating_sub(head));
             }
-            wait = wait.min(limits.header_timeout.saturating_sub(head));
+            // While a request is served, its handler's own timeouts apply (a KMS call, a
+            // body read): a handler that is working is not idle.
+            p if p == Phase::Busy as u8 => {}
+            _ => {
+                if quiet >= limits.idle_timeout {
+                    return "idle timeout";
+                }
+                wait = wait.min(limits.idle_timeout.saturating_sub(quiet));
+            }
         }
-        // Phases change without waking the watchdog: look again at least every 100 ms
-        // while a head may be arriving, so a new head's timer is never overslept.
-        tokio::time::sleep(wait.min(Duration::from_millis(100)).max(Duration::from_millis(10))).await;
+        tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
     }
 }
 
@@ -274,9 +300,12 @@ enum Phase {
     Busy = 2,
 }
 
-/// When bytes last moved on a connection, and which phase it is in.
+/// Whether bytes moved on a connection, and which phase it is in. The stream only sets a
+/// flag on each read or write (no clock read per call); the watchdog turns the flag into
+/// "last seen moving" when it wakes, so the idle timeout is exact to one watchdog period.
 struct Activity {
     start: Instant,
+    moved: AtomicBool,
     last_ms: AtomicU64,
     head_ms: AtomicU64,
     phase: AtomicU8,
@@ -287,18 +316,24 @@ impl Activity {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Bytes moved; `read` bytes that arrive while waiting start a request's head.
+    /// Bytes moved; bytes read while waiting start a request's head.
     fn touch(&self, read: bool) {
-        let now = self.now_ms();
-        self.last_ms.store(now, Ordering::Relaxed);
-        if read
-            && self
-                .phase
-                .compare_exchange(Phase::Waiting as u8, Phase::Head as u8, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.head_ms.store(now, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
+        // The head's start is written before the phase that makes it count, so the
+        // watchdog never reads a head phase with the previous request's start. (All of a
+        // connection's parties run in its one task; the atomics only share the state.)
+        if read && self.phase.load(Ordering::Acquire) == Phase::Waiting as u8 {
+            self.head_ms.store(self.now_ms(), Ordering::Release);
+            self.phase.store(Phase::Head as u8, Ordering::Release);
         }
+    }
+
+    /// When bytes were last seen moving (ms since the connection opened).
+    fn last_moved_ms(&self, now_ms: u64) -> u64 {
+        if self.moved.swap(false, Ordering::Relaxed) {
+            self.last_ms.store(now_ms, Ordering::Relaxed);
+        }
+        self.last_ms.load(Ordering::Relaxed)
     }
 
     fn set_phase(&self, phase: Phase) {
@@ -317,6 +352,7 @@ impl<I> Watched<I> {
         // A new connection is expected to send its first head within the header timeout.
         let activity = Activity {
             start: Instant::now(),
+            moved: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             head_ms: AtomicU64::new(0),
             phase: AtomicU8::new(Phase::Head as u8),

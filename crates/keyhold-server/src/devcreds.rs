@@ -17,6 +17,9 @@ use crate::auth::{SigningKey, TokenError};
 /// The development service's name.
 pub const DEV_SERVICE: &str = "dev";
 
+/// The file that records that this data dir created the `dev` service once.
+pub const DEV_MARKER: &str = "dev-service.provisioned";
+
 /// Why credentials could not be read or created.
 #[derive(Debug, thiserror::Error)]
 pub enum CredError {
@@ -90,10 +93,15 @@ pub async fn ensure(data_dir: &Path, registry: &Registry, now_ms: u64) -> Result
         created.admin = Some(admin_path);
         k
     };
-    if registry.services().await?.is_empty() {
+    // Once only: a `dev` service removed by an admin is never brought back (the marker
+    // records that this data dir provisioned it).
+    let marker = data_dir.join(DEV_MARKER);
+    if !marker.exists() && registry.services().await?.is_empty() {
         let path = service_key_path(data_dir, DEV_SERVICE);
         let key = if path.exists() { read_key(&path)? } else { write_new_key(&path)? };
         registry.put_service(DEV_SERVICE, &Purposes::All, &key.public_key(), now_ms).await?;
+        fs::write(&marker, b"the development service dev was created from this data dir\n")
+            .map_err(|source| CredError::Io { path: marker.clone(), source })?;
         created.dev_service = Some(path);
     }
     Ok((admin.public_key(), created))

@@ -103,9 +103,9 @@ async fn edge(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
     let permit = if EXEMPT_ROUTES.contains(&route) {
         None
     } else {
-        match state.in_flight.try_acquire() {
-            Ok(p) => Some(p),
-            Err(_) => {
+        match state.enter_in_flight() {
+            Some(p) => Some(p),
+            None => {
                 // The request line (status 503) says it; no extra line per refusal, so a
                 // flood cannot multiply the log.
                 let mut resp = error::ApiError::overloaded(
@@ -121,7 +121,7 @@ async fn edge(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         let span = tracing::info_span!(
             "request",
             id = %id.to_str().unwrap_or_default(),
-            method = %method,
+            method = log_method(&method),
             route = %route,
             tenant = tracing::field::Empty,
             service = tracing::field::Empty,
@@ -152,7 +152,7 @@ fn finish(
     tracing::info!(
         target: "keyhold::request",
         id = %id.to_str().unwrap_or_default(),
-        method = %method,
+        method = log_method(method),
         route = %route,
         status,
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -162,6 +162,25 @@ fn finish(
         "request"
     );
     resp.headers_mut().insert(REQUEST_ID, id);
+}
+
+/// A method as it may be logged: a client may send any token as its method, so
+/// extension methods are logged as `other` (a line's size never depends on what a client
+/// chose to send).
+fn log_method(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::TRACE => "TRACE",
+        M::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 /// The client's request id when well-formed, or a new one: this process's random prefix

@@ -66,8 +66,16 @@ pub fn service(name: &Arc<str>) {
     }
 }
 
-/// Records why authentication failed.
+/// The longest authentication-failure reason logged (a reason may quote what the client
+/// sent).
+pub const MAX_REASON_CHARS: usize = 160;
+
+/// Records why authentication failed (cut to [`MAX_REASON_CHARS`]).
 pub fn auth_error(reason: &str) {
+    let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
+        Some((at, _)) => reason.get(..at).unwrap_or(reason),
+        None => reason,
+    };
     let _ = FIELDS.try_with(|f| f.borrow_mut().auth_error = Some(reason.to_owned()));
     if spans() {
         tracing::Span::current().record("auth_error", tracing::field::display(reason));

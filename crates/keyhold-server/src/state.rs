@@ -21,9 +21,11 @@ use std::sync::{Arc, RwLock};
 use keyhold_core::TenantId;
 use keyhold_lifecycle::{Lifecycle, Metrics, TENANT_VIEW_TTL_MS};
 use keyhold_registry::{Purposes, RegistryError, ServiceIdentity};
-use tokio::sync::Semaphore;
 
 use crate::conn::Limits;
+
+/// How long `/metrics` reuses its count of tenants per state.
+pub const TENANT_GAUGE_TTL_MS: u64 = 5_000;
 
 /// How soon a token naming a service the directory does not know sends keyhold back to
 /// the registry.
@@ -40,10 +42,16 @@ pub struct AppState {
     pub admin_public_key: Vec<u8>,
     /// The edge's timeouts and limits.
     pub limits: Limits,
-    /// Permits for requests in flight ([`Limits::max_in_flight`]).
-    pub in_flight: Semaphore,
+    /// Requests in flight ([`Limits::max_in_flight`] at most).
+    in_flight: std::sync::atomic::AtomicUsize,
     services: RwLock<Arc<Directory>>,
     services_reload: tokio::sync::Mutex<()>,
+    /// Bumped by every change made through this instance: a reload that read the
+    /// registry before the change does not replace the directory with what it read.
+    services_generation: std::sync::atomic::AtomicU64,
+    /// The tenants per state for `/metrics`, read at most every few seconds.
+    tenant_gauge: std::sync::Mutex<Gauge>,
+    tenant_gauge_reload: tokio::sync::Mutex<()>,
     tokens: RwLock<TokenCache>,
 }
 
@@ -55,13 +63,13 @@ pub struct ServiceEntry {
     /// What it may use, now.
     pub purposes: Arc<Purposes>,
     /// Its keys: (id, public key, accepted until ms; `None` = no expiry).
-    pub keys: Vec<(String, Vec<u8>, Option<u64>)>,
+    pub keys: Vec<(Arc<str>, Vec<u8>, Option<u64>)>,
 }
 
 impl ServiceEntry {
     /// Whether the key `id` is accepted at `now_ms`.
     pub fn accepts(&self, id: &str, now_ms: u64) -> bool {
-        self.keys.iter().any(|(k, _, exp)| k == id && exp.is_none_or(|e| e > now_ms))
+        self.keys.iter().any(|(k, _, exp)| k.as_ref() == id && exp.is_none_or(|e| e > now_ms))
     }
 }
 
@@ -83,7 +91,7 @@ pub enum Proven {
         /// The service.
         name: Arc<str>,
         /// The key that verified it.
-        key_id: String,
+        key_id: Arc<str>,
     },
 }
 
@@ -108,7 +116,7 @@ fn entry_bytes(p: &Proven) -> usize {
 impl AppState {
     /// Assembles the state.
     pub fn new(lifecycle: Arc<Lifecycle>, admin_public_key: Vec<u8>, limits: Limits) -> Self {
-        let in_flight = Semaphore::new(limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS));
+        let in_flight = std::sync::atomic::AtomicUsize::new(0);
         Self {
             lifecycle,
             admin_public_key,
@@ -116,8 +124,21 @@ impl AppState {
             in_flight,
             services: RwLock::new(Arc::new(Directory::default())),
             services_reload: tokio::sync::Mutex::new(()),
+            services_generation: std::sync::atomic::AtomicU64::new(0),
+            tenant_gauge: std::sync::Mutex::new((None, Vec::new())),
+            tenant_gauge_reload: tokio::sync::Mutex::new(()),
             tokens: RwLock::new(TokenCache::default()),
         }
+    }
+
+    /// A place among the requests in flight, or `None` when [`Limits::max_in_flight`] are.
+    pub fn enter_in_flight(&self) -> Option<InFlight<'_>> {
+        use std::sync::atomic::Ordering;
+        let max = self.limits.max_in_flight.max(1);
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| InFlight(&self.in_flight))
     }
 
     /// Now, in ms since the Unix epoch.
@@ -153,16 +174,52 @@ impl AppState {
         if let Some(found) = usable(&self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
             return Ok(found);
         }
+        let generation = self.services_generation.load(std::sync::atomic::Ordering::Acquire);
         let all = self.lifecycle.registry().services().await?;
         let dir = Arc::new(Directory { loaded_ms: Some(now), by_name: all.into_iter().map(directory_entry).collect() });
-        *self.services.write().unwrap_or_else(std::sync::PoisonError::into_inner) = dir.clone();
+        let mut current = self.services.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A change made meanwhile through this instance may not be in what was read: then
+        // the directory stays empty and the next request reads the registry again.
+        if self.services_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            *current = dir.clone();
+        }
         Ok(dir.by_name.get(name).cloned())
     }
 
     /// Forgets the directory (after a change made through this instance), so the next
     /// request reads the registry.
     pub fn forget_services(&self) {
-        *self.services.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Directory::default());
+        let mut current = self.services.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.services_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        *current = Arc::new(Directory::default());
+    }
+
+    /// The number of tenants in each state, for `/metrics`: read from the registry at most
+    /// every [`TENANT_GAUGE_TTL_MS`] (one reader at a time, the others answer with the
+    /// previous counts), so scraping, or a flood of unauthenticated scrapes, never loads the
+    /// registry.
+    pub async fn tenant_gauge(&self) -> Vec<(&'static str, usize)> {
+        let now = self.now_ms();
+        let fresh = |g: &Gauge| g.0.is_some_and(|at| now.saturating_sub(at) < TENANT_GAUGE_TTL_MS);
+        {
+            let g = self.tenant_gauge.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if fresh(&g) {
+                return g.1.clone();
+            }
+        }
+        let Ok(_reload) = self.tenant_gauge_reload.try_lock() else {
+            return self.tenant_gauge.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.clone();
+        };
+        let counts = match self.lifecycle.registry().tenant_states().await {
+            Ok(c) => c,
+            Err(_) => return self.tenant_gauge.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.clone(),
+        };
+        let counts: Vec<(&'static str, usize)> = keyhold_registry::TenantState::ALL
+            .iter()
+            .map(|s| (s.as_str(), counts.iter().find(|(t, _)| t == s).map_or(0, |(_, n)| *n)))
+            .collect();
+        *self.tenant_gauge.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (Some(now), counts.clone());
+        counts
     }
 
     /// What the token with `digest` proved, if it was verified before and has not expired.
@@ -198,11 +255,24 @@ impl AppState {
     }
 }
 
+/// Tenants per state, and when they were counted (ms since the Unix epoch).
+type Gauge = (Option<u64>, Vec<(&'static str, usize)>);
+
+/// A request's place among those in flight, given back on drop.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 fn directory_entry(s: ServiceIdentity) -> (String, Arc<ServiceEntry>) {
     let entry = ServiceEntry {
         name: s.name.as_str().into(),
         purposes: Arc::new(s.purposes),
-        keys: s.keys.into_iter().map(|k| (k.id, k.public_key, k.expires_ms)).collect(),
+        keys: s.keys.into_iter().map(|k| (Arc::from(k.id), k.public_key, k.expires_ms)).collect(),
     };
     (s.name, Arc::new(entry))
 }

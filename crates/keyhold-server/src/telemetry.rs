@@ -16,10 +16,12 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Lines the log writer may queue before it drops new ones.
-pub const LOG_QUEUE_LINES: usize = 128_000;
+/// Lines the log writer may queue before it drops new ones. Lines keyhold writes are
+/// bounded (no field holds more than a few hundred bytes of what a client sent), so the
+/// queue is bounded in bytes too: tens of MiB at most.
+pub const LOG_QUEUE_LINES: usize = 32_000;
 
-/// The default filter: keyhold's own lines and its dependencies' warnings.
+/// The default filter: everything at `info` and above.
 pub const DEFAULT_FILTER: &str = "info";
 
 /// How log lines look.
@@ -95,7 +97,9 @@ pub fn init_to(
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(true)
         .thread_name("keyhold-log")
-        .finish(out);
+        // Buffered: the writer thread writes what queued up in one call and flushes when
+        // the queue is empty, instead of a system call per line.
+        .finish(std::io::BufWriter::with_capacity(64 << 10, out));
     // The log shows events only: keyhold's request line carries its fields itself, and a
     // span's fields would be formatted (allocated) for nothing.
     let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());

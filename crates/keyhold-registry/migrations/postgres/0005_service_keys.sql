@@ -11,4 +11,4 @@ CREATE TABLE service_keys (
 );
 
 INSERT INTO service_keys (service, key_id, public_key, created_ms, expires_ms)
-    SELECT name, substr(encode(public_key, 'hex'), 1, 16), public_key, created_ms, NULL FROM service_identities;
+    SELECT name, encode(public_key, 'hex'), public_key, created_ms, NULL FROM service_identities;

@@ -2,7 +2,6 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use keyhold_registry::TenantState;
 
 use super::Shared;
 use crate::error::{ApiError, ErrorBody};
@@ -28,11 +27,7 @@ pub async fn readyz(State(state): Shared) -> Result<&'static str, ApiError> {
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): Shared) -> Response {
-    let mut by_state = Vec::new();
-    let tenants = state.lifecycle.registry().tenants().await.unwrap_or_default();
-    for s in TenantState::ALL {
-        by_state.push((s.as_str(), tenants.iter().filter(|t| t.state == *s).count()));
-    }
+    let by_state = state.tenant_gauge().await;
     let body = state.metrics().render(&state.lifecycle.keyhold().cache_stats(), &by_state);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
