@@ -206,15 +206,15 @@ pub struct ServeArgs {
     /// Seconds a TLS handshake may take [default: 10].
     #[arg(long, env = "KEYHOLD_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<u64>,
-    /// Seconds a request's head may take to arrive, from its first byte (a new connection
-    /// must start its first request within it too) [default: 10].
+    /// Seconds a request's head may take to arrive, from its first byte [default: 10].
     #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT")]
     pub header_timeout: Option<u64>,
     /// Seconds a request body may take to arrive in full (408 after) [default: 30].
     #[arg(long, env = "KEYHOLD_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
-    /// Seconds without a byte moving either way after which a connection is closed, also
-    /// how long a keep-alive connection waits for its next request [default: 60].
+    /// Seconds without a byte moving either way, outside a request being handled, after
+    /// which a connection is closed: how long a keep-alive (or new) connection waits for
+    /// its next request [default: 60].
     #[arg(long, env = "KEYHOLD_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
     /// Connections served at once; beyond, 503 overloaded (keep under the file-descriptor

@@ -5,8 +5,7 @@
 //! Every accepted connection gets a task of its own: a TLS handshake runs there, under
 //! [`Limits::handshake_timeout`], so a client that opens a socket and sends nothing blocks
 //! no one. A request's head must arrive within [`Limits::header_timeout`], counted from
-//! its first byte (and, for a new connection, from its opening; a head that starts on a
-//! kept-alive connection is noticed within a quarter of the timeout, so it is closed at
+//! its first byte (a head is noticed within a quarter of the timeout, so it is closed at
 //! most 25% late), and may hold at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`]. Outside a
 //! request being handled, a connection on which no byte moves either way for
 //! [`Limits::idle_timeout`] is closed: a keep-alive connection waiting for its next
@@ -69,8 +68,7 @@ pub const RETRY_AFTER_S: u32 = 1;
 pub struct Limits {
     /// The longest a TLS handshake may take.
     pub handshake_timeout: Duration,
-    /// The longest a request's head may take to arrive, from its first byte (for a new
-    /// connection, from its opening).
+    /// The longest a request's head may take to arrive, from its first byte.
     pub header_timeout: Duration,
     /// The longest a request body may take to arrive in full (answered `408
     /// request_timeout`).
@@ -294,7 +292,7 @@ async fn watchdog(activity: Arc<Activity>, limits: Limits) -> &'static str {
 enum Phase {
     /// Waiting for the first byte of the next request (keep-alive).
     Waiting = 0,
-    /// A request's head is arriving (or, for a new connection, expected).
+    /// A request's head is arriving.
     Head = 1,
     /// A request is being served.
     Busy = 2,
@@ -349,13 +347,15 @@ struct Watched<I> {
 
 impl<I> Watched<I> {
     fn new(inner: I) -> Self {
-        // A new connection is expected to send its first head within the header timeout.
+        // A new connection waits for its first request like a kept-alive one: clients open
+        // connections ahead of need (a pool's connect racing an idle connection's reuse),
+        // and closing those after the header timeout would race their first request.
         let activity = Activity {
             start: Instant::now(),
             moved: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             head_ms: AtomicU64::new(0),
-            phase: AtomicU8::new(Phase::Head as u8),
+            phase: AtomicU8::new(Phase::Waiting as u8),
         };
         Self { inner, activity: Arc::new(activity) }
     }
