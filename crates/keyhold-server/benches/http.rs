@@ -10,6 +10,10 @@
 //! limits, and logs at its default level (a line per request, to a file), as `keyhold
 //! serve` does; the echo runs on plain `axum::serve` with no logging.
 //!
+//! `BENCH_AXUM_SERVE=1` serves keyhold on plain `axum::serve` instead (no limits or
+//! timeouts), and `RUST_LOG=off` turns its logging off: the costs of the accept loop and
+//! of the request line, measured against the same echo.
+//!
 //! Run: `cargo bench -p keyhold-server --bench http` (env `ROUNDS`, `SECONDS`,
 //! `CONNECTIONS` to change the defaults 3, 2 and 16).
 
@@ -143,7 +147,11 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let config = ServeConfig { probe_interval: None, ..ServeConfig::embedded(dir.path()) };
         let (state, _) = build(&config, RealmCatalog::builtin(), Arc::new(SystemClock)).await.unwrap();
-        let keyhold_url = serve_keyhold(keyhold_server::router(state.clone())).await;
+        let keyhold_url = if std::env::var_os("BENCH_AXUM_SERVE").is_some() {
+            serve(keyhold_server::router(state.clone())).await
+        } else {
+            serve_keyhold(keyhold_server::router(state.clone())).await
+        };
         let echo_url = serve(axum::Router::new().route("/echo", post(|Json(v): Json<Value>| async move { Json(v) }))).await;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let admin = devcreds::read_key(&devcreds::admin_key_path(dir.path())).unwrap();
