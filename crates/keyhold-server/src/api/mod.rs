@@ -69,6 +69,11 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
             return Err(extract::unsupported_media_type());
         }
         let bytes = read_body(req.into_body(), crate::MAX_BODY, state.limits.body_timeout).await?;
+        // Every body keyhold takes is an object; serde would also read a struct from an
+        // array of its fields, which no document describes.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("the request body must be a JSON object"));
+        }
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
     }
 }

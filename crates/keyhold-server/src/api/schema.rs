@@ -323,11 +323,25 @@ pub fn service_purposes() -> RefOr<Schema> {
     RefOr::T(Schema::OneOf(one))
 }
 
-/// An Ed25519 public key, base64.
+/// An Ed25519 public key, base64 (or null: absent).
 pub fn public_key() -> Object {
-    string()
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
         .pattern(Some(PUBLIC_KEY_PATTERN))
         .description(Some("An Ed25519 public key: 32 bytes, standard base64; without it keyhold generates the pair."))
+        .build()
+}
+
+/// A rotation's overlap in seconds: a whole number from 0 to 30 days (`524.0` counts as
+/// whole, as JSON Schema says), or null for the default.
+pub fn overlap_s() -> Object {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Integer, Type::Null]))
+        .minimum(Some(0))
+        .maximum(Some(crate::services::MAX_OVERLAP_S as f64))
+        .description(Some(
+            "Seconds the previous keys stay accepted (default 86400; 0 ends them at once, for a leaked key).",
+        ))
         .build()
 }
 

@@ -201,9 +201,23 @@ pub struct RotateService {
     pub public_key: Option<String>,
     /// Seconds the previous keys stay accepted (default 86400, at most 2592000; 0 ends
     /// them at once, for a leaked key).
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 2592000)]
+    #[serde(default, deserialize_with = "whole_seconds")]
+    #[schema(schema_with = schema::overlap_s)]
     pub overlap_s: Option<u64>,
+}
+
+/// A whole number of seconds: an integer, or a number with no fraction (`524.0`), as JSON
+/// Schema's `integer` allows.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v: Option<serde_json::Number> = Option::deserialize(d)?;
+    let Some(n) = v else { return Ok(None) };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(format!("overlap_s must be a whole number of seconds from 0, not {n}"))),
+    }
 }
 
 /// Gives a service a new key; its previous keys stay accepted for the overlap.
