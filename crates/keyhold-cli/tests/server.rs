@@ -65,7 +65,15 @@ fn quick_start_through_the_server() {
         let mode = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
-    let log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    // The log is written out every 50 ms.
+    let mut log = String::new();
+    for _ in 0..40 {
+        log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+        if log.contains("admin.key") && log.contains("dev.key") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(log.contains("admin.key") && log.contains("dev.key"), "{log}");
     let k1 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
     let k2 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-west-1"], b"", &[]))).unwrap();

@@ -4,11 +4,15 @@
 //!
 //! What is logged never holds a secret: plaintext, ciphertext, data keys and tokens are
 //! not fields of any span or event keyhold emits (the request line carries its id, route,
-//! status, latency, tenant and service; never a payload). Lines are written by a
-//! background thread so a slow terminal or pipe does not slow requests; if it falls more
-//! than [`LOG_QUEUE_LINES`] lines behind, further lines are dropped rather than blocking.
+//! status, latency, tenant and service; never a payload). Lines are appended to a
+//! buffer in memory that a background thread writes out every [`LOG_FLUSH_INTERVAL`]: a
+//! slow terminal or pipe does not slow requests, and a request costs no wake-up of
+//! another thread. If the buffer holds [`LOG_BUFFER_BYTES`] unwritten, further lines are
+//! dropped (and counted in a line when writing resumes) rather than blocking.
 
 use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -16,10 +20,11 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Lines the log writer may queue before it drops new ones. Lines keyhold writes are
-/// bounded (no field holds more than a few hundred bytes of what a client sent), so the
-/// queue is bounded in bytes too: tens of MiB at most.
-pub const LOG_QUEUE_LINES: usize = 32_000;
+/// The most unwritten log bytes held in memory; beyond, lines are dropped.
+pub const LOG_BUFFER_BYTES: usize = 16 << 20;
+
+/// How often the log writer writes what was logged.
+pub const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The default filter: everything at `info` and above.
 pub const DEFAULT_FILTER: &str = "info";
@@ -62,7 +67,7 @@ pub enum TelemetryError {
 
 /// Keeps the log writer and the trace exporter running; dropping it flushes both.
 pub struct Guard {
-    _writer: tracing_appender::non_blocking::WorkerGuard,
+    writer: Option<(Arc<LogBuffer>, std::thread::JoinHandle<()>)>,
     traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
@@ -72,6 +77,72 @@ impl Drop for Guard {
             // Exports what is batched; a collector that is gone costs its timeout only.
             let _ = p.shutdown();
         }
+        if let Some((buffer, thread)) = self.writer.take() {
+            buffer.closed.store(true, Ordering::Release);
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Log lines not yet written, shared by every thread that logs and the writer thread.
+#[derive(Default)]
+struct LogBuffer {
+    lines: Mutex<Vec<u8>>,
+    dropped: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// What the formatter writes one line through.
+#[derive(Clone)]
+struct BufferWriter(Arc<LogBuffer>);
+
+impl std::io::Write for BufferWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut lines = self.0.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lines.len() + line.len() > LOG_BUFFER_BYTES {
+            self.0.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            lines.extend_from_slice(line);
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferWriter {
+    type Writer = BufferWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Writes the buffer to `out` every [`LOG_FLUSH_INTERVAL`] until closed, then once more.
+fn write_out(buffer: &LogBuffer, out: &mut dyn std::io::Write) {
+    let mut spare = Vec::new();
+    loop {
+        let closed = buffer.closed.load(Ordering::Acquire);
+        {
+            let mut lines = buffer.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::swap(&mut *lines, &mut spare);
+        }
+        let dropped = buffer.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = writeln!(out, "keyhold: {dropped} log lines dropped: the log output did not keep up");
+        }
+        if !spare.is_empty() {
+            let _ = out.write_all(&spare);
+            let _ = out.flush();
+            spare.clear();
+        }
+        if closed {
+            return;
+        }
+        std::thread::park_timeout(LOG_FLUSH_INTERVAL);
     }
 }
 
@@ -93,13 +164,16 @@ pub fn init_to(
     let filter = EnvFilter::builder()
         .parse(&directives)
         .map_err(|e| TelemetryError::Filter(directives.clone(), e.to_string()))?;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("keyhold-log")
-        // Buffered: the writer thread writes what queued up in one call and flushes when
-        // the queue is empty, instead of a system call per line.
-        .finish(std::io::BufWriter::with_capacity(64 << 10, out));
+    let buffer = Arc::new(LogBuffer::default());
+    let writer = BufferWriter(buffer.clone());
+    let thread = {
+        let buffer = buffer.clone();
+        let mut out = out;
+        std::thread::Builder::new()
+            .name("keyhold-log".into())
+            .spawn(move || write_out(&buffer, &mut out))
+            .map_err(|e| TelemetryError::Installed(format!("the log writer thread: {e}")))?
+    };
     // The log shows events only: keyhold's request line carries its fields itself, and a
     // span's fields would be formatted (allocated) for nothing.
     let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());
@@ -143,7 +217,7 @@ pub fn init_to(
         .with(otel)
         .try_init()
         .map_err(|e| TelemetryError::Installed(e.to_string()))?;
-    Ok(Guard { _writer: guard, traces })
+    Ok(Guard { writer: Some((buffer, thread)), traces })
 }
 
 /// The collector's traces URL: `/v1/traces` under the endpoint unless it names a path.
