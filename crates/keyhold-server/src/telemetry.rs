@@ -232,6 +232,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_log_buffer_is_bounded_and_says_what_it_dropped() {
+        use std::io::Write as _;
+        let buffer = Arc::new(LogBuffer::default());
+        let mut w = BufferWriter(buffer.clone());
+        let line = vec![b'x'; 1 << 20];
+        for _ in 0..20 {
+            assert_eq!(w.write(&line).unwrap(), line.len());
+        }
+        assert!(buffer.lines.lock().unwrap().len() <= LOG_BUFFER_BYTES);
+        assert_eq!(buffer.dropped.load(Ordering::Relaxed), 4);
+        buffer.closed.store(true, Ordering::Release);
+        let mut out = Vec::new();
+        write_out(&buffer, &mut out);
+        assert!(out.starts_with(b"keyhold: 4 log lines dropped"));
+        assert_eq!(out.len() - out.iter().position(|b| *b == b'\n').unwrap() - 1, 16 << 20);
+        assert!(buffer.lines.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn the_traces_url_gets_its_path_unless_given_one() {
         assert_eq!(traces_url("http://127.0.0.1:4318"), "http://127.0.0.1:4318/v1/traces");
         assert_eq!(traces_url("http://127.0.0.1:4318/"), "http://127.0.0.1:4318/v1/traces");
