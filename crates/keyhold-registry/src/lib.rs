@@ -631,34 +631,6 @@ impl Registry {
         self.service(name).await?.ok_or_else(|| RegistryError::ServiceNotFound(name.to_owned()))
     }
 
-    /// Registers a service identity, or replaces its purposes and adds `public_key` to its
-    /// keys when it exists (the development `dev` service at every start).
-    pub async fn put_service(&self, name: &str, purposes: &Purposes, public_key: &[u8], now_ms: u64) -> Result<()> {
-        match self.add_service(name, purposes, public_key, now_ms).await {
-            Ok(_) => Ok(()),
-            Err(RegistryError::ServiceExists(_)) => {
-                let mut tx = self.begin_write().await?;
-                sqlx::query("UPDATE service_identities SET purposes = $2 WHERE name = $1")
-                    .bind(name)
-                    .bind(purposes.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                let id = service_key_id(public_key);
-                let known = sqlx::query("SELECT 1 FROM service_keys WHERE service = $1 AND key_id = $2")
-                    .bind(name)
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if known.is_none() {
-                    insert_service_key(&mut tx, name, public_key, now_ms).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Rotates a service's key: `public_key` becomes its newest key, and every older key
     /// is accepted `overlap_ms` more at most (an earlier expiry stays). Keys already
     /// expired are dropped. Returns the service as it is now.

@@ -223,9 +223,7 @@ async fn service_identities(backend: Backend) {
         reg.add_service("billing", &Purposes::All, &[1; 32], 6).await,
         Err(RegistryError::ServiceExists(n)) if n == "billing"
     ));
-    reg.put_service("dev", &Purposes::All, &[9; 32], 6).await.unwrap();
-    // put_service is idempotent for the same key.
-    reg.put_service("dev", &Purposes::All, &[9; 32], 7).await.unwrap();
+    reg.add_service("dev", &Purposes::All, &[9; 32], 6).await.unwrap();
     assert_eq!(reg.service("dev").await.unwrap().unwrap().keys.len(), 1);
     assert_eq!(reg.service("billing").await.unwrap().unwrap(), billing);
     assert_eq!(reg.service("nobody").await.unwrap(), None);

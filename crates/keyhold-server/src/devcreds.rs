@@ -99,7 +99,11 @@ pub async fn ensure(data_dir: &Path, registry: &Registry, now_ms: u64) -> Result
     if !marker.exists() && registry.services().await?.is_empty() {
         let path = service_key_path(data_dir, DEV_SERVICE);
         let key = if path.exists() { read_key(&path)? } else { write_new_key(&path)? };
-        registry.put_service(DEV_SERVICE, &Purposes::All, &key.public_key(), now_ms).await?;
+        match registry.add_service(DEV_SERVICE, &Purposes::All, &key.public_key(), now_ms).await {
+            // Another instance sharing the registry registered it first.
+            Ok(_) | Err(keyhold_registry::RegistryError::ServiceExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         fs::write(&marker, b"the development service dev was created from this data dir\n")
             .map_err(|source| CredError::Io { path: marker.clone(), source })?;
         created.dev_service = Some(path);

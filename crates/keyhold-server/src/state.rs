@@ -153,8 +153,8 @@ impl AppState {
 
     /// The service `name` as the directory holds it (read again from the registry when
     /// older than the view bound); `None` when no such service is registered.
-    pub async fn service(&self, name: &str) -> Result<Option<Arc<ServiceEntry>>, RegistryError> {
-        let now = self.now_ms();
+    /// `now` is the caller's reading of the clock (the request already took one).
+    pub async fn service(&self, name: &str, now: u64) -> Result<Option<Arc<ServiceEntry>>, RegistryError> {
         // A known name is trusted for the view bound; an unknown one sends keyhold back to
         // the registry at most once a second (a service just registered is seen within a
         // second, and a flood of made-up names costs one query a second).

@@ -169,7 +169,7 @@ async fn authenticate(parts: &Parts, state: &Arc<AppState>) -> Result<Principal,
             // The directory, not the cache, says whether the service and its key are still
             // accepted, and with which purposes.
             let entry = state
-                .service(&name)
+                .service(&name, now_ms)
                 .await
                 .map_err(Refused::Registry)?
                 .ok_or_else(|| Refused::Token(format!("service {name:?} is no longer registered")))?;
@@ -187,7 +187,7 @@ async fn verify_token(token: &str, state: &Arc<AppState>, now_ms: u64) -> Result
     let claims = auth::unverified_claims(token).map_err(|e| Refused::Token(e.to_string()))?;
     match claims.scope {
         Scope::Service => {
-            let Some(entry) = state.service(&claims.iss).await.map_err(Refused::Registry)? else {
+            let Some(entry) = state.service(&claims.iss, now_ms).await.map_err(Refused::Registry)? else {
                 // As much work as for a known service's wrong signature, so the time taken
                 // does not tell which services exist.
                 let _ = auth::verify(token, auth::unknown_issuer_key(), now_s);

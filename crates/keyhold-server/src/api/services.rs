@@ -105,7 +105,6 @@ pub async fn create_service(
 ) -> Result<(StatusCode, Json<ServiceOut>), ApiError> {
     admin_only(&p)?;
     let purposes = services::purposes_from(&body.purposes)?;
-    services::check_name(&body.name)?;
     let (public, private) = services::key_for(public_key(body.public_key.as_deref())?.as_deref())?;
     let now = state.now_ms();
     let s = services::register(state.lifecycle.registry(), &body.name, &purposes, &public, now).await?;
@@ -233,7 +232,6 @@ pub async fn rotate_service(
     ApiJson(body): ApiJson<RotateService>,
 ) -> Result<Json<ServiceOut>, ApiError> {
     admin_only(&p)?;
-    services::check_name(&name)?;
     let (public, private) = services::key_for(public_key(body.public_key.as_deref())?.as_deref())?;
     let now = state.now_ms();
     let overlap = body.overlap_s.unwrap_or(DEFAULT_OVERLAP_S);
