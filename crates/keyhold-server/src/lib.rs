@@ -103,19 +103,17 @@ async fn edge(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
     let permit = if EXEMPT_ROUTES.contains(&route) {
         None
     } else {
-        match state.enter_in_flight() {
-            Some(p) => Some(p),
-            None => {
-                // The request line (status 503) says it; no extra line per refusal, so a
-                // flood cannot multiply the log.
-                let mut resp = error::ApiError::overloaded(
-                    "keyhold is handling its maximum number of requests; retry after the Retry-After delay",
-                )
-                .into_response();
-                finish(&state, &method, route, started, &mut resp, id, &reqlog::Fields::default());
-                return resp;
-            }
-        }
+        let Some(p) = state.enter_in_flight() else {
+            // The request line (status 503) says it; no extra line per refusal, so a flood
+            // cannot multiply the log.
+            let mut resp = error::ApiError::overloaded(
+                "keyhold is handling its maximum number of requests; retry after the Retry-After delay",
+            )
+            .into_response();
+            finish(&state, &method, route, started, &mut resp, id, &reqlog::Fields::default());
+            return resp;
+        };
+        Some(p)
     };
     let (mut resp, fields) = if reqlog::spans() {
         let span = tracing::info_span!(
