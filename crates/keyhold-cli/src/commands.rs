@@ -20,7 +20,7 @@ use keyhold_service::{EncryptParams, Keyhold, Settings};
 
 use crate::flags::{
     AwsArgs, Cli, Command, DecryptArgs, EncryptArgs, Format, LocalKms as LocalCmd, OnboardingArgs, PolicyArgs,
-    TemplateArgs, TemplateKind, ValidateArgs,
+    ReencryptArgs, TemplateArgs, TemplateKind, ValidateArgs,
 };
 
 /// Inputs larger than this get a progress bar on a terminal.
@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::LocalKms(cmd) => local_kms(&cli.data_dir, cmd)?,
         Command::Encrypt(args) => encrypt(&cli.data_dir, args)?,
         Command::Decrypt(args) => decrypt(&cli.data_dir, args)?,
+        Command::Reencrypt(args) => reencrypt(&cli.data_dir, args)?,
         Command::Policy(args) => policy(args)?,
         Command::Template(args) => template(args)?,
         Command::Validate(args) => return validate(&cli.data_dir, args),
@@ -251,8 +252,9 @@ fn encrypt(dir: &std::path::Path, args: EncryptArgs) -> Result<()> {
     let rt = runtime()?;
     let need_aws = keys.iter().any(|k| k.as_str().starts_with("arn:"));
     let service = service(rt.block_on(providers(dir, &args.aws, &tenant, need_aws))?, Settings::default(), &args.aws)?;
-    let params = EncryptParams { tenant, purpose, keys: keys.into(), context, suite };
+    let params = EncryptParams { tenant, purpose, keys: keys.into(), context, suite, generation: 0 };
     let materials = rt.block_on(service.encryption_materials(&params, 0))?;
+    let materials = &materials.message;
     let stdin = std::io::stdin().lock();
     let size = input_size();
     let bar = progress(size, args.quiet);
@@ -281,6 +283,65 @@ fn decrypt(dir: &std::path::Path, args: DecryptArgs) -> Result<()> {
     let bar = progress(input_size(), args.quiet);
     decrypt_stream(body, leftover, &mut stdin, std::io::stdout().lock(), |n| bar.set_position(n))
         .context("decrypting")?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Offline: decrypts with any key the providers serve and encrypts under `--key`s,
+/// streaming; the purpose, caller context and (committing) suite are the old message's.
+fn reencrypt(dir: &std::path::Path, args: ReencryptArgs) -> Result<()> {
+    if args.keys.is_empty() {
+        return crate::server_cmds::remote_reencrypt(&args.client, &args.tenant);
+    }
+    let tenant = TenantId::parse(&args.tenant).context("invalid --tenant")?;
+    let keys = args.keys.iter().map(|k| key_ref(k)).collect::<Result<Vec<_>>>()?;
+    if args.frame_length == 0 {
+        bail!("invalid --frame-length 0: frames hold at least one byte");
+    }
+    let config = DecryptConfig::default();
+    let mut stdin = std::io::stdin().lock();
+    let (header, leftover) = read_header_from(&mut stdin, &config).context("reading the message header")?;
+    keyhold_service::check_tenant(&tenant, &header)?;
+    let purpose = header
+        .context_value(keyhold_core::RESERVED_PURPOSE_KEY)
+        .and_then(|p| Purpose::parse(p).ok())
+        .context("the message carries no purpose; keyhold did not write it")?;
+    let context = EncryptionContext::from_caller_pairs(
+        header
+            .context()
+            .iter()
+            .filter(|(k, _)| {
+                ![
+                    keyhold_core::RESERVED_TENANT_KEY,
+                    keyhold_core::RESERVED_PURPOSE_KEY,
+                    keyhold_envelope::PUBLIC_KEY_CONTEXT_KEY,
+                ]
+                .contains(k)
+            })
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    )
+    .context("the message's context")?;
+    let suite = if header.suite().is_committing() { header.suite() } else { AlgorithmSuite::default() };
+    let rt = runtime()?;
+    let need_aws = keys.iter().any(|k| k.as_str().starts_with("arn:"))
+        || header.edk_refs().any(|e| e.provider_id == keyhold_provider_aws::PROVIDER_ID);
+    let service = service(rt.block_on(providers(dir, &args.aws, &tenant, need_aws))?, Settings::default(), &args.aws)?;
+    let params = EncryptParams { tenant: tenant.clone(), purpose, keys: keys.into(), context, suite, generation: 0 };
+    let materials = rt.block_on(service.encryption_materials(&params, 0))?;
+    let body = rt.block_on(service.body_decryptor(&tenant, header, &keyhold_service::AnyKey, &mut Vec::new()))?;
+    let bar = progress(input_size(), args.quiet);
+    let out = EncryptConfig { frame_length: args.frame_length };
+    keyhold_envelope::stream::reencrypt_stream(
+        body,
+        leftover,
+        &mut stdin,
+        &materials.message,
+        &out,
+        &SystemRandom::new(),
+        std::io::stdout().lock(),
+        |n| bar.set_position(n),
+    )
+    .context("re-encrypting")?;
     bar.finish_and_clear();
     Ok(())
 }

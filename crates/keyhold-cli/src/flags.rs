@@ -26,6 +26,10 @@ pub enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt a message from standard input to standard output.
     Decrypt(DecryptArgs),
+    /// Re-encrypt a message from standard input under new keys to standard output: a new
+    /// message (new id and data key) with the old one's purpose and context; streamed
+    /// offline (--key), through the server's /v1/reencrypt with --url.
+    Reencrypt(ReencryptArgs),
     /// Print the key policy a tenant applies to its KMS key in each region of its realm.
     Policy(PolicyArgs),
     /// Print a CloudFormation template for the tenant to deploy in its AWS account.
@@ -570,6 +574,31 @@ pub struct DecryptArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
     /// Decrypt through the server at --url instead of with local or AWS keys directly.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `keyhold reencrypt` flags.
+#[derive(Debug, Args)]
+pub struct ReencryptArgs {
+    /// The tenant the message belongs to; a message of any other tenant is refused.
+    #[arg(long)]
+    pub tenant: String,
+    /// Offline: the new root keys (local key id or AWS KMS key ARN), repeat per region,
+    /// home region first. Without --key, the server at --url re-encrypts under the
+    /// tenant's active keys.
+    #[arg(long = "key", required_unless_present = "url")]
+    pub keys: Vec<String>,
+    /// Plaintext bytes per frame of the new message (offline).
+    #[arg(long, default_value_t = 4096)]
+    pub frame_length: u32,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// How to reach AWS KMS.
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// Server and token (used when no --key is given).
     #[command(flatten)]
     pub client: ClientArgs,
 }

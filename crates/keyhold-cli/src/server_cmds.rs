@@ -440,6 +440,26 @@ pub fn remote_decrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
     Ok(())
 }
 
+/// `keyhold reencrypt --url`: the server re-encrypts under the tenant's active keys; a
+/// message under them already is written back unchanged (and the server said so on
+/// standard error).
+pub fn remote_reencrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
+    let mut ct = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut ct)?;
+    let body = json!({"tenant": tenant, "ciphertext": B64.encode(&ct)});
+    let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/reencrypt", Some(&body)).await })?;
+    if out.get("changed").and_then(Value::as_bool) == Some(true) {
+        let new = B64
+            .decode(out.get("ciphertext").and_then(Value::as_str).unwrap_or_default())
+            .context("the server's ciphertext")?;
+        std::io::stdout().lock().write_all(&new)?;
+    } else {
+        eprintln!("keyhold: the message is under tenant {tenant}'s active keys already; written back unchanged");
+        std::io::stdout().lock().write_all(&ct)?;
+    }
+    Ok(())
+}
+
 async fn registry(data_dir: &Path, url: Option<&str>) -> Result<keyhold_registry::Registry> {
     let url = match url {
         Some(u) => u.to_owned(),

@@ -138,6 +138,62 @@ pub fn decrypt_stream<R: Read, W: Write>(
     }
 }
 
+/// Re-encrypts the rest of a message (its header parsed into `body`, `leftover` and
+/// `reader` as for [`decrypt_stream`]) into a new message under `materials` written to
+/// `writer`. The plaintext passes through one chunk at a time and is never held whole
+/// nor written anywhere. The new message's final frame is written only
+/// after the old message authenticated to its end (signature included): if it does not,
+/// `writer` holds an unfinished message that no decryptor accepts. Returns the number of
+/// plaintext bytes re-encrypted.
+#[allow(clippy::too_many_arguments, reason = "decrypt_stream's and encrypt_stream's arguments")]
+pub fn reencrypt_stream<M, R, W>(
+    body: BodyDecryptor,
+    leftover: Vec<u8>,
+    reader: R,
+    materials: M,
+    config: &EncryptConfig,
+    rng: &dyn SecureRandom,
+    writer: W,
+    progress: impl FnMut(u64),
+) -> Result<u64, StreamError>
+where
+    M: Borrow<EncryptionMaterials>,
+    R: Read,
+    W: Write,
+{
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    let enc = Encryptor::new(materials, config, rng, &mut out)?;
+    let mut sink = EncryptingWriter { enc, out, writer };
+    sink.writer.write_all(&sink.out)?;
+    sink.out.clear();
+    let n = decrypt_stream(body, leftover, reader, &mut sink, progress)?;
+    sink.enc.finish(&mut sink.out)?;
+    sink.writer.write_all(&sink.out)?;
+    sink.writer.flush()?;
+    Ok(n)
+}
+
+/// A writer that encrypts what it is given into a message written to `writer`.
+struct EncryptingWriter<M: Borrow<EncryptionMaterials>, W> {
+    enc: Encryptor<M>,
+    out: Vec<u8>,
+    writer: W,
+}
+
+impl<M: Borrow<EncryptionMaterials>, W: Write> Write for EncryptingWriter<M, W> {
+    fn write(&mut self, plaintext: &[u8]) -> std::io::Result<usize> {
+        self.enc.update(plaintext, &mut self.out).map_err(std::io::Error::other)?;
+        self.writer.write_all(&self.out)?;
+        self.out.clear();
+        Ok(plaintext.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Finishing the message is `reencrypt_stream`'s, once the old one authenticated.
+        Ok(())
+    }
+}
+
 /// Reads until `buf` is full or the reader ends, retrying interrupted reads.
 fn read_some<R: Read>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

@@ -101,6 +101,7 @@ fn main() {
         keys: vec![key.clone()].into(),
         context: EncryptionContext::new(),
         suite: Default::default(),
+        generation: 0,
     };
     let esdk = esdk_client::Client::from_conf(AwsEncryptionSdkConfig::builder().build().unwrap()).unwrap();
     let mpl = mpl_client::Client::from_conf(MaterialProvidersConfig::builder().build().unwrap()).unwrap();
@@ -314,8 +315,14 @@ fn fixed_cost(rt: &tokio::runtime::Runtime, service: &Keyhold, params: &EncryptP
             let mut id = [0u8; 32];
             id[..8].copy_from_slice(&n.to_be_bytes());
             env_buf.clear();
-            keyhold_envelope::encrypt_into(&materials, &EncryptConfig::default(), MessageId(id), b"", &mut env_buf)
-                .unwrap();
+            keyhold_envelope::encrypt_into(
+                &materials.message,
+                &EncryptConfig::default(),
+                MessageId(id),
+                b"",
+                &mut env_buf,
+            )
+            .unwrap();
             black_box(&env_buf);
         },
         &mut || {

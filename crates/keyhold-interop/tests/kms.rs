@@ -45,6 +45,7 @@ async fn keyhold_writes_with_aws_kms_and_aws_esdk_reads_with_either_region_key()
             keys: keys.iter().map(|k| KeyRef::parse(k).unwrap()).collect(),
             context: context.clone(),
             suite,
+            generation: 0,
         };
         for len in [0usize, 1, 4096, 10_000] {
             let pt = plaintext(len);

@@ -113,6 +113,7 @@ async fn keyhold_writes_aws_esdk_reads_with_context_and_either_region() {
             keys: f.keys.iter().map(|(k, _)| k.clone()).collect(),
             context,
             suite,
+            generation: 0,
         };
         for len in SIZES {
             let pt = plaintext(len);

@@ -43,6 +43,21 @@ impl Lifecycle {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), LifecycleError> {
+        self.encrypt_as(caller, tenant, purpose, context, AlgorithmSuite::default(), plaintext, out).await
+    }
+
+    /// [`Lifecycle::encrypt`] with algorithm suite `suite` (a committing one).
+    #[allow(clippy::too_many_arguments, reason = "encrypt's arguments and the suite")]
+    pub async fn encrypt_as(
+        &self,
+        caller: &Caller<'_>,
+        tenant: TenantId,
+        purpose: Purpose,
+        context: EncryptionContext,
+        suite: AlgorithmSuite,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), LifecycleError> {
         if !caller.purposes.allows(&purpose) {
             return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
         }
@@ -51,8 +66,14 @@ impl Lifecycle {
         self.journal.check(&tenant)?;
         let view = self.tenant_view(&tenant).await?;
         servable(&view)?;
-        let params =
-            EncryptParams { tenant, purpose, keys: view.active.clone(), context, suite: AlgorithmSuite::default() };
+        let params = EncryptParams {
+            tenant,
+            purpose,
+            keys: view.active.clone(),
+            context,
+            suite,
+            generation: view.tenant.dek_generation,
+        };
         let tenant = &params.tenant;
         let started = Instant::now();
         match self.keyhold.encrypt_into(&params, plaintext, out).await {
@@ -113,6 +134,24 @@ impl Lifecycle {
                 self.journal.usage().decrypted(tenant, &purpose, caller.service, self.now_ms(), 1);
                 Ok(Decrypted { header, purpose })
             }
+            Err(keyhold_service::ServiceError::KeyNotInTenant) => {
+                // Keys retired from the history are never asked: say so, not "unknown".
+                let header = keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt).map_err(|e| {
+                    LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}"))
+                })?;
+                let retired: Vec<String> = self
+                    .keyhold
+                    .message_keys(&header)
+                    .into_iter()
+                    .filter(|k| view.retired.contains(k))
+                    .map(|k| k.to_string())
+                    .collect();
+                if retired.is_empty() {
+                    Err(LifecycleError::KeyNotInTenant(tenant.clone()))
+                } else {
+                    Err(LifecycleError::MessageKeyRetired { tenant: tenant.clone(), keys: retired.join(", ") })
+                }
+            }
             Err(e) => Err(LifecycleError::from_service(tenant, e)),
         }
     }
@@ -131,7 +170,7 @@ impl Lifecycle {
 }
 
 /// Whether the tenant may be served.
-fn servable(view: &TenantView) -> Result<(), LifecycleError> {
+pub(crate) fn servable(view: &TenantView) -> Result<(), LifecycleError> {
     let t = &view.tenant;
     match t.state {
         TenantState::Active | TenantState::Degraded => Ok(()),

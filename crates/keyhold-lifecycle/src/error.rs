@@ -56,6 +56,41 @@ pub enum LifecycleError {
     /// The key was retired from the tenant's history.
     #[error("key {0} was retired and cannot be attached again")]
     KeyRetired(String),
+    /// The message's data key is wrapped only by keys retired from the tenant's history:
+    /// keyhold no longer uses them, even if the key service would.
+    #[error(
+        "the ciphertext's keys ({keys}) were retired from tenant {tenant}'s key history; keyhold does not use retired \
+         keys (decrypt it with the stock AWS Encryption SDK and the key, if the key still exists)"
+    )]
+    MessageKeyRetired {
+        /// The tenant.
+        tenant: TenantId,
+        /// The retired keys the message names.
+        keys: String,
+    },
+    /// The key is its region's active key and cannot be retired.
+    #[error("key {0} is its region's active key; attach a new key for the region first, then retire this one")]
+    KeyActive(String),
+    /// The key is not in the tenant's history for that region.
+    #[error("key {0} is not in the tenant's key history for that region")]
+    KeyNotFound(String),
+    /// Retiring the key was refused: the ledger shows messages under it that were not
+    /// re-encrypted.
+    #[error(
+        "key {key} still protects {remaining} message(s) that were not re-encrypted (ledger: {messages} written, \
+         {reencrypted} re-encrypted); re-encrypt them first (POST /v1/reencrypt/batch), or retire with force=true \
+         to make them undecryptable by keyhold"
+    )]
+    KeyProtectsData {
+        /// The key.
+        key: String,
+        /// Messages not re-encrypted.
+        remaining: u64,
+        /// Messages written under it.
+        messages: u64,
+        /// Messages re-encrypted away from it.
+        reencrypted: u64,
+    },
     /// The tenant changed while this call was deciding (another instance or request acted
     /// first); nothing was changed. Retry.
     #[error("tenant {0} changed while this call was in progress; nothing was changed, retry")]
@@ -109,6 +144,8 @@ impl From<RegistryError> for LifecycleError {
             RegistryError::Conflict { tenant, .. } => Self::Conflict(tenant),
             RegistryError::KeyInUse { key } => Self::KeyInUse(key),
             RegistryError::KeyRetired { key } => Self::KeyRetired(key),
+            RegistryError::KeyActive { key } => Self::KeyActive(key),
+            RegistryError::KeyNotFound { key } => Self::KeyNotFound(key),
             other => Self::Registry(other),
         }
     }
@@ -131,6 +168,7 @@ impl LifecycleError {
             ),
             ServiceError::Randomness => Self::Internal("the system random generator failed; retry".into()),
             ServiceError::NoKeys => Self::TenantPending(tenant.clone()),
+            ServiceError::Ledger(reason) => Self::Registry(RegistryError::Unavailable(reason)),
             other => Self::Invalid(other.to_string()),
         }
     }

@@ -208,7 +208,7 @@ impl Lifecycle {
     }
 
     /// The tenant's active keys by region.
-    async fn active_set(&self, id: &TenantId) -> Result<BTreeMap<Region, String>, LifecycleError> {
+    pub(crate) async fn active_set(&self, id: &TenantId) -> Result<BTreeMap<Region, String>, LifecycleError> {
         Ok(self
             .registry
             .keys(id)
@@ -220,7 +220,7 @@ impl Lifecycle {
     }
 
     /// Runs the validation dry run over `keys` (region to key).
-    async fn run_validation(&self, t: &Tenant, keys: &BTreeMap<Region, String>) -> Report {
+    pub(crate) async fn run_validation(&self, t: &Tenant, keys: &BTreeMap<Region, String>) -> Report {
         let realm = match self.realm_of(t) {
             Ok(r) => r.clone(),
             Err(_) => return empty_report(t),
@@ -235,7 +235,9 @@ impl Lifecycle {
         // (DescribeKey) would otherwise go out with the platform's credentials.
         let providers: Vec<Arc<dyn KeyProvider>> = match (t.mode, &t.role_arn, &self.aws) {
             (TenantMode::Byok, Some(role), Some(aws)) => {
-                let own = aws.assume_for(&t.id, role, &keyhold_onboarding::external_id(&t.id)).await;
+                // Not registered for serving: validating a new role must not route the
+                // tenant's traffic through it before it proved itself.
+                let own = aws.assume_unregistered(&t.id, role, &keyhold_onboarding::external_id(&t.id)).await;
                 std::iter::once(crate::audited(own, &self.journal, &self.metrics))
                     .chain(self.providers.iter().cloned())
                     .collect()

@@ -30,7 +30,9 @@ mod audited;
 mod crypto;
 mod error;
 pub mod journal;
+mod keychange;
 mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod monitor;
 
@@ -51,6 +53,7 @@ pub use audited::{audited, context_digest};
 pub use crypto::{Caller, Decrypted};
 pub use error::LifecycleError;
 pub use journal::Journal;
+pub use keychange::{KeyChange, RoleOutcome};
 pub use keys::{AttachOutcome, check_role_arn};
 pub use metrics::Metrics;
 
@@ -68,6 +71,8 @@ pub struct TenantView {
     pub active: Arc<[KeyRef]>,
     /// Every key decryption may ask: active and decrypt-only keys of its history.
     pub allowed: Arc<[KeyRef]>,
+    /// Keys retired from its history (never asked).
+    pub retired: Arc<[KeyRef]>,
     /// When it was read from the registry (ms since the Unix epoch).
     pub loaded_ms: u64,
 }
@@ -101,6 +106,7 @@ pub struct Lifecycle {
     registry: Registry,
     journal: Arc<Journal>,
     keyhold: Keyhold,
+    ledger: Arc<ledger::RegistryLedger>,
     /// The audited providers (serving and validation).
     providers: Vec<Arc<dyn KeyProvider>>,
     /// The same providers unaudited: probes record their outcome changes themselves.
@@ -132,7 +138,9 @@ impl Lifecycle {
         let journal = Arc::new(Journal::new(parts.auditor, metrics.clone(), parts.clock.clone()));
         let audited_providers: Vec<Arc<dyn KeyProvider>> =
             parts.providers.iter().map(|p| audited(p.clone(), &journal, &metrics)).collect();
-        let mut keyhold = Keyhold::new(audited_providers.clone(), parts.settings, parts.clock.clone());
+        let ledger = Arc::new(ledger::RegistryLedger::new(parts.registry.clone(), parts.clock.clone()));
+        let mut keyhold =
+            Keyhold::new(audited_providers.clone(), parts.settings, parts.clock.clone()).with_ledger(ledger.clone());
         if let Some(r) = parts.local_region {
             keyhold = keyhold.with_local_region(r);
         }
@@ -140,6 +148,7 @@ impl Lifecycle {
             registry: parts.registry,
             journal,
             keyhold,
+            ledger,
             providers: audited_providers,
             raw: parts.providers,
             local: parts.local,
@@ -431,6 +440,11 @@ impl Lifecycle {
             .filter(|k| k.status != KeyStatus::Retired)
             .filter_map(|k| KeyRef::parse(&k.key).ok())
             .collect();
+        let retired: Vec<KeyRef> = history
+            .iter()
+            .filter(|k| k.status == KeyStatus::Retired)
+            .filter_map(|k| KeyRef::parse(&k.key).ok())
+            .collect();
         self.register_role(&tenant).await;
         let removed = previous.as_ref().is_some_and(|p| p.allowed.iter().any(|k| !allowed.contains(k)));
         if removed || matches!(tenant.state, TenantState::Suspended | TenantState::Deleted) {
@@ -438,7 +452,13 @@ impl Lifecycle {
             // our cached keys too.
             self.keyhold.flush_tenant(id);
         }
-        let view = Arc::new(TenantView { tenant, active: active.into(), allowed: allowed.into(), loaded_ms: now });
+        let view = Arc::new(TenantView {
+            tenant,
+            active: active.into(),
+            allowed: allowed.into(),
+            retired: retired.into(),
+            loaded_ms: now,
+        });
         self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), view.clone());
         Ok(view)
     }
@@ -462,6 +482,17 @@ impl Lifecycle {
         let journal = self.journal.clone();
         // In a task of its own: a cancelled caller must not drop what the flush holds.
         let _ = tokio::spawn(async move { journal.flush(all).await }).await;
+        self.flush_ledger().await;
+    }
+
+    /// Adds this instance's data-key use counts to the ledger (they are kept and retried
+    /// at the next flush if the registry fails).
+    pub async fn flush_ledger(&self) {
+        let ledger = self.ledger.clone();
+        let r = tokio::spawn(async move { ledger.flush().await }).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "the data-key ledger's counts could not be written; kept for the next flush");
+        }
     }
 
     /// Takes the tenant's key lock (attaches, validations and deletion of one tenant run

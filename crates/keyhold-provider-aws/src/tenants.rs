@@ -56,6 +56,18 @@ impl TenantRouter {
         provider
     }
 
+    /// A provider for `tenant` through `role_arn` that its calls are not routed to (the
+    /// registered one if the role is the same): for validating a role before it serves.
+    pub async fn assume_unregistered(&self, tenant: &TenantId, role_arn: &str, external_id: &str) -> Arc<AwsKms> {
+        if let Some((role, p)) = self.read().get(tenant.as_str())
+            && role == role_arn
+        {
+            return p.clone();
+        }
+        let role = AssumeRole::for_tenant(tenant, role_arn, external_id);
+        Arc::new(AwsKms::assume_role_with(&self.base, &role, self.config).await)
+    }
+
     /// Forgets `tenant`'s role (on deletion).
     pub fn forget(&self, tenant: &TenantId) {
         self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(tenant.as_str());

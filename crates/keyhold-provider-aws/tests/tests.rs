@@ -326,6 +326,7 @@ async fn dual_region_encrypt_then_local_first_decrypt_with_failover() {
         keys: vec![key_ref(&home), key_ref(&other)].into(),
         context: EncryptionContext::new(),
         suite: Default::default(),
+        generation: 0,
     };
     let message = writer.encrypt(&params, b"residency").await.unwrap();
     let calls = proxy.calls();

@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ledger;
 mod types;
 
 use std::hash::{BuildHasher, Hasher};
@@ -35,6 +36,7 @@ use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use ledger::{DataKeyUses, KeyProtects, Reencrypted};
 pub use types::{
     AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
     TenantMode, TenantState,
@@ -106,6 +108,21 @@ pub enum RegistryError {
     /// stored.
     #[error("the new audit head could not be signed; the event was not stored")]
     HeadNotSigned,
+    /// The key is not in the tenant's history for that region.
+    #[error("key {key} is not in the tenant's key history for that region")]
+    KeyNotFound {
+        /// The key.
+        key: String,
+    },
+    /// The key is the region's active key: attach another one first.
+    #[error("key {key} is its region's active key; attach a new key for the region first")]
+    KeyActive {
+        /// The key.
+        key: String,
+    },
+    /// A write the caller needed did not happen (the cause in words); retry.
+    #[error("registry write failed: {0}")]
+    Unavailable(String),
     /// The database failed or is unreachable; retry.
     #[error("registry database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -295,6 +312,7 @@ impl Registry {
                 role_arn: role_arn.map(str::to_owned),
                 created_ms: now_ms,
                 updated_ms: now_ms,
+                dek_generation: 0,
             }),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(RegistryError::TenantExists(id.clone())),
             Err(e) => Err(e.into()),
@@ -370,6 +388,12 @@ impl Registry {
             .map(|r| r.try_get(0))
             .collect::<std::result::Result<_, _>>()?;
         sqlx::query("DELETE FROM key_history WHERE tenant_id = $1").bind(from.id.as_str()).execute(&mut *tx).await?;
+        for table in ["data_key_wraps", "data_keys", "reencrypted_messages"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+                .bind(from.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         let t = self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))?;
         Ok((t, keys))
@@ -551,6 +575,26 @@ impl Registry {
         }
         tx.commit().await?;
         Ok(changes)
+    }
+
+    /// Sets a BYOK tenant's role, bumping its version.
+    pub async fn set_role(&self, tenant: &TenantId, role_arn: &str, now_ms: u64) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE tenants SET role_arn = $1, version = version + 1, updated_ms = $2 WHERE id = $3 AND state <> $4",
+        )
+        .bind(role_arn)
+        .bind(ms(now_ms))
+        .bind(tenant.as_str())
+        .bind(TenantState::Deleted.as_str())
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(match self.tenant(tenant).await? {
+                None => RegistryError::TenantNotFound(tenant.clone()),
+                Some(_) => RegistryError::TenantDeleted(tenant.clone()),
+            });
+        }
+        Ok(())
     }
 
     /// Records what a validation or probe found of a key in the history (its status is
@@ -924,7 +968,8 @@ impl Registry {
     }
 }
 
-const TENANT_COLUMNS: &str = "id, realm, mode, state, reason, created_ms, updated_ms, role_arn, version, cause";
+const TENANT_COLUMNS: &str =
+    "id, realm, mode, state, reason, created_ms, updated_ms, role_arn, version, cause, dek_generation";
 
 fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
     Ok(Tenant {
@@ -941,6 +986,7 @@ fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
             .try_get::<Option<String>, _>(9)?
             .map(|c| Cause::from_str(&c).map_err(|e| RegistryError::Corrupt(format!("tenant cause: {e}"))))
             .transpose()?,
+        dek_generation: unms(r.try_get(10)?),
     })
 }
 

@@ -145,6 +145,8 @@ pub struct Tenant {
     pub created_ms: u64,
     /// Last change (ms since the Unix epoch).
     pub updated_ms: u64,
+    /// Its data-key generation, bumped by a forced data-key rotation.
+    pub dek_generation: u64,
 }
 
 /// A key in a tenant's key history.

@@ -59,6 +59,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants/{id}/cloudformation", get(api::get_cloudformation))
         .route("/v1/tenants/{id}/keys", get(api::list_keys))
         .route("/v1/tenants/{id}/keys/{region}", put(api::attach_key))
+        .route("/v1/tenants/{id}/keys/{region}/{key}/retire", post(api::retire_key))
+        .route("/v1/tenants/{id}/key-change", get(api::key_change))
+        .route("/v1/tenants/{id}/rotate-data-keys", post(api::rotate_data_keys))
+        .route("/v1/tenants/{id}/role", put(api::set_role))
         .route("/v1/tenants/{id}/validate", post(api::validate_tenant))
         .route("/v1/tenants/{id}/audit", get(api::audit))
         .route("/v1/tenants/{id}/audit/verify", get(api::audit_verify))
@@ -72,6 +76,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/decrypt", post(api::decrypt))
         .route("/v1/encrypt/batch", post(api::encrypt_batch))
         .route("/v1/decrypt/batch", post(api::decrypt_batch))
+        .route("/v1/reencrypt", post(api::reencrypt))
+        .route("/v1/reencrypt/batch", post(api::reencrypt_batch))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -147,18 +153,14 @@ fn finish(
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     state.metrics().request(route, status, elapsed);
-    tracing::info!(
-        target: "keyhold::request",
-        id = %id.to_str().unwrap_or_default(),
-        method = log_method(method),
-        route = %route,
+    reqlog::emit(&reqlog::Line {
+        id: id.to_str().unwrap_or_default(),
+        method: log_method(method),
+        route,
         status,
-        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        tenant = fields.tenant.as_ref().map(|t| tracing::field::display(t.as_str())),
-        service = fields.service.as_deref().map(tracing::field::display),
-        auth_error = fields.auth_error.as_deref().map(tracing::field::display),
-        "request"
-    );
+        latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        fields,
+    });
     resp.headers_mut().insert(REQUEST_ID, id);
 }
 

@@ -12,7 +12,7 @@
 
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -121,6 +121,34 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferWriter {
     }
 }
 
+/// Where [`write_direct`] appends: the installed log buffer and its format, when lines
+/// go to a file or pipe (a terminal's coloured lines go through `tracing` only).
+static DIRECT: OnceLock<(Arc<LogBuffer>, LogFormat)> = OnceLock::new();
+
+/// Appends one line that `line` formats (in the installed format, newline included)
+/// straight to the log buffer, bypassing `tracing`'s formatter: what the request line,
+/// written once per request, takes. Returns `false`, writing nothing, when no plain log
+/// is installed (the caller then emits through `tracing`). The caller checks first that
+/// its event is enabled.
+pub(crate) fn write_direct(line: impl FnOnce(LogFormat, &mut Vec<u8>)) -> bool {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Some((buffer, format)) = DIRECT.get() else { return false };
+    SCRATCH.with(|scratch| {
+        let Ok(mut scratch) = scratch.try_borrow_mut() else { return false };
+        scratch.clear();
+        line(*format, &mut scratch);
+        let mut lines = buffer.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lines.len() + scratch.len() > LOG_BUFFER_BYTES {
+            buffer.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            lines.extend_from_slice(&scratch);
+        }
+        true
+    })
+}
+
 /// Writes the buffer to `out` every [`LOG_FLUSH_INTERVAL`] until closed, then once more.
 fn write_out(buffer: &LogBuffer, out: &mut dyn std::io::Write) {
     let mut spare = Vec::new();
@@ -174,25 +202,7 @@ pub fn init_to(
             .spawn(move || write_out(&buffer, &mut out))
             .map_err(|e| TelemetryError::Installed(format!("the log writer thread: {e}")))?
     };
-    // The log shows events only: keyhold's request line carries its fields itself, and a
-    // span's fields would be formatted (allocated) for nothing.
-    let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());
-    let fmt = match config.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .with_ansi(ansi)
-            .with_target(true)
-            .with_filter(events_only)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(writer)
-            .with_current_span(false)
-            .with_span_list(false)
-            .flatten_event(true)
-            .with_filter(events_only)
-            .boxed(),
-    };
+    let fmt = fmt_layer(config.format, writer, ansi);
     let (otel, traces) = match &config.otlp_endpoint {
         None => (None, None),
         Some(endpoint) => {
@@ -217,7 +227,41 @@ pub fn init_to(
         .with(otel)
         .try_init()
         .map_err(|e| TelemetryError::Installed(e.to_string()))?;
+    if !ansi {
+        let _ = DIRECT.set((buffer.clone(), config.format));
+    }
     Ok(Guard { writer: Some((buffer, thread)), traces })
+}
+
+/// The layer that formats events as log lines in `format` through `writer`.
+pub(crate) fn fmt_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    // The log shows events only: keyhold's request line carries its fields itself, and a
+    // span's fields would be formatted (allocated) for nothing.
+    let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .with_target(true)
+            .with_filter(events_only)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .with_current_span(false)
+            .with_span_list(false)
+            .flatten_event(true)
+            .with_filter(events_only)
+            .boxed(),
+    }
 }
 
 /// The collector's traces URL: `/v1/traces` under the endpoint unless it names a path.

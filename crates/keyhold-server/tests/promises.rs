@@ -31,6 +31,7 @@ async fn forged_message(f: &Fixture, tenant: &str, keys: &[KeyRef]) -> Value {
         keys: keys.to_vec().into(),
         context: Default::default(),
         suite: AlgorithmSuite::default(),
+        generation: 0,
     };
     Value::String(B64.encode(k.encrypt(&params, b"forged").await.unwrap()))
 }

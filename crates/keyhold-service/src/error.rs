@@ -54,6 +54,9 @@ pub enum ServiceError {
         #[source]
         source: ProviderError,
     },
+    /// The data-key ledger could not record a new data key; it was not used.
+    #[error("the data-key ledger could not record a new data key: {0}")]
+    Ledger(String),
     /// The system's random number generator failed.
     #[error("the system random number generator failed")]
     Randomness,

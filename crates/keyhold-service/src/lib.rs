@@ -22,6 +22,7 @@
 
 mod error;
 mod flight;
+mod ledger;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use keyhold_provider::{ErrorClass, KeyProvider, ProviderError};
 
 pub use error::ServiceError;
 pub use keyhold_cache::{CacheConfig, CacheStats};
+pub use ledger::{DataKeyId, DataKeyUse, Ledger, NewDataKey};
 
 /// What to encrypt under.
 #[derive(Debug, Clone)]
@@ -57,6 +59,29 @@ pub struct EncryptParams {
     pub context: EncryptionContext,
     /// Algorithm suite (default `0x0478`).
     pub suite: AlgorithmSuite,
+    /// The tenant's data-key generation: data keys cached under another generation are
+    /// not reused (a forced rotation bumps it). 0 where no rotation was forced.
+    pub generation: u64,
+}
+
+/// Encryption materials as cached: what the message is written with, its data key's
+/// ledger id, and where the ledger counts its uses.
+pub struct Materials {
+    /// The message materials.
+    pub message: EncryptionMaterials,
+    /// The data key's ledger id.
+    pub id: DataKeyId,
+    uses: Option<Arc<DataKeyUse>>,
+}
+
+impl Materials {
+    /// Counts a message of `plaintext_len` bytes written with these materials (the
+    /// one-shot paths count themselves; streaming callers call this once per message).
+    pub fn record_use(&self, plaintext_len: u64) {
+        if let Some(u) = &self.uses {
+            u.record(plaintext_len);
+        }
+    }
 }
 
 /// Which root keys decryption may ask: the tenant's key history, for a server.
@@ -106,10 +131,11 @@ pub struct Settings {
 /// The keyhold service core.
 pub struct Keyhold {
     providers: Vec<Arc<dyn KeyProvider>>,
-    cache: MaterialsCache<EncryptionMaterials, DataKey>,
+    cache: MaterialsCache<Materials, DataKey>,
     settings: Settings,
     local_region: Option<Region>,
     flights: flight::Flights,
+    ledger: Option<Arc<dyn Ledger>>,
 }
 
 impl Keyhold {
@@ -122,7 +148,30 @@ impl Keyhold {
             settings,
             local_region: None,
             flights: Default::default(),
+            ledger: None,
         }
+    }
+
+    /// Every generated data key is recorded in `ledger` before its first use, and its
+    /// messages counted there.
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// The root keys a message's encrypted data keys name, as the providers read them, in
+    /// message order, without duplicates (no key is used).
+    pub fn message_keys(&self, header: &Header) -> Vec<KeyRef> {
+        let mut keys: Vec<KeyRef> = Vec::new();
+        for edk in header.edk_refs() {
+            let edk = edk.to_owned();
+            if let Some(k) = self.providers.iter().find_map(|p| p.key_for(&edk))
+                && !keys.contains(&k)
+            {
+                keys.push(k);
+            }
+        }
+        keys
     }
 
     /// Decryption tries the keys of `region` (where this instance runs) before the other
@@ -164,7 +213,9 @@ impl Keyhold {
     ) -> Result<(), ServiceError> {
         let materials = self.encryption_materials(params, plaintext.len() as u64).await?;
         let id = message_id()?;
-        Ok(keyhold_envelope::encrypt_into(&materials, &self.settings.encrypt, id, plaintext, out)?)
+        keyhold_envelope::encrypt_into(&materials.message, &self.settings.encrypt, id, plaintext, out)?;
+        materials.record_use(plaintext.len() as u64);
+        Ok(())
     }
 
     /// Encryption materials for a message of `plaintext_len` bytes (for streaming callers,
@@ -173,7 +224,7 @@ impl Keyhold {
         &self,
         params: &EncryptParams,
         plaintext_len: u64,
-    ) -> Result<Arc<EncryptionMaterials>, ServiceError> {
+    ) -> Result<Arc<Materials>, ServiceError> {
         let (first, rest) = params.keys.split_first().ok_or(ServiceError::NoKeys)?;
         if !params.suite.is_committing() {
             return Err(ServiceError::UnsupportedSuite(params.suite));
@@ -223,7 +274,17 @@ impl Keyhold {
                 .map_err(|e| ServiceError::Provider { key: key.clone(), source: e })?;
             edks.push(edk);
         }
-        let materials = Arc::new(EncryptionMaterials::new(params.suite, data_key, context, edks, signing)?);
+        let id = DataKeyId::of_generated(&edks);
+        let uses = match &self.ledger {
+            Some(l) => Some(
+                l.generated(NewDataKey { tenant: &params.tenant, purpose: &params.purpose, id, keys: &params.keys })
+                    .await
+                    .map_err(ServiceError::Ledger)?,
+            ),
+            None => None,
+        };
+        let message = EncryptionMaterials::new(params.suite, data_key, context, edks, signing)?;
+        let materials = Arc::new(Materials { message, id, uses });
         self.cache.put_encrypt(params.tenant.clone(), entry_id, materials.clone(), plaintext_len);
         Ok(materials)
     }
@@ -393,6 +454,7 @@ fn partition_digest(params: &EncryptParams) -> [u8; 32] {
     field(params.tenant.as_str().as_bytes());
     field(params.purpose.as_str().as_bytes());
     field(&params.suite.id().to_be_bytes());
+    field(&params.generation.to_be_bytes());
     field(&(params.keys.len() as u32).to_be_bytes());
     for k in params.keys.iter() {
         field(k.as_str().as_bytes());

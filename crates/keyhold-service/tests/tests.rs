@@ -89,6 +89,7 @@ fn params(f: &Fixture, tenant: &str) -> EncryptParams {
         keys: vec![f.eu1.clone(), f.eu2.clone()].into(),
         context: EncryptionContext::new(),
         suite: AlgorithmSuite::default(),
+        generation: 0,
     }
 }
 

@@ -104,3 +104,18 @@ pub struct ServicePath {
     #[param(schema_with = schema::service_name)]
     pub name: String,
 }
+
+/// `{id}`, `{region}` and `{key}`: one key of a tenant's history.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantKeyPath {
+    /// The tenant id.
+    #[param(schema_with = schema::tenant_id)]
+    pub id: String,
+    /// The key's region.
+    #[param(schema_with = schema::region)]
+    pub region: String,
+    /// The key ARN or local key id, percent-encoded (`/` as `%2F`).
+    #[param(schema_with = schema::key_ref)]
+    pub key: String,
+}

@@ -4,11 +4,10 @@
 use axum::Json;
 use axum::extract::State;
 use keyhold_core::Region;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::extract::{ApiPath, TenantPath, TenantRegionPath};
-use super::tenants::KeyOut;
 use super::{ApiJson, Shared, manages, schema, tenant_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
@@ -75,36 +74,6 @@ pub(crate) fn catalog_region(state: &AppState, s: &str) -> Result<Region, ApiErr
         return Err(ApiError::invalid(format!("region {region} is in no realm of this server's catalog")));
     }
     Ok(region)
-}
-
-/// A tenant's key history.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeysOut {
-    /// Every key attached and not destroyed, by region, oldest first.
-    pub keys: Vec<KeyOut>,
-}
-
-/// The tenant's key history: every key ever attached per region, with its status.
-#[utoipa::path(get, path = "/v1/tenants/{id}/keys", params(TenantPath),
-    responses(
-        (status = 200, body = KeysOut),
-        (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id"),
-        (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
-        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
-        (status = 410, body = ErrorBody, description = "`tenant_deleted`: its key history was destroyed"),
-        (status = 503, body = ErrorBody, description = "`registry_unavailable`: retry"),
-    ),
-    security(("bearer" = [])))]
-pub async fn list_keys(
-    p: Principal,
-    State(state): Shared,
-    ApiPath(TenantPath { id }): ApiPath<TenantPath>,
-) -> Result<Json<KeysOut>, ApiError> {
-    let id = tenant_id(&id)?;
-    manages(&p, &id)?;
-    state.lifecycle.live_tenant(&id).await?;
-    let keys = state.lifecycle.key_history(&id).await?;
-    Ok(Json(KeysOut { keys: keys.into_iter().map(KeyOut::from).collect() }))
 }
 
 /// Validates the tenant's active keys again (after the tenant fixed a finding, or

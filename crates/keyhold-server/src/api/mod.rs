@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod crypto;
 pub mod extract;
+pub mod keychange;
 pub mod keys;
 pub mod ops;
 pub mod schema;
@@ -36,6 +37,7 @@ use crate::state::{AppState, Proven};
 
 pub use audit::*;
 pub use crypto::*;
+pub use keychange::*;
 pub use keys::*;
 pub use ops::*;
 pub use services::*;

@@ -37,6 +37,9 @@ pub const BASE64_PATTERN: &str =
     "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)?$";
 /// An AWS KMS key ARN (`keyhold_core::KeyArn` of a key, not an alias).
 pub const KEY_ARN_PATTERN: &str = "^arn:aws:kms:[a-z][a-z0-9-]{0,31}:[0-9]{12}:key/(?:mrk-[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$";
+/// A key reference as `keyhold_core::KeyRef` parses it: 1 to 2048 printable ASCII
+/// characters without whitespace.
+pub const KEY_REF_PATTERN: &str = "^[!-~]{1,2048}$";
 /// An IAM role ARN, as `keyhold_lifecycle::check_role_arn` accepts it.
 pub const ROLE_ARN_PATTERN: &str = "^arn:[^:]+:iam::[0-9]{12}:role/[!-~]+$";
 /// The audit trail's page size: at most this many events (and the default).
@@ -167,7 +170,15 @@ pub fn key_arn() -> RefOr<Schema> {
     RefOr::T(Schema::AnyOf(any))
 }
 
-/// A BYOK tenant's role ARN.
+/// A key of a tenant's history, as `keyhold_core::KeyRef` parses it.
+pub fn key_ref() -> Object {
+    string()
+        .pattern(Some(KEY_REF_PATTERN))
+        .description(Some("A key of the tenant's history: its key ARN or local key id."))
+        .build()
+}
+
+/// A BYOK tenant's role ARN (`keyhold_lifecycle::check_role_arn`).
 pub fn role_arn() -> Object {
     string()
         .pattern(Some(ROLE_ARN_PATTERN))

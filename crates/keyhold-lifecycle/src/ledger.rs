@@ -1,0 +1,76 @@
+//! The data-key ledger over the registry: a data key is recorded (with the root keys
+//! that wrap it) before the service core uses it; the messages and bytes encrypted under
+//! it are counted in memory and added to the registry by [`RegistryLedger::flush`], which
+//! the server runs with the journal's flush (every `usage_flush_interval`, and at
+//! shutdown).
+//!
+//! **Loss bound.** A `kill -9` loses the counts since the last flush: at most one flush
+//! interval of messages per instance is missing from `messages` and `bytes`. Data keys
+//! themselves are never missing (recorded before first use), and re-encrypted messages
+//! are recorded before the re-encryption is answered.
+
+use std::sync::{Arc, Mutex};
+
+use keyhold_core::{Clock, TenantId};
+use keyhold_registry::{DataKeyUses, Registry, RegistryError};
+use keyhold_service::{DataKeyId, DataKeyUse, Ledger, NewDataKey};
+
+/// The ledger over the registry.
+pub struct RegistryLedger {
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    /// Every data key this instance generated whose uses may still be counted.
+    live: Mutex<Vec<(TenantId, DataKeyId, Arc<DataKeyUse>)>>,
+}
+
+impl RegistryLedger {
+    /// A ledger writing to `registry`.
+    pub fn new(registry: Registry, clock: Arc<dyn Clock>) -> Self {
+        Self { registry, clock, live: Mutex::new(Vec::new()) }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Vec<(TenantId, DataKeyId, Arc<DataKeyUse>)>> {
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds the counted uses to the registry in one transaction (restoring them if it
+    /// fails), and forgets data keys no cache holds any more once their last uses are
+    /// written.
+    pub async fn flush(&self) -> Result<(), RegistryError> {
+        let entries: Vec<_> = self.live().clone();
+        let mut taken = Vec::new();
+        for (tenant, id, uses) in &entries {
+            let (messages, bytes) = uses.take();
+            if messages > 0 {
+                taken.push((uses.clone(), DataKeyUses { tenant: tenant.clone(), data_key: id.hex(), messages, bytes }));
+            }
+        }
+        let rows: Vec<DataKeyUses> = taken.iter().map(|(_, u)| u.clone()).collect();
+        if let Err(e) = self.registry.add_data_key_uses(&rows, self.clock.now_millis()).await {
+            for (uses, u) in &taken {
+                uses.restore(u.messages, u.bytes);
+            }
+            return Err(e);
+        }
+        drop(taken);
+        drop(entries);
+        // Held by the list alone, a data key left every cache: nothing can count another
+        // use of it, so once its counts are written it is forgotten.
+        self.live().retain(|(_, _, uses)| Arc::strong_count(uses) > 1 || !uses.is_idle());
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for RegistryLedger {
+    async fn generated(&self, key: NewDataKey<'_>) -> Result<Arc<DataKeyUse>, String> {
+        let keys: Vec<&str> = key.keys.iter().map(|k| k.as_str()).collect();
+        self.registry
+            .record_data_key(key.tenant, &key.id.hex(), key.purpose.as_str(), &keys, self.clock.now_millis())
+            .await
+            .map_err(|e| e.to_string())?;
+        let uses = Arc::new(DataKeyUse::default());
+        self.live().push((key.tenant.clone(), key.id, uses.clone()));
+        Ok(uses)
+    }
+}
