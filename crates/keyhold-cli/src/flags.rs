@@ -331,6 +331,65 @@ pub enum KeyCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The key history with what each key protects (from the data-key ledger).
+    List {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Progress of the tenant's key change (messages re-encrypted / under decrypt-only
+    /// keys).
+    Progress {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Retire a decrypt-only key (refused while it protects messages not re-encrypted,
+    /// unless --force).
+    Retire {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The key's region.
+        #[arg(long)]
+        region: String,
+        /// Key ARN (or local key id).
+        #[arg(long)]
+        key: String,
+        /// Retire even though messages under it were not re-encrypted.
+        #[arg(long)]
+        force: bool,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make every instance stop using the tenant's current data keys (suspected leak).
+    RotateDataKeys {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give a BYOK tenant a new role (validated through it first); prints the report.
+    Role {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The new role ARN.
+        #[arg(long)]
+        role_arn: String,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `keyhold audit` commands.

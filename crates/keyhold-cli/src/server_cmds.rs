@@ -263,6 +263,19 @@ fn path_segment(s: &str) -> Result<&str> {
     Ok(s)
 }
 
+/// `s` as one path segment: every byte but unreserved ones percent-encoded.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 pub fn tenant(cmd: TenantCmd) -> Result<()> {
     rt()?.block_on(async {
         match cmd {
@@ -311,6 +324,42 @@ pub fn key(cmd: KeyCmd) -> Result<ExitCode> {
             KeyCmd::Validate { tenant, client } => {
                 let path = format!("/v1/tenants/{}/validate", path_segment(&tenant)?);
                 Client::new(&client)?.call(Method::POST, &path, None).await?
+            }
+            KeyCmd::Role { tenant, role_arn, client } => {
+                let path = format!("/v1/tenants/{}/role", path_segment(&tenant)?);
+                let report =
+                    Client::new(&client)?.call(Method::PUT, &path, Some(&json!({"role_arn": role_arn}))).await?;
+                print(&report)?;
+                return Ok(if report.get("changed").and_then(Value::as_bool) == Some(true) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                });
+            }
+            KeyCmd::List { tenant, client } => {
+                let path = format!("/v1/tenants/{}/keys", path_segment(&tenant)?);
+                print(&Client::new(&client)?.call(Method::GET, &path, None).await?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            KeyCmd::Progress { tenant, client } => {
+                let path = format!("/v1/tenants/{}/key-change", path_segment(&tenant)?);
+                print(&Client::new(&client)?.call(Method::GET, &path, None).await?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            KeyCmd::Retire { tenant, region, key, force, client } => {
+                let path = format!(
+                    "/v1/tenants/{}/keys/{}/{}/retire?force={force}",
+                    path_segment(&tenant)?,
+                    path_segment(&region)?,
+                    percent_encode(&key)
+                );
+                print(&Client::new(&client)?.call(Method::POST, &path, None).await?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            KeyCmd::RotateDataKeys { tenant, client } => {
+                let path = format!("/v1/tenants/{}/rotate-data-keys", path_segment(&tenant)?);
+                print(&Client::new(&client)?.call(Method::POST, &path, None).await?)?;
+                return Ok(ExitCode::SUCCESS);
             }
         };
         print(&report)?;

@@ -346,3 +346,58 @@ fn validate_works_with_local_keys() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("[key_region_outside_realm] eu-west-1"));
 }
+
+/// `keyhold reencrypt` offline: a new message (new id) under the new keys with the old
+/// one's purpose, context and suite, streamed; the old keys can then be disabled. A
+/// signed message whose signature fails leaves an unfinished message no decryptor
+/// accepts, and exit 1.
+#[test]
+fn reencrypt_offline_streams_a_new_message_under_new_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (create_key(dir.path(), "eu-central-1"), create_key(dir.path(), "eu-central-1"));
+    let plaintext: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    for suite in ["0x0478", "0x0578"] {
+        let args = [
+            "encrypt",
+            "--key",
+            &old,
+            "--tenant",
+            "acme",
+            "--purpose",
+            "billing",
+            "--context",
+            "table=users",
+            "--suite",
+            suite,
+        ];
+        let ct = ok(keyhold(dir.path(), &args, &plaintext));
+        let out = ok(keyhold(dir.path(), &["reencrypt", "--tenant", "acme", "--key", &new, "--quiet"], &ct));
+        let (h_old, h_new) = (
+            keyhold_envelope::read_header(&ct, &Default::default()).unwrap(),
+            keyhold_envelope::read_header(&out, &Default::default()).unwrap(),
+        );
+        assert_ne!(h_old.message_id(), h_new.message_id());
+        assert_eq!(h_old.suite(), h_new.suite());
+        assert_eq!(h_new.context_value("table"), Some("users"));
+        assert_eq!(h_new.context_value("purpose"), Some("billing"));
+        let edks: Vec<_> = h_new.edk_refs().collect();
+        assert_eq!(edks.len(), 1);
+        assert!(String::from_utf8_lossy(edks[0].provider_info).contains(&new), "wrapped by the new key");
+        // Another tenant's message is refused and nothing is written.
+        let refused = keyhold(dir.path(), &["reencrypt", "--tenant", "globex", "--key", &new], &ct);
+        assert!(!refused.status.success() && refused.stdout.is_empty());
+        if suite == "0x0578" {
+            // A tampered signature: exit 1, and what was written does not decrypt.
+            let mut bad = ct.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            let failed = keyhold(dir.path(), &["reencrypt", "--tenant", "acme", "--key", &new, "--quiet"], &bad);
+            assert!(!failed.status.success());
+            assert!(!keyhold(dir.path(), &["decrypt", "--tenant", "acme"], &failed.stdout).status.success());
+        }
+    }
+    ok(keyhold(dir.path(), &["local-kms", "disable-key", &old], b""));
+    let ct = ok(keyhold(dir.path(), &["encrypt", "--key", &new, "--tenant", "acme", "--purpose", "p"], b"x"));
+    let again = ok(keyhold(dir.path(), &["reencrypt", "--tenant", "acme", "--key", &new, "--quiet"], &ct));
+    assert_eq!(ok(keyhold(dir.path(), &["decrypt", "--tenant", "acme"], &again)), b"x");
+}

@@ -272,11 +272,14 @@ impl Lifecycle {
             let mut proposed = t.clone();
             proposed.role_arn = Some(role.clone());
             let set = me.active_set(&id).await?;
-            let report = me.run_validation(&proposed, &set).await;
+            let report = me.run_validation_as(&proposed, &set, false).await;
             // A tenant without keys yet has nothing to validate the role against.
             let changed = set.is_empty() || report.usable;
             if changed {
                 me.registry.set_role(&id, &role, me.now_ms()).await?;
+                if let Some(aws) = &me.aws {
+                    aws.assume_for(&id, &role, &keyhold_onboarding::external_id(&id)).await;
+                }
                 me.forget_view(&id);
                 me.keyhold.flush_tenant(&id);
                 tracing::info!(tenant = %id, role, "role changed");

@@ -221,6 +221,18 @@ impl Lifecycle {
 
     /// Runs the validation dry run over `keys` (region to key).
     pub(crate) async fn run_validation(&self, t: &Tenant, keys: &BTreeMap<Region, String>) -> Report {
+        self.run_validation_as(t, keys, true).await
+    }
+
+    /// As [`Lifecycle::run_validation`]; a BYOK tenant's role is registered for serving
+    /// only with `register` (a proposed role is validated without routing the tenant's
+    /// traffic through it).
+    pub(crate) async fn run_validation_as(
+        &self,
+        t: &Tenant,
+        keys: &BTreeMap<Region, String>,
+        register: bool,
+    ) -> Report {
         let realm = match self.realm_of(t) {
             Ok(r) => r.clone(),
             Err(_) => return empty_report(t),
@@ -235,9 +247,12 @@ impl Lifecycle {
         // (DescribeKey) would otherwise go out with the platform's credentials.
         let providers: Vec<Arc<dyn KeyProvider>> = match (t.mode, &t.role_arn, &self.aws) {
             (TenantMode::Byok, Some(role), Some(aws)) => {
-                // Not registered for serving: validating a new role must not route the
-                // tenant's traffic through it before it proved itself.
-                let own = aws.assume_unregistered(&t.id, role, &keyhold_onboarding::external_id(&t.id)).await;
+                let external = keyhold_onboarding::external_id(&t.id);
+                let own = if register {
+                    aws.assume_for(&t.id, role, &external).await
+                } else {
+                    aws.assume_unregistered(&t.id, role, &external).await
+                };
                 std::iter::once(crate::audited(own, &self.journal, &self.metrics))
                     .chain(self.providers.iter().cloned())
                     .collect()

@@ -18,6 +18,10 @@
 //! - **Probes** ([`monitor`]): the health monitor, a real round trip per active key;
 //!   recorded in the trail when the outcome changes, plus a periodic summary.
 //! - **The journal** ([`journal`]): the audit trail's one writer; fails closed.
+//! - **Key change** ([`Lifecycle::reencrypt`], [`Lifecycle::key_change`],
+//!   [`Lifecycle::retire_key`], [`Lifecycle::rotate_data_keys`], [`Lifecycle::set_role`]):
+//!   re-encryption (never a header rewrite), progress from the data-key [`ledger`],
+//!   retirement refused while messages remain, forced data-key rotation.
 //!
 //! **Revocation bound.** A tenant that revokes access is refused on this instance from the
 //! first request that meets the refusal (or the next probe, whichever comes first); other

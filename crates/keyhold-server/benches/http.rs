@@ -5,8 +5,10 @@
 //! the shared machine's noise hits all of them alike; medians of the rounds are reported,
 //! and each endpoint's share of the echo is the median over rounds of its rate against
 //! the echo of the same round (neighbouring phases see the same machine; a slow round
-//! moves both), with p99 latency, the batch endpoints' operations per second against the single-item
-//! ones, and key-provider calls per 100,000 operations in steady state.
+//! moves both), with p99 latency, the batch endpoints' operations per second against the
+//! single-item ones, `/v1/reencrypt/batch` (messages under a replaced key: each item is
+//! decrypted and encrypted again) against `/v1/decrypt/batch` round by round, and
+//! key-provider calls per 100,000 operations in steady state.
 //!
 //! keyhold runs behind its own accept loop ([`keyhold_server::conn`]) with its default
 //! limits, and logs at its default level (a line per request, to a file), as `keyhold
@@ -184,6 +186,18 @@ fn main() {
         const BATCH: usize = 100;
         let enc_batch = Bytes::from(json!({"items": vec![enc_item.clone(); BATCH]}).to_string());
         let dec_batch = Bytes::from(json!({"items": vec![dec_item.clone(); BATCH]}).to_string());
+        // A key change: a new eu-central-1 key, so the message above is under a
+        // decrypt-only key and every re-encryption of it decrypts and encrypts again.
+        let new_key = kms.create_key(&Region::parse("eu-central-1").unwrap(), "bench-new").unwrap().key;
+        let req = hyper::Request::put(format!("{keyhold_url}/v1/tenants/acme/keys/eu-central-1"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Full::new(Bytes::from(json!({"key_arn": new_key.as_str()}).to_string())))
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 200);
+        let (status, out) = post_json(&client, &format!("{keyhold_url}/v1/reencrypt/batch"), &dev, dec_batch.clone()).await;
+        assert_eq!(status, 200);
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap()["results"][0]["changed"], true);
 
         // Warm up every path, then count provider calls from here on.
         for (url, body) in [
@@ -194,8 +208,14 @@ fn main() {
             phase(&client, &url, &dev, body, connections, 1).await;
         }
         let calls_before: u64 = state.metrics().provider_calls().values().sum();
-        let (mut echo, mut enc, mut dec, mut encb, mut decb) =
-            (Series::default(), Series::default(), Series::default(), Series::default(), Series::default());
+        let (mut echo, mut enc, mut dec, mut encb, mut decb, mut reb) = (
+            Series::default(),
+            Series::default(),
+            Series::default(),
+            Series::default(),
+            Series::default(),
+            Series::default(),
+        );
         let mut ops = 0u64;
         for round in 0..rounds {
             for (series, url, body, items) in [
@@ -204,6 +224,7 @@ fn main() {
                 (&mut dec, format!("{keyhold_url}/v1/decrypt"), dec_body.clone(), 1),
                 (&mut encb, format!("{keyhold_url}/v1/encrypt/batch"), enc_batch.clone(), BATCH),
                 (&mut decb, format!("{keyhold_url}/v1/decrypt/batch"), dec_batch.clone(), BATCH),
+                (&mut reb, format!("{keyhold_url}/v1/reencrypt/batch"), dec_batch.clone(), BATCH),
             ] {
                 let (rps, lat) = phase(&client, &url, &dev, body, connections, seconds).await;
                 if !url.ends_with("/echo") {
@@ -220,13 +241,19 @@ fn main() {
         // Each round's rate against the same round's echo.
         let share = |s: &Series| median(s.rps.iter().zip(&echo.rps).map(|(r, e)| r / e).collect());
         let (en_share, de_share) = (share(&enc), share(&dec));
-        let (eb, db) = (median(encb.rps.clone()), median(decb.rps.clone()));
+        let (eb, db, rb) = (median(encb.rps.clone()), median(decb.rps.clone()), median(reb.rps.clone()));
+        // Each round's re-encryption rate against the same round's batch decryption.
+        let re_share = median(reb.rps.iter().zip(&decb.rps).map(|(r, d)| r / d).collect());
         println!("HTTP, 1 KiB plaintext, {connections} keep-alive connections, {rounds} rounds of {seconds} s per phase (medians)");
         println!("  axum JSON echo      {e:>9.0} req/s   p99 {:>6.2} ms", p99(echo.lat));
         println!("  POST /v1/encrypt    {en:>9.0} req/s   p99 {:>6.2} ms   {:.2} of echo", p99(enc.lat), en_share);
         println!("  POST /v1/decrypt    {de:>9.0} req/s   p99 {:>6.2} ms   {:.2} of echo", p99(dec.lat), de_share);
         println!("  encrypt/batch x{BATCH} {eb:>9.0} items/s p99 {:>6.2} ms   {:.1}x single encrypt", p99(encb.lat), eb / en);
         println!("  decrypt/batch x{BATCH} {db:>9.0} items/s p99 {:>6.2} ms   {:.1}x single decrypt", p99(decb.lat), db / de);
+        println!(
+            "  reencrypt/batch x{BATCH} {rb:>7.0} items/s p99 {:>6.2} ms   {re_share:.2} of decrypt/batch",
+            p99(reb.lat)
+        );
         println!(
             "  key-provider calls in steady state: {calls} for {ops} operations = {:.2} per 100,000",
             calls as f64 * 100_000.0 / ops.max(1) as f64
