@@ -68,6 +68,9 @@ pub enum LifecycleError {
         /// The retired keys the message names.
         keys: String,
     },
+    /// The tenant is not in `byok` mode, so it has no role.
+    #[error("tenant {0} is in {1} mode; only a byok tenant has a role")]
+    NotByok(TenantId, String),
     /// The key is its region's active key and cannot be retired.
     #[error("key {0} is its region's active key; attach a new key for the region first, then retire this one")]
     KeyActive(String),

@@ -262,10 +262,7 @@ impl Lifecycle {
         self.detached(move |me| async move {
             let (_guard, t) = me.lock_live(&id).await?;
             if t.mode != TenantMode::Byok {
-                return Err(LifecycleError::Invalid(format!(
-                    "tenant {id} is in {} mode; only a byok tenant has a role",
-                    t.mode
-                )));
+                return Err(LifecycleError::NotByok(id.clone(), t.mode.to_string()));
             }
             me.journal.check(&id)?;
             me.admin_event(&actor, &id, "set_role", Some(role.clone())).await;

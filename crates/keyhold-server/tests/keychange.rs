@@ -347,5 +347,5 @@ async fn a_tenant_admin_reaches_its_own_key_change_only() {
             Some(json!({"role_arn": "arn:aws:iam::111122223333:role/new"})),
         )
         .await;
-    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{e}");
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("tenant_not_byok")), "{e}");
 }

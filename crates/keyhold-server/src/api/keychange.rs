@@ -402,10 +402,11 @@ pub struct SetRole {
     responses(
         (status = 200, body = Object, description = "the validation report through the new role, with `changed`"),
         (status = 400, body = ErrorBody,
-            description = "`invalid_request`: the tenant id, a role ARN that is malformed, or a tenant not in byok mode"),
+            description = "`invalid_request`: the tenant id or a role ARN that is malformed"),
         (status = 403, body = ErrorBody, description = "`forbidden`: a service, or another tenant's admin"),
         (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
-        (status = 409, body = ErrorBody, description = "`conflict`, `not_configured`"),
+        (status = 409, body = ErrorBody,
+            description = "`tenant_not_byok` (a cmk or local tenant has no role), `conflict`, `not_configured`"),
         (status = 410, body = ErrorBody, description = "`tenant_deleted`"),
         (status = 500, body = ErrorBody, description = "`internal`"),
         (status = 503, body = ErrorBody, description = "`registry_unavailable`, `audit_unavailable`: retry"),
