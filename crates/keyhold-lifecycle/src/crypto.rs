@@ -118,12 +118,27 @@ impl Lifecycle {
         self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;
+        self.decrypt_checked(caller, &view, header, purpose, message, out).await
+    }
+
+    /// Decryption after the checks ([`Lifecycle::decrypt`]'s and re-encryption's): the
+    /// header parsed and of `view`'s tenant, its purpose the caller's, the tenant servable.
+    pub(crate) async fn decrypt_checked(
+        &self,
+        caller: &Caller<'_>,
+        view: &TenantView,
+        header: Header,
+        purpose: Purpose,
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Decrypted, LifecycleError> {
+        let tenant = &view.tenant.id;
         let mut failures = Vec::new();
         let started = Instant::now();
         let result =
             self.keyhold.decrypt_among(tenant, header, message, &KeySet(&view.allowed), &mut failures, out).await;
         if failures.iter().any(|f| f.class == ErrorClass::Revoked)
-            && self.after_refusal(&view, &failures, started).await
+            && self.after_refusal(view, &failures, started).await
         {
             // The probe confirmed the revocation: nothing is answered for this tenant.
             out.clear();

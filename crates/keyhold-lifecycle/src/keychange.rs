@@ -125,7 +125,7 @@ impl Lifecycle {
         )
         .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext's context: {e}")))?;
         let mut plaintext = zeroize::Zeroizing::new(Vec::with_capacity(message.len()));
-        self.decrypt(caller, tenant, message, &mut plaintext).await?;
+        self.decrypt_checked(caller, &view, header, purpose.clone(), message, &mut plaintext).await?;
         self.encrypt_as(caller, tenant.clone(), purpose, context, suite, &plaintext, out).await?;
         Ok(Some(old))
     }
