@@ -137,8 +137,7 @@ impl Lifecycle {
         let started = Instant::now();
         let result =
             self.keyhold.decrypt_among(tenant, header, message, &KeySet(&view.allowed), &mut failures, out).await;
-        if failures.iter().any(|f| f.class == ErrorClass::Revoked)
-            && self.after_refusal(view, &failures, started).await
+        if failures.iter().any(|f| f.class == ErrorClass::Revoked) && self.after_refusal(view, &failures, started).await
         {
             // The probe confirmed the revocation: nothing is answered for this tenant.
             out.clear();
@@ -175,7 +174,7 @@ impl Lifecycle {
     /// tenant's active keys (coalesced: requests refused before a probe started wait for
     /// it and share its verdict); the probe alone decides. A refusal by a decrypt-only key
     /// changes nothing. Returns whether the tenant is suspended now.
-    async fn after_refusal(&self, view: &TenantView, failures: &[KeyFailure], refused_at: Instant) -> bool {
+    pub(crate) async fn after_refusal(&self, view: &TenantView, failures: &[KeyFailure], refused_at: Instant) -> bool {
         let by_active = failures.iter().any(|f| f.class == ErrorClass::Revoked && view.active.contains(&f.key));
         if !by_active {
             return false;

@@ -39,6 +39,7 @@ mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod monitor;
+mod streaming;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -60,6 +61,7 @@ pub use journal::Journal;
 pub use keychange::{KeyChange, RoleOutcome};
 pub use keys::{AttachOutcome, check_role_arn};
 pub use metrics::Metrics;
+pub use streaming::StreamDecryption;
 
 /// How long a tenant's in-memory view is trusted before the registry is read again, so a
 /// change made through another instance (suspension, deletion, new keys) is seen within

@@ -349,3 +349,114 @@ async fn a_tenant_admin_reaches_its_own_key_change_only() {
         .await;
     assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("tenant_not_byok")), "{e}");
 }
+
+/// Sends `body` to a stream endpoint; returns the status, `x-keyhold-changed`, and the
+/// body (or the error that aborted it).
+async fn stream(
+    f: &Fixture,
+    path: &str,
+    content_type: &str,
+    extra: Option<(&str, &str)>,
+    body: Vec<u8>,
+) -> (StatusCode, Option<String>, Result<Vec<u8>, String>) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::post(path)
+        .header("authorization", format!("Bearer {}", f.dev_token()))
+        .header("content-type", content_type);
+    if let Some((k, v)) = extra {
+        req = req.header(k, v);
+    }
+    let resp =
+        keyhold_server::router(f.state.clone()).oneshot(req.body(axum::body::Body::from(body)).unwrap()).await.unwrap();
+    let status = resp.status();
+    let changed = resp.headers().get("x-keyhold-changed").map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.into_body().collect().await.map(|c| c.to_bytes().to_vec()).map_err(|e| e.to_string());
+    (status, changed, body)
+}
+
+/// Large objects over HTTP, in process: encrypt, decrypt and re-encrypt streams agree
+/// with each other and with the JSON API; checks happen before the status; a signed
+/// message whose signature fails aborts the response body.
+#[tokio::test]
+async fn streams_encrypt_decrypt_and_reencrypt_and_abort_on_a_bad_signature() {
+    let f = fixture().await;
+    f.active_tenant("acme").await;
+    f.active_tenant("globex").await;
+    let plaintext: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    let oct = "application/octet-stream";
+    let (s, _, ct) = stream(
+        &f,
+        "/v1/encrypt/stream?tenant=acme&purpose=billing",
+        oct,
+        Some(("x-keyhold-context", r#"{"table":"blobs"}"#)),
+        plaintext.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let ct = ct.unwrap();
+    let h = keyhold_envelope::read_header(&ct, &Default::default()).unwrap();
+    assert_eq!((h.context_value("table"), h.context_value("tenant")), (Some("blobs"), Some("acme")));
+    let (s, _, pt) = stream(&f, "/v1/decrypt/stream?tenant=acme", oct, None, ct.clone()).await;
+    assert_eq!((s, pt.unwrap() == plaintext), (StatusCode::OK, true));
+    // The JSON API reads the same message.
+    let (s, d) = f.decrypt("acme", &Value::String(B64.encode(&ct))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(B64.decode(d["plaintext"].as_str().unwrap()).unwrap(), plaintext);
+    // Checks before the status: another tenant, the media type, a bad context.
+    let (s, _, e) = stream(&f, "/v1/decrypt/stream?tenant=globex", oct, None, ct.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8(e.unwrap()).unwrap().contains("tenant_mismatch"));
+    let (s, _, _) = stream(&f, "/v1/decrypt/stream?tenant=acme", "application/json", None, ct.clone()).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (s, _, _) =
+        stream(&f, "/v1/encrypt/stream?tenant=acme&purpose=billing", oct, Some(("x-keyhold-context", "[1]")), vec![1])
+            .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Re-encryption: unchanged under the active keys; after a key change, a new message.
+    let (s, changed, body) = stream(&f, "/v1/reencrypt/stream?tenant=acme", oct, None, ct.clone()).await;
+    assert_eq!((s, changed.as_deref(), body.unwrap().len()), (StatusCode::OK, Some("false"), 0));
+    let new = f.local().create_key(&Region::parse("eu-west-1").unwrap(), "").unwrap().key.to_string();
+    f.call(Method::PUT, "/v1/tenants/acme/keys/eu-west-1", Some(&f.admin_token()), Some(json!({"key_arn": new}))).await;
+    let (s, changed, re) = stream(&f, "/v1/reencrypt/stream?tenant=acme", oct, None, ct.clone()).await;
+    assert_eq!((s, changed.as_deref()), (StatusCode::OK, Some("true")));
+    let re = re.unwrap();
+    let (_, _, pt) = stream(&f, "/v1/decrypt/stream?tenant=acme", oct, None, re.clone()).await;
+    assert!(pt.unwrap() == plaintext);
+    let c = key_change(&f, &f.admin_token()).await;
+    assert_eq!(c["reencrypted"], 1, "{c}");
+    // A signed message (0x0578) with a broken signature: the status was 200, the body
+    // is aborted, so the client cannot take it for a complete plaintext.
+    let keys: Vec<KeyRef> = {
+        let (_, t) = f.call(Method::GET, "/v1/tenants/acme/keys", Some(&f.admin_token()), None).await;
+        t["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            // Active and decrypt-only keys: a message re-encryption has work to do on.
+            .filter(|k| k["status"] != "retired")
+            .map(|k| KeyRef::parse(k["key_arn"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let provider: Arc<dyn keyhold_provider::KeyProvider> = Arc::new(f.local());
+    let k = keyhold_service::Keyhold::new(vec![provider], Default::default(), Arc::new(keyhold_core::SystemClock));
+    let params = keyhold_service::EncryptParams {
+        tenant: keyhold_core::TenantId::parse("acme").unwrap(),
+        purpose: keyhold_core::Purpose::parse("billing").unwrap(),
+        keys: keys.into(),
+        context: Default::default(),
+        suite: keyhold_envelope::AlgorithmSuite::from_id(0x0578).unwrap(),
+        generation: 0,
+    };
+    let mut signed = k.encrypt(&params, &plaintext).await.unwrap();
+    let (s, _, pt) = stream(&f, "/v1/decrypt/stream?tenant=acme", oct, None, signed.clone()).await;
+    assert!(s == StatusCode::OK && pt.unwrap() == plaintext);
+    let last = signed.len() - 1;
+    signed[last] ^= 1;
+    let (s, _, pt) = stream(&f, "/v1/decrypt/stream?tenant=acme", oct, None, signed.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(pt.is_err(), "a message whose signature failed was answered as complete");
+    let (s, _, re) = stream(&f, "/v1/reencrypt/stream?tenant=acme", oct, None, signed).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(re.is_err(), "a re-encryption of a message whose signature failed was answered as complete");
+}

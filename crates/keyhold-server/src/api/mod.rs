@@ -22,6 +22,7 @@ pub mod keys;
 pub mod ops;
 pub mod schema;
 pub mod services;
+pub mod stream;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use keychange::*;
 pub use keys::*;
 pub use ops::*;
 pub use services::*;
+pub use stream::*;
 pub use tenants::*;
 
 /// Shared state as handlers see it.
