@@ -236,11 +236,11 @@ async fn http<I>(
             let call = tower::ServiceExt::oneshot(app.clone(), req);
             let activity = activity.clone();
             async move {
-                let resp = call.await;
-                // The response is ready (its body may still be streaming, which the idle
-                // timeout watches): the connection waits for its next request.
-                activity.set_phase(Phase::Waiting);
-                resp
+                // The request is served until its response body has been sent: a stream's
+                // request body is still arriving while its response streams, and those
+                // bytes must not read as the next request's head. Then the connection
+                // waits for its next request.
+                call.await.map(|resp| resp.map(|body| Body::new(Served { body, activity })))
             }
         });
         drive!(builder.serve_connection(TokioIo::new(io), service));
@@ -336,6 +336,39 @@ impl Activity {
 
     fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+}
+
+/// A response body that marks its connection as waiting for the next request once it
+/// has been sent (or dropped).
+struct Served {
+    body: Body,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for Served {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.activity.set_phase(Phase::Waiting);
     }
 }
 
