@@ -460,3 +460,40 @@ async fn streams_encrypt_decrypt_and_reencrypt_and_abort_on_a_bad_signature() {
     assert_eq!(s, StatusCode::OK);
     assert!(re.is_err(), "a re-encryption of a message whose signature failed was answered as complete");
 }
+
+/// The ledger's SQL on PostgreSQL: data keys recorded, a batch with the same message
+/// twice counted once, progress, retirement.
+#[tokio::test]
+async fn the_ledger_works_on_postgres() {
+    let f = super::fixture_on(Some(super::fresh_postgres("keyhold_ledger").await)).await;
+    let old = f.active_tenant("acme").await;
+    let admin = f.admin_token();
+    let cts: Vec<Value> = {
+        let mut v = Vec::new();
+        for i in 0..5 {
+            v.push(f.encrypt("acme", format!("m{i}").as_bytes(), json!({})).await.1["ciphertext"].clone());
+        }
+        v
+    };
+    let new = f.local().create_key(&Region::parse("eu-central-1").unwrap(), "").unwrap().key.to_string();
+    f.call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": new}))).await;
+    let mut batch = cts.clone();
+    batch.push(cts[0].clone());
+    for r in reencrypt_batch(&f, &batch).await {
+        assert_eq!(r["changed"], true, "{r}");
+    }
+    let c = key_change(&f, &admin).await;
+    assert_eq!(
+        (c["messages"].as_u64(), c["reencrypted"].as_u64(), c["state"].as_str()),
+        (Some(5), Some(5), Some("complete")),
+        "{c}"
+    );
+    let path = format!("/v1/tenants/acme/keys/eu-central-1/{}/retire", encode_key(&old[0]));
+    let (s, r) = f.call(Method::POST, &path, Some(&admin), None).await;
+    assert_eq!((s, r["remaining"].as_u64()), (StatusCode::OK, Some(0)), "{r}");
+    let (_, keys) = f.call(Method::GET, "/v1/tenants/acme/keys", Some(&admin), None).await;
+    assert!(
+        keys["keys"].as_array().unwrap().iter().any(|k| k["status"] == "retired" && k["reencrypted"] == 5),
+        "{keys}"
+    );
+}

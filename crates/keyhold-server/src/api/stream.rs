@@ -48,10 +48,10 @@ pub const CONTEXT_HEADER: &str = "x-keyhold-context";
 #[into_params(parameter_in = Query)]
 pub struct EncryptStreamQuery {
     /// The tenant whose keys protect the data.
-    #[param(schema_with = schema::tenant_id)]
+    #[param(schema_with = schema::tenant_id, required = true)]
     pub tenant: String,
     /// The data's purpose.
-    #[param(schema_with = schema::purpose)]
+    #[param(schema_with = schema::purpose, required = true)]
     pub purpose: String,
 }
 
@@ -60,7 +60,7 @@ pub struct EncryptStreamQuery {
 #[into_params(parameter_in = Query)]
 pub struct TenantQuery {
     /// The tenant the caller acts for.
-    #[param(schema_with = schema::tenant_id)]
+    #[param(schema_with = schema::tenant_id, required = true)]
     pub tenant: String,
 }
 
