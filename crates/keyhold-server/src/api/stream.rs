@@ -163,7 +163,8 @@ async fn send(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, out: &mut Vec<u8
     if out.is_empty() {
         return true;
     }
-    let chunk = Bytes::from(std::mem::take(out));
+    // A fresh buffer of a chunk's size: growing an empty one frame by frame reallocates.
+    let chunk = Bytes::from(std::mem::replace(out, Vec::with_capacity(CHUNK + 1024)));
     tx.send(Ok(chunk)).await.is_ok()
 }
 
