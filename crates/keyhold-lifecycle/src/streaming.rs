@@ -97,9 +97,12 @@ impl Lifecycle {
     }
 
     /// Whether a message with this header is under the tenant's active keys already (a
-    /// stream re-encryption then answers "unchanged").
+    /// stream re-encryption then answers "unchanged"). The tenant must be servable, as for
+    /// any re-encryption.
     pub async fn under_active_keys(&self, tenant: &TenantId, header: &Header) -> Result<bool, LifecycleError> {
+        self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
+        servable(&view)?;
         let keys = self.keyhold.message_keys(header);
         Ok(!view.active.is_empty()
             && keys.iter().all(|k| view.active.contains(k))
