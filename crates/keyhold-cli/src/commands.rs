@@ -306,22 +306,7 @@ fn reencrypt(dir: &std::path::Path, args: ReencryptArgs) -> Result<()> {
         .context_value(keyhold_core::RESERVED_PURPOSE_KEY)
         .and_then(|p| Purpose::parse(p).ok())
         .context("the message carries no purpose; keyhold did not write it")?;
-    let context = EncryptionContext::from_caller_pairs(
-        header
-            .context()
-            .iter()
-            .filter(|(k, _)| {
-                ![
-                    keyhold_core::RESERVED_TENANT_KEY,
-                    keyhold_core::RESERVED_PURPOSE_KEY,
-                    keyhold_envelope::PUBLIC_KEY_CONTEXT_KEY,
-                ]
-                .contains(k)
-            })
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    )
-    .context("the message's context")?;
-    let suite = if header.suite().is_committing() { header.suite() } else { AlgorithmSuite::default() };
+    let (context, suite) = keyhold_service::reencryption_params(&header).context("the message's context")?;
     let rt = runtime()?;
     let need_aws = keys.iter().any(|k| k.as_str().starts_with("arn:"))
         || header.edk_refs().any(|e| e.provider_id == keyhold_provider_aws::PROVIDER_ID);

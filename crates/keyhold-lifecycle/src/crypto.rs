@@ -103,18 +103,8 @@ impl Lifecycle {
         message: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Decrypted, LifecycleError> {
-        let header = keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt)
-            .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}")))?;
-        keyhold_service::check_tenant(tenant, &header).map_err(|_| LifecycleError::TenantMismatch(tenant.clone()))?;
-        let purpose =
-            header.context_value(RESERVED_PURPOSE_KEY).and_then(|p| Purpose::parse(p).ok()).ok_or_else(|| {
-                LifecycleError::MalformedCiphertext(
-                    "the ciphertext carries no purpose; keyhold did not write it".into(),
-                )
-            })?;
-        if !caller.purposes.allows(&purpose) {
-            return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
-        }
+        let header = self.read_header(message)?;
+        let purpose = message_purpose(caller, tenant, &header)?;
         self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;
@@ -150,9 +140,7 @@ impl Lifecycle {
             }
             Err(keyhold_service::ServiceError::KeyNotInTenant) => {
                 // Keys retired from the history are never asked: say so, not "unknown".
-                let header = keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt).map_err(|e| {
-                    LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}"))
-                })?;
+                let header = self.read_header(message)?;
                 let retired: Vec<String> = self
                     .keyhold
                     .message_keys(&header)
@@ -181,6 +169,31 @@ impl Lifecycle {
         }
         self.probe_now(&view.tenant.id, refused_at).await == Some(TenantState::Suspended)
     }
+}
+
+impl Lifecycle {
+    /// A message's header, or why it is not one.
+    pub(crate) fn read_header(&self, message: &[u8]) -> Result<Header, LifecycleError> {
+        keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt)
+            .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}")))
+    }
+}
+
+/// The checks on a message's header before any key is used: it is `tenant`'s, and its
+/// purpose is one the caller may use. Returns the purpose.
+pub(crate) fn message_purpose(
+    caller: &Caller<'_>,
+    tenant: &TenantId,
+    header: &Header,
+) -> Result<Purpose, LifecycleError> {
+    keyhold_service::check_tenant(tenant, header).map_err(|_| LifecycleError::TenantMismatch(tenant.clone()))?;
+    let purpose = header.context_value(RESERVED_PURPOSE_KEY).and_then(|p| Purpose::parse(p).ok()).ok_or_else(|| {
+        LifecycleError::MalformedCiphertext("the ciphertext carries no purpose; keyhold did not write it".into())
+    })?;
+    if !caller.purposes.allows(&purpose) {
+        return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
+    }
+    Ok(purpose)
 }
 
 /// Whether the tenant may be served.

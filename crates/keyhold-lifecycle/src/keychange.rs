@@ -16,13 +16,12 @@
 //! twice and progress never runs ahead of what the platform received.
 
 use keyhold_audit::Event;
-use keyhold_core::{EncryptionContext, KeyRef, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY, Region, TenantId};
-use keyhold_envelope::{AlgorithmSuite, PUBLIC_KEY_CONTEXT_KEY};
+use keyhold_core::{KeyRef, Region, TenantId};
 use keyhold_onboarding::Report;
 use keyhold_registry::{KeyProtects, KeyStatus, Reencrypted, TenantKey, TenantMode};
 use keyhold_service::DataKeyId;
 
-use crate::crypto::servable;
+use crate::crypto::{message_purpose, servable};
 use crate::{Caller, Lifecycle, LifecycleError};
 
 /// A key change's progress, from the ledger: what the tenant's `decrypt_only` keys still
@@ -91,18 +90,8 @@ impl Lifecycle {
         message: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Option<Reencrypted>, LifecycleError> {
-        let header = keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt)
-            .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}")))?;
-        keyhold_service::check_tenant(tenant, &header).map_err(|_| LifecycleError::TenantMismatch(tenant.clone()))?;
-        let purpose =
-            header.context_value(RESERVED_PURPOSE_KEY).and_then(|p| Purpose::parse(p).ok()).ok_or_else(|| {
-                LifecycleError::MalformedCiphertext(
-                    "the ciphertext carries no purpose; keyhold did not write it".into(),
-                )
-            })?;
-        if !caller.purposes.allows(&purpose) {
-            return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
-        }
+        let header = self.read_header(message)?;
+        let purpose = message_purpose(caller, tenant, &header)?;
         self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;
@@ -110,20 +99,9 @@ impl Lifecycle {
         if !view.active.is_empty() && same_keys(&keys, &view.active) {
             return Ok(None);
         }
-        let edks: Vec<_> = header.edk_refs().collect();
-        let old = Reencrypted {
-            message_id: hex(header.message_id()),
-            data_key: DataKeyId::of_message(edks.into_iter()).hex(),
-        };
-        let suite = if header.suite().is_committing() { header.suite() } else { AlgorithmSuite::default() };
-        let context: EncryptionContext = EncryptionContext::from_caller_pairs(
-            header
-                .context()
-                .iter()
-                .filter(|(k, _)| ![RESERVED_TENANT_KEY, RESERVED_PURPOSE_KEY, PUBLIC_KEY_CONTEXT_KEY].contains(k))
-                .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        )
-        .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext's context: {e}")))?;
+        let old = reencryption_record(&header);
+        let (context, suite) = keyhold_service::reencryption_params(&header)
+            .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext's context: {e}")))?;
         let mut plaintext = zeroize::Zeroizing::new(Vec::with_capacity(message.len()));
         self.decrypt_checked(caller, &view, header, purpose.clone(), message, &mut plaintext).await?;
         self.encrypt_as(caller, tenant.clone(), purpose, context, suite, &plaintext, out).await?;
@@ -285,6 +263,13 @@ impl Lifecycle {
         })
         .await
     }
+}
+
+/// The ledger's record of re-encrypting the message with `header`: its id and its data
+/// key's ledger id.
+pub fn reencryption_record(header: &keyhold_envelope::Header) -> Reencrypted {
+    let edks: Vec<_> = header.edk_refs().collect();
+    Reencrypted { message_id: hex(header.message_id()), data_key: DataKeyId::of_message(edks.into_iter()).hex() }
 }
 
 /// Whether `a` and `b` hold the same keys.

@@ -58,7 +58,7 @@ pub use audited::{audited, context_digest};
 pub use crypto::{Caller, Decrypted};
 pub use error::LifecycleError;
 pub use journal::Journal;
-pub use keychange::{KeyChange, RoleOutcome};
+pub use keychange::{KeyChange, RoleOutcome, reencryption_record};
 pub use keys::{AttachOutcome, check_role_arn};
 pub use metrics::Metrics;
 pub use streaming::StreamDecryption;

@@ -2,14 +2,14 @@
 //! the first byte is answered, then materials (to encrypt) or a body decryptor (to
 //! decrypt) the caller drives chunk by chunk; counts are recorded when a stream ends.
 
-use keyhold_core::{EncryptionContext, Purpose, RESERVED_PURPOSE_KEY, TenantId};
+use keyhold_core::{EncryptionContext, Purpose, TenantId};
 use keyhold_envelope::{AlgorithmSuite, BodyDecryptor, Header};
 use keyhold_provider::ErrorClass;
 use keyhold_service::{EncryptParams, KeySet, Materials};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::crypto::servable;
+use crate::crypto::{message_purpose, servable};
 use crate::{Caller, Lifecycle, LifecycleError};
 
 /// A checked stream decryption: the body decryptor and the message's purpose.
@@ -70,16 +70,7 @@ impl Lifecycle {
         tenant: &TenantId,
         header: Header,
     ) -> Result<StreamDecryption, LifecycleError> {
-        keyhold_service::check_tenant(tenant, &header).map_err(|_| LifecycleError::TenantMismatch(tenant.clone()))?;
-        let purpose =
-            header.context_value(RESERVED_PURPOSE_KEY).and_then(|p| Purpose::parse(p).ok()).ok_or_else(|| {
-                LifecycleError::MalformedCiphertext(
-                    "the ciphertext carries no purpose; keyhold did not write it".into(),
-                )
-            })?;
-        if !caller.purposes.allows(&purpose) {
-            return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
-        }
+        let purpose = message_purpose(caller, tenant, &header)?;
         self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;

@@ -193,10 +193,7 @@ impl Registry {
                 .await?;
         if bumped.rows_affected() == 0 {
             drop(tx);
-            return Err(match self.tenant(tenant).await? {
-                None => RegistryError::TenantNotFound(tenant.clone()),
-                Some(_) => RegistryError::TenantDeleted(tenant.clone()),
-            });
+            return Err(self.not_live(tenant).await);
         }
         let status: Option<String> =
             sqlx::query("SELECT status FROM key_history WHERE tenant_id = $1 AND region = $2 AND key_arn = $3")
@@ -245,10 +242,7 @@ impl Registry {
         .await?;
         if r.rows_affected() == 0 {
             drop(tx);
-            return Err(match self.tenant(tenant).await? {
-                None => RegistryError::TenantNotFound(tenant.clone()),
-                Some(_) => RegistryError::TenantDeleted(tenant.clone()),
-            });
+            return Err(self.not_live(tenant).await);
         }
         let generation: i64 = sqlx::query("SELECT dek_generation FROM tenants WHERE id = $1")
             .bind(tenant.as_str())

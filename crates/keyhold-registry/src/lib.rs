@@ -502,10 +502,7 @@ impl Registry {
                 .await?;
         if bumped.rows_affected() == 0 {
             drop(tx);
-            return Err(match self.tenant(tenant).await? {
-                None => RegistryError::TenantNotFound(tenant.clone()),
-                Some(_) => RegistryError::TenantDeleted(tenant.clone()),
-            });
+            return Err(self.not_live(tenant).await);
         }
         let owner: Option<(String, String, String)> =
             sqlx::query("SELECT tenant_id, region, status FROM key_history WHERE key_arn = $1")
@@ -577,6 +574,16 @@ impl Registry {
         Ok(changes)
     }
 
+    /// Why a change to `tenant` touched no row: it does not exist, or it was deleted (or
+    /// the registry failed saying which).
+    pub(crate) async fn not_live(&self, tenant: &TenantId) -> RegistryError {
+        match self.tenant(tenant).await {
+            Ok(None) => RegistryError::TenantNotFound(tenant.clone()),
+            Ok(Some(_)) => RegistryError::TenantDeleted(tenant.clone()),
+            Err(e) => e,
+        }
+    }
+
     /// Sets a BYOK tenant's role, bumping its version.
     pub async fn set_role(&self, tenant: &TenantId, role_arn: &str, now_ms: u64) -> Result<()> {
         let r = sqlx::query(
@@ -589,10 +596,7 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
-            return Err(match self.tenant(tenant).await? {
-                None => RegistryError::TenantNotFound(tenant.clone()),
-                Some(_) => RegistryError::TenantDeleted(tenant.clone()),
-            });
+            return Err(self.not_live(tenant).await);
         }
         Ok(())
     }

@@ -434,6 +434,22 @@ fn rank(e: &ProviderError) -> u8 {
     }
 }
 
+/// What a re-encryption of a message keeps: its caller context (without the reserved
+/// `tenant`, `purpose` and signing-key entries) and its suite when keyhold may write it
+/// (a committing one; otherwise the default).
+pub fn reencryption_params(header: &Header) -> Result<(EncryptionContext, AlgorithmSuite), ServiceError> {
+    let context = EncryptionContext::from_caller_pairs(
+        header
+            .context()
+            .iter()
+            .filter(|(k, _)| ![RESERVED_TENANT_KEY, RESERVED_PURPOSE_KEY, PUBLIC_KEY_CONTEXT_KEY].contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    )
+    .map_err(|e| ServiceError::ReservedContextKey(e.to_string()))?;
+    let suite = if header.suite().is_committing() { header.suite() } else { AlgorithmSuite::default() };
+    Ok((context, suite))
+}
+
 /// Refuses a message whose context names another tenant, or none.
 pub fn check_tenant(tenant: &TenantId, header: &Header) -> Result<(), ServiceError> {
     match header.context_value(RESERVED_TENANT_KEY) {

@@ -37,6 +37,10 @@ fn service_caller(p: &Principal) -> Result<keyhold_lifecycle::Caller<'_>, ApiErr
     }
 }
 
+fn decode_ciphertext(b64: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(b64).map_err(|e| ApiError::invalid(format!("ciphertext is not base64: {e}")))
+}
+
 /// One item, unrecorded: the answer and the old message's ledger record.
 async fn reencrypt_one(
     state: &AppState,
@@ -45,7 +49,7 @@ async fn reencrypt_one(
 ) -> Result<(ReencryptOut, Option<Reencrypted>), ApiError> {
     let caller = service_caller(p)?;
     let tenant = tenant_id(&item.tenant)?;
-    let ct = B64.decode(&item.ciphertext).map_err(|e| ApiError::invalid(format!("ciphertext is not base64: {e}")))?;
+    let ct = decode_ciphertext(&item.ciphertext)?;
     let mut out = Vec::with_capacity(ct.len() + 512);
     match state.lifecycle.reencrypt_unrecorded(&caller, &tenant, &ct, &mut out).await? {
         None => Ok((ReencryptOut { changed: false, ciphertext: None }, None)),
@@ -79,12 +83,12 @@ pub async fn reencrypt(
     State(state): Shared,
     ApiJson(item): ApiJson<DecryptItem>,
 ) -> Result<Json<ReencryptOut>, ApiError> {
-    let tenant = item.tenant.clone();
-    let (out, old) = reencrypt_one(&state, &p, item).await?;
-    if let Some(old) = old {
-        state.lifecycle.record_reencrypted(&tenant_id(&tenant)?, &[old]).await?;
-    }
-    Ok(Json(out))
+    let caller = service_caller(&p)?;
+    let tenant = tenant_id(&item.tenant)?;
+    let ct = decode_ciphertext(&item.ciphertext)?;
+    let mut out = Vec::with_capacity(ct.len() + 512);
+    let changed = state.lifecycle.reencrypt(&caller, &tenant, &ct, &mut out).await?;
+    Ok(Json(ReencryptOut { changed, ciphertext: changed.then(|| B64.encode(&out)) }))
 }
 
 /// `POST /v1/reencrypt/batch` body.

@@ -19,10 +19,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use http_body_util::BodyExt as _;
-use keyhold_core::{EncryptionContext, Purpose, RESERVED_PURPOSE_KEY, RESERVED_TENANT_KEY};
-use keyhold_envelope::{
-    AlgorithmSuite, DecryptConfig, EncryptConfig, Encryptor, Header, HeaderParse, PUBLIC_KEY_CONTEXT_KEY,
-};
+use keyhold_core::{EncryptionContext, Purpose, RESERVED_PURPOSE_KEY};
+use keyhold_envelope::{AlgorithmSuite, DecryptConfig, EncryptConfig, Encryptor, Header, HeaderParse};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use utoipa::IntoParams;
@@ -426,20 +424,9 @@ pub async fn reencrypt_stream(
         let (_tx, rx) = mpsc::channel(1);
         return Ok(streamed(rx, Some(("x-keyhold-changed", "false"))));
     }
-    let edks: Vec<_> = header.edk_refs().collect();
-    let old = keyhold_registry::Reencrypted {
-        message_id: header.message_id().iter().map(|b| format!("{b:02x}")).collect(),
-        data_key: keyhold_service::DataKeyId::of_message(edks.into_iter()).hex(),
-    };
-    let suite = if header.suite().is_committing() { header.suite() } else { AlgorithmSuite::default() };
-    let context = EncryptionContext::from_caller_pairs(
-        header
-            .context()
-            .iter()
-            .filter(|(k, _)| ![RESERVED_TENANT_KEY, RESERVED_PURPOSE_KEY, PUBLIC_KEY_CONTEXT_KEY].contains(k))
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    )
-    .map_err(|e| ApiError::invalid_ciphertext(format!("the ciphertext's context: {e}")))?;
+    let old = keyhold_lifecycle::reencryption_record(&header);
+    let (context, suite) = keyhold_service::reencryption_params(&header)
+        .map_err(|e| ApiError::invalid_ciphertext(format!("the ciphertext's context: {e}")))?;
     let d = state.lifecycle.stream_decryptor(&c, &tenant, header).await?;
     let materials = state.lifecycle.stream_materials(&c, &tenant, d.purpose.clone(), context, suite).await?;
     let mut out = Vec::with_capacity(CHUNK + 1024);
