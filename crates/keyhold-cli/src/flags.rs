@@ -28,7 +28,7 @@ pub enum Command {
     Decrypt(DecryptArgs),
     /// Re-encrypt a message from standard input under new keys to standard output: a new
     /// message (new id and data key) with the old one's purpose and context; streamed
-    /// offline (--key), through the server's /v1/reencrypt with --url.
+    /// offline (--key), or through the server's /v1/reencrypt/stream with --url.
     Reencrypt(ReencryptArgs),
     /// Print the key policy a tenant applies to its KMS key in each region of its realm.
     Policy(PolicyArgs),
@@ -218,7 +218,8 @@ pub struct ServeArgs {
     pub body_timeout: Option<u64>,
     /// Seconds without a byte moving either way, outside a request being handled, after
     /// which a connection is closed: how long a keep-alive (or new) connection waits for
-    /// its next request [default: 60].
+    /// its next request, and how long a response (a stream's included) may stall
+    /// [default: 60].
     #[arg(long, env = "KEYHOLD_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
     /// Connections served at once; beyond, 503 overloaded (keep under the file-descriptor

@@ -1,14 +1,13 @@
 //! `keyhold serve` and `keyhold token`, and the commands that talk to a running server:
 //! `tenant`, `key`, `audit`, and `encrypt` / `decrypt` through `--url`.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
 use hyper::Method;
 use keyhold_core::{Region, SystemClock};
 use keyhold_server::auth::{ADMIN_ISSUER, MAX_LIFETIME_S, Scope};
@@ -18,7 +17,7 @@ use keyhold_server::serve::{ServeConfig, build, run, shutdown_signal};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::client::Client;
+use crate::client::{Client, Upload, copy_answer, pump};
 use crate::flags::{AdminKeyCmd, AuditCmd, ClientArgs, KeyCmd, LogFormat, ServeArgs, ServiceCmd, TenantCmd, TokenArgs};
 
 /// The configuration file's keys (all optional; flags and the environment win).
@@ -461,52 +460,86 @@ pub fn audit(data_dir: &Path, cmd: AuditCmd) -> Result<ExitCode> {
     })
 }
 
-/// Encrypts standard input through the server.
+/// Encrypts standard input through the server's `/v1/encrypt/stream`, writing the
+/// message as it arrives.
 pub fn remote_encrypt(client: &ClientArgs, tenant: &str, purpose: &str, context: &[(String, String)]) -> Result<()> {
-    let mut plaintext = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut plaintext)?;
     let context: serde_json::Map<String, Value> =
         context.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    let body = json!({"tenant": tenant, "purpose": purpose, "plaintext": B64.encode(&plaintext), "context": context});
-    let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/encrypt", Some(&body)).await })?;
-    let ct = B64
-        .decode(out.get("ciphertext").and_then(Value::as_str).unwrap_or_default())
-        .context("the server's ciphertext")?;
-    std::io::stdout().lock().write_all(&ct)?;
-    Ok(())
+    let context = serde_json::to_string(&context)?;
+    let path = format!("/v1/encrypt/stream?tenant={}&purpose={}", percent_encode(tenant), percent_encode(purpose));
+    rt()?.block_on(async {
+        let client = Client::new(client)?;
+        let (tx, upload) = Upload::channel();
+        pump(std::io::stdin(), tx);
+        let resp = client.stream(&path, &[("x-keyhold-context", &context)], upload).await?;
+        copy_answer(resp, &mut std::io::stdout().lock()).await.map(drop)
+    })
 }
 
-/// Decrypts standard input through the server.
+/// Decrypts standard input through the server's `/v1/decrypt/stream`, writing the
+/// plaintext as it arrives (an answer the server aborts is an error: discard the output).
 pub fn remote_decrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
-    let mut ct = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut ct)?;
-    let body = json!({"tenant": tenant, "ciphertext": B64.encode(&ct)});
-    let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/decrypt", Some(&body)).await })?;
-    let pt = B64
-        .decode(out.get("plaintext").and_then(Value::as_str).unwrap_or_default())
-        .context("the server's plaintext")?;
-    std::io::stdout().lock().write_all(&pt)?;
-    Ok(())
+    let path = format!("/v1/decrypt/stream?tenant={}", percent_encode(tenant));
+    rt()?.block_on(async {
+        let client = Client::new(client)?;
+        let (tx, upload) = Upload::channel();
+        pump(std::io::stdin(), tx);
+        let resp = client.stream(&path, &[], upload).await?;
+        copy_answer(resp, &mut std::io::stdout().lock()).await.map(drop)
+    })
 }
 
-/// `keyhold reencrypt --url`: the server re-encrypts under the tenant's active keys; a
-/// message under them already is written back unchanged (and the server said so on
-/// standard error).
+/// `keyhold reencrypt --url`: the server's `/v1/reencrypt/stream` re-encrypts under the
+/// tenant's active keys as the message streams through. The message header is read here
+/// first and sent alone, so a message under the active keys already, which the server
+/// answers after its header, is written back unchanged from what was read (and said on
+/// standard error) without uploading the rest.
 pub fn remote_reencrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
-    let mut ct = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut ct)?;
-    let body = json!({"tenant": tenant, "ciphertext": B64.encode(&ct)});
-    let out = rt()?.block_on(async { Client::new(client)?.call(Method::POST, "/v1/reencrypt", Some(&body)).await })?;
-    if out.get("changed").and_then(Value::as_bool) == Some(true) {
-        let new = B64
-            .decode(out.get("ciphertext").and_then(Value::as_str).unwrap_or_default())
-            .context("the server's ciphertext")?;
-        std::io::stdout().lock().write_all(&new)?;
-    } else {
-        eprintln!("keyhold: the message is under tenant {tenant}'s active keys already; written back unchanged");
-        std::io::stdout().lock().write_all(&ct)?;
+    let mut stdin = std::io::stdin();
+    let head = read_message_header(&mut stdin)?;
+    let path = format!("/v1/reencrypt/stream?tenant={}", percent_encode(tenant));
+    rt()?.block_on(async {
+        let client = Client::new(client)?;
+        let (tx, upload) = Upload::channel();
+        tx.send(Ok(Bytes::copy_from_slice(&head))).await.map_err(|_| anyhow::anyhow!("the upload closed"))?;
+        let resp = client.stream(&path, &[], upload).await?;
+        let changed = resp.headers().get("x-keyhold-changed").and_then(|v| v.to_str().ok()) != Some("false");
+        let mut out = std::io::stdout().lock();
+        if changed {
+            pump(stdin, tx);
+            copy_answer(resp, &mut out).await.map(drop)
+        } else {
+            drop(tx);
+            eprintln!("keyhold: the message is under tenant {tenant}'s active keys already; written back unchanged");
+            out.write_all(&head)?;
+            std::io::copy(&mut stdin, &mut out).context("copying the message")?;
+            out.flush()?;
+            Ok(())
+        }
+    })
+}
+
+/// Reads `input` until a message header parses; returns the bytes read (the header, and
+/// perhaps the start of the body).
+fn read_message_header(input: &mut impl std::io::Read) -> Result<Vec<u8>> {
+    use keyhold_envelope::{DecryptConfig, Header, HeaderParse};
+    const MAX_HEADER: usize = 1 << 20;
+    let config = DecryptConfig::default();
+    let mut buf = Vec::new();
+    loop {
+        match Header::parse(&buf, &config).context("the input is not a keyhold message")? {
+            HeaderParse::Complete(_) => return Ok(buf),
+            HeaderParse::Incomplete(_) if buf.len() < MAX_HEADER => {}
+            HeaderParse::Incomplete(_) => bail!("the message header is over 1 MiB; keyhold did not write it"),
+        }
+        let mut chunk = [0u8; 4096];
+        match input.read(&mut chunk) {
+            Ok(0) => bail!("the input ended inside the message header"),
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the message"),
+        }
     }
-    Ok(())
 }
 
 async fn registry(data_dir: &Path, url: Option<&str>) -> Result<keyhold_registry::Registry> {

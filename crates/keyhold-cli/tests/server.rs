@@ -712,3 +712,124 @@ fn a_gibibyte_streams_through_each_endpoint_in_bounded_memory() {
     assert!(peak.saturating_sub(baseline) < 32 * 1024, "1 GiB streams grew the server from {baseline} to {peak} KiB");
     assert!(server.stop().success());
 }
+
+/// `keyhold encrypt`, `decrypt` and `reencrypt` with `--url` stream through the server's
+/// stream endpoints: a message already under the active keys is written back unchanged
+/// from its header alone; after a key change it is re-encrypted under the new key; a
+/// message that fails to authenticate midway ends the command with an error, not with a
+/// complete-looking output.
+#[test]
+fn the_cli_streams_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &["--listen", "127.0.0.1:0"], &[]);
+    let env = active_tenant(d, &server);
+    let env = pairs(&env);
+    let plaintext: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let ct =
+        ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing", "--context", "doc=7"], &plaintext, &env));
+    let (header, _) = keyhold_envelope::stream::read_header_from(&ct[..], &Default::default()).unwrap();
+    assert_eq!(header.context_value("doc"), Some("7"));
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &env)), plaintext);
+
+    // Under the active key already: the same bytes back, said on standard error.
+    let out = run(d, &["reencrypt", "--tenant", "acme"], &ct, &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, ct);
+    assert!(stderr(&out).contains("written back unchanged"), "{}", stderr(&out));
+
+    // A new key: the message is re-encrypted under it, with its context, and decrypts.
+    let k2 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
+    let admin = token(d, &["--admin"]);
+    let admin_env = [("KEYHOLD_URL", server.url.as_str()), ("KEYHOLD_TOKEN", admin.as_str())];
+    ok(run(d, &["key", "attach", "--tenant", "acme", "--region", "eu-central-1", "--key", k2.trim()], b"", &admin_env));
+    let re = ok(run(d, &["reencrypt", "--tenant", "acme"], &ct, &env));
+    let (new_header, _) = keyhold_envelope::stream::read_header_from(&re[..], &Default::default()).unwrap();
+    assert!(new_header.edk_refs().any(|e| String::from_utf8_lossy(e.provider_info).contains(k2.trim())));
+    assert_ne!(new_header.message_id(), header.message_id());
+    assert_eq!(new_header.context_value("doc"), Some("7"));
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &re, &env)), plaintext);
+    let progress = ok(run(d, &["key", "progress", "--tenant", "acme"], b"", &admin_env));
+    let progress: serde_json::Value = serde_json::from_slice(&progress).unwrap();
+    assert_eq!(progress["reencrypted"], 1, "{progress}");
+
+    // A corrupted last frame: both commands fail, saying the output is incomplete.
+    let mut bad = ct.clone();
+    let at = bad.len() - 40;
+    bad[at] ^= 1;
+    for args in [&["decrypt", "--tenant", "acme"][..], &["reencrypt", "--tenant", "acme"][..]] {
+        let out = run(d, args, &bad, &env);
+        assert!(!out.status.success(), "{args:?} succeeded on a corrupted message");
+        assert!(stderr(&out).contains("incomplete"), "{args:?}: {}", stderr(&out));
+        if args[0] == "decrypt" {
+            assert!(out.stdout.len() < plaintext.len(), "decrypt wrote a whole answer");
+        }
+    }
+    assert!(server.stop().success());
+}
+
+/// A stream whose client stops (after its status was sent) is closed after the idle
+/// timeout, and its answer never ends as if complete; a stream whose message header does
+/// not arrive gets 408 within the body timeout.
+#[test]
+fn a_stalled_stream_is_closed_and_never_looks_complete() {
+    use std::io::{Read as _, Write as _};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &["--listen", "127.0.0.1:0", "--idle-timeout", "2", "--body-timeout", "2"], &[]);
+    let env = active_tenant(d, &server);
+    let token = env[1].1.clone();
+    let ct = ok(run(d, &["encrypt", "--tenant", "acme", "--purpose", "billing"], &[7u8; 300_000], &pairs(&env)));
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let open = |first: &[u8]| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let head = format!(
+            "POST /v1/decrypt/stream?tenant=acme HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            first.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(first).unwrap();
+        s.write_all(b"\r\n").unwrap();
+        s
+    };
+    let read_all = |s: &mut std::net::TcpStream| {
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    panic!(
+                        "still open after {:?}: {}",
+                        started.elapsed(),
+                        String::from_utf8_lossy(&got[..got.len().min(200)])
+                    )
+                }
+                Err(_) => break,
+            }
+        }
+        (got, started.elapsed())
+    };
+    // Header and a first part of the body sent, then nothing: answered 200 with the
+    // frames so far, then closed after the idle timeout without the terminating chunk.
+    let mut s = open(&ct[..100_000]);
+    let (got, took) = read_all(&mut s);
+    let text = String::from_utf8_lossy(&got[..got.len().min(200)]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!got.ends_with(b"0\r\n\r\n"), "a stalled stream ended as if complete");
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(7), "closed after {took:?}");
+    // Half a message header, then nothing: 408 within the body timeout.
+    let mut s = open(&ct[..5]);
+    let (got, took) = read_all(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408") && text.contains("request_timeout"), "{text}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // The server still serves.
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &pairs(&env))), vec![7u8; 300_000]);
+    assert!(server.stop().success());
+}

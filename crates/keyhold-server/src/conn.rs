@@ -11,7 +11,11 @@
 //! [`Limits::idle_timeout`] is closed: a keep-alive connection waiting for its next
 //! request, a client that stops reading its response. While a request is handled, its
 //! handler's own timeouts apply: request bodies are read under [`Limits::body_timeout`] by
-//! the JSON extractor, key-service calls under their own.
+//! the JSON extractor and the streams' header reader, key-service calls under their own.
+//! Once the response's status is sent and its body is being written, the idle timeout
+//! applies again: a stream whose client stops sending its upload or stops reading the
+//! answer is closed after [`Limits::idle_timeout`] without a byte moving, and its
+//! unfinished (chunked) body tells the client it is incomplete.
 //!
 //! The header timer is keyhold's, not hyper's: hyper's starts whenever it waits for a
 //! request, so it would also close keep-alive connections after the header timeout, racing
@@ -240,7 +244,7 @@ async fn http<I>(
                 // request body is still arriving while its response streams, and those
                 // bytes must not read as the next request's head. Then the connection
                 // waits for its next request.
-                call.await.map(|resp| resp.map(|body| Body::new(Served { body, activity })))
+                call.await.map(|resp| resp.map(|body| Body::new(Served { body, activity, sending: false })))
             }
         });
         drive!(builder.serve_connection(TokioIo::new(io), service));
@@ -272,8 +276,9 @@ async fn watchdog(activity: Arc<Activity>, limits: Limits) -> &'static str {
                 }
                 wait = wait.min(limits.header_timeout.saturating_sub(head));
             }
-            // While a request is served, its handler's own timeouts apply (a KMS call, a
-            // body read): a handler that is working is not idle.
+            // While a request is handled, its handler's own timeouts apply (a KMS call, a
+            // body read): a handler that is working is not idle. Once its response body is
+            // being sent (a stream's included), nothing moving either way is idleness.
             p if p == Phase::Busy as u8 => {}
             _ => {
                 if quiet >= limits.idle_timeout {
@@ -294,8 +299,10 @@ enum Phase {
     Waiting = 0,
     /// A request's head is arriving.
     Head = 1,
-    /// A request is being served.
+    /// A request is being handled.
     Busy = 2,
+    /// A response body is being sent (a stream's upload may still be arriving).
+    Sending = 3,
 }
 
 /// Whether bytes moved on a connection, and which phase it is in. The stream only sets a
@@ -339,11 +346,12 @@ impl Activity {
     }
 }
 
-/// A response body that marks its connection as waiting for the next request once it
-/// has been sent (or dropped).
+/// A response body that marks its connection as sending once hyper asks for its first
+/// bytes, and as waiting for the next request once it has been sent (or dropped).
 struct Served {
     body: Body,
     activity: Arc<Activity>,
+    sending: bool,
 }
 
 impl hyper::body::Body for Served {
@@ -354,6 +362,12 @@ impl hyper::body::Body for Served {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if !self.sending {
+            self.sending = true;
+            // The idle clock starts now, not when bytes last moved before a long handler.
+            self.activity.moved.store(true, Ordering::Relaxed);
+            self.activity.set_phase(Phase::Sending);
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

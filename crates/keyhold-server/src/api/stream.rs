@@ -9,7 +9,13 @@
 //! closed, so an HTTP client reports an incomplete body rather than a complete one. Frames
 //! answered before that authenticated individually; the message as a whole did not, so a
 //! client must treat any bytes of an aborted response as unauthenticated and discard them
-//! (as the CLI does with a non-zero exit).
+//! (as the CLI does with a non-zero exit). A response body ends cleanly only when its
+//! task says the message is complete; a task that stops otherwise aborts it.
+//!
+//! Timeouts: the message header (for decrypt and re-encrypt) must arrive within the body
+//! timeout (`408 request_timeout`); once the status is sent, the connection's idle timeout
+//! applies (see [`crate::conn`]): a client that stops sending or reading for that long is
+//! disconnected, its answer aborted.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -100,8 +106,24 @@ type OnDone = Box<
         + Send,
 >;
 
-/// A response body fed by a task: each chunk as it is produced; an error aborts it.
-struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+/// What a stream's task hands its response body.
+enum Piece {
+    /// The next bytes.
+    Data(Bytes),
+    /// The message is complete: the body may end.
+    End,
+    /// Something failed after the status was sent: the body is aborted.
+    Abort(std::io::Error),
+}
+
+/// The sending half of a stream's response body.
+type Tx = mpsc::Sender<Piece>;
+
+/// A response body fed by a task: each chunk as it is produced. It ends cleanly only on
+/// [`Piece::End`]; an abort, or a task that stops without saying the message is complete
+/// (a panic, a dropped sender), ends it with an error, so hyper never terminates a
+/// truncated answer as if it were whole.
+struct ChannelBody(mpsc::Receiver<Piece>);
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
@@ -111,14 +133,16 @@ impl hyper::body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|r| r.map(hyper::body::Frame::data)))
+        self.0.poll_recv(cx).map(|piece| match piece {
+            Some(Piece::Data(b)) => Some(Ok(hyper::body::Frame::data(b))),
+            Some(Piece::End) => None,
+            Some(Piece::Abort(e)) => Some(Err(e)),
+            None => Some(Err(std::io::Error::other("the stream stopped before its message was complete"))),
+        })
     }
 }
 
-fn streamed(
-    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    extra: Option<(&'static str, &'static str)>,
-) -> Response {
+fn streamed(rx: mpsc::Receiver<Piece>, extra: Option<(&'static str, &'static str)>) -> Response {
     let mut resp = Response::new(Body::new(ChannelBody(rx)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Some((k, v)) = extra {
@@ -127,9 +151,23 @@ fn streamed(
     resp
 }
 
-/// Reads the request body until a message header parses; returns it and what was read
-/// past it, and the rest of the body.
-async fn read_header(body: Body, config: &DecryptConfig) -> Result<(Header, Vec<u8>, Body), ApiError> {
+/// Reads the request body until a message header parses, within `timeout` (answered
+/// `408 request_timeout`, as a JSON body that does not arrive in time); returns the header,
+/// what was read past it, and the rest of the body.
+async fn read_header(
+    body: Body,
+    config: &DecryptConfig,
+    timeout: std::time::Duration,
+) -> Result<(Header, Vec<u8>, Body), ApiError> {
+    tokio::time::timeout(timeout, read_header_untimed(body, config)).await.map_err(|_| {
+        ApiError::request_timeout(format!(
+            "the message header did not arrive within {} s; send the body without pausing",
+            timeout.as_secs()
+        ))
+    })?
+}
+
+async fn read_header_untimed(body: Body, config: &DecryptConfig) -> Result<(Header, Vec<u8>, Body), ApiError> {
     let mut body = body;
     let mut buf = Vec::new();
     loop {
@@ -157,18 +195,25 @@ async fn read_header(body: Body, config: &DecryptConfig) -> Result<(Header, Vec<
 }
 
 /// Sends `out` as one chunk (emptying it); false when the client went away.
-async fn send(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, out: &mut Vec<u8>) -> bool {
+async fn send(tx: &Tx, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }
     // A fresh buffer of a chunk's size: growing an empty one frame by frame reallocates.
     let chunk = Bytes::from(std::mem::replace(out, Vec::with_capacity(CHUNK + 1024)));
-    tx.send(Ok(chunk)).await.is_ok()
+    tx.send(Piece::Data(chunk)).await.is_ok()
 }
 
-async fn abort(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, why: impl std::fmt::Display) {
+/// Sends the last bytes and ends the body cleanly.
+async fn complete(tx: &Tx, out: &mut Vec<u8>) {
+    if send(tx, out).await {
+        let _ = tx.send(Piece::End).await;
+    }
+}
+
+async fn abort(tx: &Tx, why: impl std::fmt::Display) {
     tracing::warn!(target: "keyhold::stream", reason = %why, "stream aborted after its status was sent");
-    let _ = tx.send(Err(std::io::Error::other(why.to_string()))).await;
+    let _ = tx.send(Piece::Abort(std::io::Error::other(why.to_string()))).await;
 }
 
 /// The caller context of an encrypt stream, from its header (a JSON object of strings).
@@ -251,7 +296,7 @@ pub async fn encrypt_stream(
         }
         let c = keyhold_lifecycle::Caller { service: &service, purposes: &purposes };
         state.lifecycle.stream_encrypted(&c, &tenant, &purpose, &materials, total);
-        send(&tx, &mut out).await;
+        complete(&tx, &mut out).await;
     });
     Ok(streamed(rx, None))
 }
@@ -265,7 +310,7 @@ async fn drive(
     leftover: Vec<u8>,
     mut body: Body,
     mut enc: Option<Encryptor<Held>>,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tx: Tx,
     on_done: OnDone,
     mut out: Vec<u8>,
 ) {
@@ -326,7 +371,7 @@ async fn drive(
                 if let Err(e) = on_done(state, total).await {
                     return abort(&tx, e.message).await;
                 }
-                send(&tx, &mut out).await;
+                complete(&tx, &mut out).await;
                 return;
             }
         }
@@ -366,7 +411,7 @@ pub async fn decrypt_stream(
     octet_stream(&headers)?;
     let tenant = tenant_id(&q.tenant)?;
     let config = state.lifecycle.keyhold().settings().decrypt;
-    let (header, leftover, body) = read_header(body, &config).await?;
+    let (header, leftover, body) = read_header(body, &config, state.limits.body_timeout).await?;
     let d = state.lifecycle.stream_decryptor(&c, &tenant, header).await?;
     let (tx, rx) = mpsc::channel(4);
     let out = Vec::with_capacity(CHUNK + 1024);
@@ -410,7 +455,7 @@ pub async fn reencrypt_stream(
     octet_stream(&headers)?;
     let tenant = tenant_id(&q.tenant)?;
     let config = state.lifecycle.keyhold().settings().decrypt;
-    let (header, leftover, body) = read_header(body, &config).await?;
+    let (header, leftover, body) = read_header(body, &config, state.limits.body_timeout).await?;
     keyhold_service::check_tenant(&tenant, &header)
         .map_err(|_| ApiError::from(keyhold_lifecycle::LifecycleError::TenantMismatch(tenant.clone())))?;
     if state.lifecycle.under_active_keys(&tenant, &header).await? {
@@ -421,7 +466,8 @@ pub async fn reencrypt_stream(
         {
             return Err(ApiError::forbidden(format!("service {} may not use purpose {purpose}", c.service)));
         }
-        let (_tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(Piece::End);
         return Ok(streamed(rx, Some(("x-keyhold-changed", "false"))));
     }
     let old = keyhold_lifecycle::reencryption_record(&header);
