@@ -75,7 +75,7 @@ impl Auditor {
     }
 
     /// Creates a tenant in the registry with `event` (its creation) as the first event of
-    /// its trail, in one transaction.
+    /// its trail, and its lifecycle `events`, in one transaction.
     #[allow(clippy::too_many_arguments, reason = "the tenant's fields and its first event")]
     pub async fn create_tenant(
         &self,
@@ -85,6 +85,7 @@ impl Auditor {
         role_arn: Option<&str>,
         at_ms: u64,
         event: &Event,
+        events: &[keyhold_registry::NewEvent],
     ) -> Result<keyhold_registry::Tenant, AuditError> {
         let body = serde_json::to_string(event)?;
         let sign = |prev: Option<&AuditHead>, seq: u64, hash: &[u8; 32]| match prev {
@@ -93,7 +94,7 @@ impl Auditor {
             Some(_) => None,
         };
         let genesis = keyhold_registry::Genesis { body: &body, chain: &chain_hash, sign: &sign };
-        Ok(self.registry.create_tenant_recorded(id, realm, mode, role_arn, at_ms, Some(genesis)).await?)
+        Ok(self.registry.create_tenant_recorded(id, realm, mode, role_arn, at_ms, Some(genesis), events).await?)
     }
 
     /// Signs every head that has no signature (trails written before heads were signed).

@@ -398,7 +398,9 @@ fn logs_hold_a_line_per_request_and_never_a_plaintext_at_any_format_or_level() {
                 assert_eq!(v["service"], "dev", "{line}");
                 assert!(v["id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
             } else {
-                for needle in ["route=/v1/encrypt/stream", "tenant=acme", "service=dev", "status=200", "latency_us=", "id="] {
+                for needle in
+                    ["route=/v1/encrypt/stream", "tenant=acme", "service=dev", "status=200", "latency_us=", "id="]
+                {
                     assert!(line.contains(needle), "{needle} missing: {line}");
                 }
             }

@@ -111,6 +111,54 @@ impl Lifecycle {
     /// Records re-encrypted messages in the ledger (once each).
     pub async fn record_reencrypted(&self, tenant: &TenantId, old: &[Reencrypted]) -> Result<(), LifecycleError> {
         self.registry.record_reencrypted(tenant, old, self.now_ms()).await?;
+        self.note_progress(tenant);
+        Ok(())
+    }
+
+    /// Checks the tenant's key-change progress in the background and stores an event for
+    /// each tenth passed (once across instances). Checks of one tenant never overlap, and
+    /// one asked for during a check runs after it, so the last re-encryption is always
+    /// followed by a check.
+    pub(crate) fn note_progress(&self, tenant: &TenantId) {
+        {
+            let mut running = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(again) = running.get_mut(tenant) {
+                *again = true;
+                return;
+            }
+            running.insert(tenant.clone(), false);
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = me.store_progress(&tenant).await {
+                    tracing::warn!(tenant = %tenant, error = %e, "key-change progress not checked");
+                }
+                let mut running = me.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if running.get(&tenant) == Some(&true) {
+                    running.insert(tenant.clone(), false);
+                } else {
+                    running.remove(&tenant);
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn store_progress(&self, tenant: &TenantId) -> Result<(), LifecycleError> {
+        let keys: Vec<String> = self
+            .registry
+            .keys(tenant)
+            .await?
+            .into_iter()
+            .filter(|k| k.status == KeyStatus::DecryptOnly)
+            .map(|k| k.key)
+            .collect();
+        let (_, messages, reencrypted) = self.registry.decrypt_only_totals(tenant).await?;
+        if let Some(event) = crate::events::progress(tenant, &keys, messages, reencrypted) {
+            self.registry.add_event(&event, self.now_ms()).await?;
+        }
         Ok(())
     }
 
@@ -191,7 +239,8 @@ impl Lifecycle {
             String::new()
         };
         self.admin_event(actor, id, "retire_key", Some(format!("{region}: {key}{forced}"))).await;
-        self.registry.retire_key(id, region, key, self.now_ms()).await?;
+        let event = crate::events::retired(id, region.as_str(), key, force, remaining);
+        self.registry.retire_key(id, region, key, self.now_ms(), &[event]).await?;
         self.journal
             .record_or_queue(
                 id,
@@ -222,7 +271,8 @@ impl Lifecycle {
             me.live_tenant(&id).await?;
             me.journal.check(&id)?;
             me.admin_event(&actor, &id, "rotate_data_keys", None).await;
-            let generation = me.registry.bump_dek_generation(&id, me.now_ms()).await?;
+            let generation =
+                me.registry.bump_dek_generation(&id, me.now_ms(), |g| vec![crate::events::rotated(&id, g)]).await?;
             me.forget_view(&id);
             me.keyhold.flush_tenant(&id);
             tracing::info!(tenant = %id, generation, "data keys rotated");
@@ -251,7 +301,7 @@ impl Lifecycle {
             // A tenant without keys yet has nothing to validate the role against.
             let changed = set.is_empty() || report.usable;
             if changed {
-                me.registry.set_role(&id, &role, me.now_ms()).await?;
+                me.registry.set_role(&id, &role, me.now_ms(), &[crate::events::role_changed(&id, &role)]).await?;
                 if let Some(aws) = &me.aws {
                     aws.assume_for(&id, &role, &keyhold_onboarding::external_id(&id)).await;
                 }

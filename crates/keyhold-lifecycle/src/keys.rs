@@ -26,7 +26,7 @@ use keyhold_provider::KeyProvider;
 use keyhold_registry::{Cause, KeyCheck, KeyStatus, Tenant, TenantMode, TenantState};
 use std::sync::Arc;
 
-use crate::{Lifecycle, LifecycleError};
+use crate::{Detail, Lifecycle, LifecycleError};
 
 /// The outcome of attaching a key.
 #[derive(Debug)]
@@ -123,7 +123,12 @@ impl Lifecycle {
         }
         let check = KeyCheck::Valid;
         let findings = key_findings_json(&report, key);
-        let changes = self.registry.attach_key(id, region, key, check, &findings, self.now_ms()).await?;
+        let changes = self
+            .registry
+            .attach_key(id, region, key, check, &findings, self.now_ms(), |changes| {
+                crate::events::key_statuses(id, region.as_str(), changes)
+            })
+            .await?;
         for (k, from, to) in changes {
             self.journal
                 .record_or_queue(
@@ -154,7 +159,13 @@ impl Lifecycle {
         };
         if report.usable {
             match self
-                .settle_from(&t_after, TenantState::Active, Cause::KeysValidated, "every region's key validated")
+                .settle_from(
+                    &t_after,
+                    TenantState::Active,
+                    Cause::KeysValidated,
+                    "every region's key validated",
+                    &Detail::default(),
+                )
                 .await
             {
                 // Another attach changed the tenant since: it decides on the newer set.
@@ -182,9 +193,24 @@ impl Lifecycle {
         // Decided on the tenant as read before validating: if a probe or another instance
         // changed it meanwhile, this older verdict does not override theirs (409, retry).
         if report.usable {
-            self.settle_from(&t, TenantState::Active, Cause::KeysValidated, "every region's key validated").await?;
+            self.settle_from(
+                &t,
+                TenantState::Active,
+                Cause::KeysValidated,
+                "every region's key validated",
+                &Detail::default(),
+            )
+            .await?;
         } else if matches!(t.state, TenantState::Active | TenantState::Degraded) && definitive(&report) {
-            self.settle_from(&t, TenantState::Suspended, Cause::ValidationFailed, "validation found errors").await?;
+            let detail = report_detail(&report, None);
+            let reason = format!(
+                "misconfiguration detected: {}",
+                report
+                    .all_findings()
+                    .find(|f| f.severity == Severity::Error)
+                    .map_or("validation found errors".into(), |f| f.message.clone())
+            );
+            self.settle_from(&t, TenantState::Suspended, Cause::ValidationFailed, &reason, &detail).await?;
         }
         self.forget_view(id);
         Ok(report)
@@ -193,11 +219,18 @@ impl Lifecycle {
     /// Moves `t` (as read) to `to` unless it is there already, compare-and-set: if the
     /// tenant changed since `t` was read, nothing changes ([`LifecycleError::Conflict`])
     /// unless it is in `to` already.
-    async fn settle_from(&self, t: &Tenant, to: TenantState, cause: Cause, reason: &str) -> Result<(), LifecycleError> {
+    async fn settle_from(
+        &self,
+        t: &Tenant,
+        to: TenantState,
+        cause: Cause,
+        reason: &str,
+        detail: &Detail,
+    ) -> Result<(), LifecycleError> {
         if t.state == to {
             return Ok(());
         }
-        match self.transition_now(t, to, cause, Some(reason)).await {
+        match self.transition_now(t, to, cause, Some(reason), detail).await {
             Ok(_) => Ok(()),
             Err(LifecycleError::Conflict(id)) => match self.tenant(&id).await? {
                 now if now.state == to => Ok(()),
@@ -283,7 +316,8 @@ impl Lifecycle {
             let errors = report_errors(report, &k.key);
             let check = if errors.is_empty() { KeyCheck::Valid } else { KeyCheck::Invalid };
             let findings = key_findings_json(report, &k.key);
-            if self.registry.record_check(id, &k.key, check, Some(&findings), now).await? {
+            let event = crate::events::key_check(id, check, &report_detail(report, Some(&k.key)));
+            if self.registry.record_check(id, &k.key, check, Some(&findings), now, Some(&event)).await? {
                 self.journal
                     .record_or_queue(
                         id,
@@ -319,6 +353,34 @@ fn report_errors(report: &Report, key: &str) -> Vec<&'static str> {
         .filter(|f| f.severity == Severity::Error)
         .map(|f| f.code)
         .collect()
+}
+
+/// Where and why for an event from a report: its first error (of `key`, when given), with
+/// the finding's code and fix.
+fn report_detail(report: &Report, key: Option<&str>) -> Detail {
+    let mut errors = report
+        .keys
+        .iter()
+        .filter(|k| key.is_none_or(|key| k.key == key))
+        .flat_map(|k| k.findings.iter().filter(|f| f.severity == Severity::Error).map(move |f| (Some(k), f)));
+    let first = errors.next().or_else(|| {
+        key.is_none()
+            .then(|| report.findings.iter().find(|f| f.severity == Severity::Error).map(|f| (None, f)))
+            .flatten()
+    });
+    match first {
+        Some((k, f)) => Detail {
+            region: f.region.clone().or_else(|| k.map(|k| k.region.clone())),
+            key: k.map(|k| k.key.clone()),
+            code: Some(f.code.to_owned()),
+            fix: Some(f.fix.clone()),
+        },
+        None => Detail {
+            key: key.map(str::to_owned),
+            region: key.and_then(|key| report.keys.iter().find(|k| k.key == key)).map(|k| k.region.clone()),
+            ..Detail::default()
+        },
+    }
 }
 
 fn key_findings_json(report: &Report, key: &str) -> String {

@@ -33,6 +33,7 @@
 mod audited;
 mod crypto;
 mod error;
+pub mod events;
 pub mod journal;
 mod keychange;
 mod keys;
@@ -57,6 +58,7 @@ use keyhold_service::{Keyhold, Settings};
 pub use audited::{audited, context_digest};
 pub use crypto::{Caller, Decrypted};
 pub use error::LifecycleError;
+pub use events::Detail;
 pub use journal::Journal;
 pub use keychange::{KeyChange, RoleOutcome, reencryption_record};
 pub use keys::{AttachOutcome, check_role_arn};
@@ -128,6 +130,8 @@ pub struct Lifecycle {
     probe_gates: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     /// Per tenant: key attaches and validations run one at a time.
     key_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Tenants whose key-change progress is being checked (`true`: check again after).
+    progress: Mutex<HashMap<TenantId, bool>>,
     probes: monitor::ProbeMemory,
     /// The layer itself, to run work that must finish in a task of its own.
     me: Weak<Lifecycle>,
@@ -167,6 +171,7 @@ impl Lifecycle {
             probe_gates: Mutex::new(HashMap::new()),
             key_locks: Mutex::new(HashMap::new()),
             probes: monitor::ProbeMemory::default(),
+            progress: Mutex::new(HashMap::new()),
             me,
         }
     }
@@ -264,7 +269,12 @@ impl Lifecycle {
             reason: None,
         };
         // The tenant and the first event of its trail in one transaction.
-        let t = match self.journal.auditor().create_tenant(id, &realm_id, mode, role_arn, self.now_ms(), &created).await
+        let event = events::created(id, &realm_id, mode);
+        let t = match self
+            .journal
+            .auditor()
+            .create_tenant(id, &realm_id, mode, role_arn, self.now_ms(), &created, &[event])
+            .await
         {
             Ok(t) => t,
             Err(keyhold_audit::AuditError::Registry(e)) => return Err(e.into()),
@@ -318,7 +328,8 @@ impl Lifecycle {
         self.journal.check(id)?;
         self.admin_event(actor, id, "delete_tenant", None).await;
         let reason = "deleted by an admin";
-        let (deleted, keys) = self.registry.delete_tenant(&t, Some(reason), self.now_ms()).await?;
+        let event = events::transition(&t, TenantState::Deleted, Cause::Deleted, Some(reason), &Detail::default());
+        let (deleted, keys) = self.registry.delete_tenant(&t, Some(reason), self.now_ms(), &[event]).await?;
         self.after_transition(&t, TenantState::Deleted, Cause::Deleted, Some(reason)).await;
         if t.mode == TenantMode::Local
             && let Some(local) = &self.local
@@ -343,9 +354,10 @@ impl Lifecycle {
         Ok(deleted)
     }
 
-    /// Moves `from` (as read) to `to` with `cause`, compare-and-set; emits one
-    /// [`Event::TenantState`]; refreshes the view and, on suspension or deletion, drops the
-    /// tenant's cached data keys at once.
+    /// Moves `from` (as read) to `to` with `cause`, compare-and-set, storing its lifecycle
+    /// event in the same transaction; emits one [`Event::TenantState`] to the audit trail;
+    /// refreshes the view and, on suspension or deletion, drops the tenant's cached data
+    /// keys at once.
     pub async fn transition(
         &self,
         from: &Tenant,
@@ -354,17 +366,23 @@ impl Lifecycle {
         reason: Option<&str>,
     ) -> Result<Tenant, LifecycleError> {
         let (from, reason) = (from.clone(), reason.map(str::to_owned));
-        self.detached(move |me| async move { me.transition_now(&from, to, cause, reason.as_deref()).await }).await
+        self.detached(move |me| async move {
+            me.transition_now(&from, to, cause, reason.as_deref(), &Detail::default()).await
+        })
+        .await
     }
 
+    /// As [`Lifecycle::transition`], with where and why (`detail`) for its event.
     async fn transition_now(
         &self,
         from: &Tenant,
         to: TenantState,
         cause: Cause,
         reason: Option<&str>,
+        detail: &Detail,
     ) -> Result<Tenant, LifecycleError> {
-        let updated = self.registry.transition(from, to, cause, reason, self.now_ms()).await?;
+        let event = events::transition(from, to, cause, reason, detail);
+        let updated = self.registry.transition(from, to, cause, reason, self.now_ms(), &[event]).await?;
         self.after_transition(from, to, cause, reason).await;
         Ok(updated)
     }

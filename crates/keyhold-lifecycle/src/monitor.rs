@@ -27,7 +27,7 @@ use keyhold_core::{EncryptionContext, KeyRef, RESERVED_PURPOSE_KEY, RESERVED_TEN
 use keyhold_provider::{ErrorClass, ProviderError};
 use keyhold_registry::{Cause, KeyCheck, Tenant, TenantState};
 
-use crate::Lifecycle;
+use crate::{Detail, Lifecycle};
 
 /// The `purpose` in a probe's encryption context, so the tenant can tell probes apart in
 /// CloudTrail.
@@ -66,8 +66,10 @@ pub(crate) struct ProbeMemory {
 
 enum Outcome {
     Healthy,
-    Refused(String),
-    Transient(String),
+    /// A definitive refusal: why, and where (the first key that refused).
+    Refused(String, Detail),
+    /// A transient failure: why, and where.
+    Transient(String, Detail),
 }
 
 impl Lifecycle {
@@ -118,22 +120,25 @@ impl Lifecycle {
     async fn probe_and_apply(&self, t: &Tenant) -> Option<TenantState> {
         let outcome = self.probe(t).await;
         let resumable = matches!(t.cause, Some(Cause::KeyRefused | Cause::KeyUnavailable));
-        let (to, cause, reason) = match outcome {
+        let (to, cause, reason, detail) = match outcome {
             Outcome::Healthy if t.state == TenantState::Suspended && !resumable => return Some(t.state),
-            Outcome::Healthy if t.state != TenantState::Active => {
-                (TenantState::Active, Cause::KeysHealthy, "probe: every key answers again".to_owned())
+            Outcome::Healthy if t.state != TenantState::Active => (
+                TenantState::Active,
+                Cause::KeysHealthy,
+                "probe: every key answers again".to_owned(),
+                Detail::default(),
+            ),
+            Outcome::Refused(r, d) if t.state != TenantState::Suspended => {
+                (TenantState::Suspended, Cause::KeyRefused, format!("misconfiguration detected: {r}"), d)
             }
-            Outcome::Refused(r) if t.state != TenantState::Suspended => {
-                (TenantState::Suspended, Cause::KeyRefused, format!("probe: {r}"))
-            }
-            Outcome::Transient(r) if t.state == TenantState::Active => {
-                (TenantState::Degraded, Cause::KeyUnavailable, format!("probe: {r}"))
+            Outcome::Transient(r, d) if t.state == TenantState::Active => {
+                (TenantState::Degraded, Cause::KeyUnavailable, format!("probe: {r}"), d)
             }
             _ => return Some(t.state),
         };
         // The tenant may have changed meanwhile (deleted, another instance acted): then
         // that change stands.
-        match self.transition_now(t, to, cause, Some(&reason)).await {
+        match self.transition_now(t, to, cause, Some(&reason), &detail).await {
             Ok(updated) => Some(updated.state),
             Err(_) => self.tenant(&t.id).await.ok().map(|t| t.state),
         }
@@ -142,11 +147,11 @@ impl Lifecycle {
     async fn probe(&self, tenant: &Tenant) -> Outcome {
         self.forget_view(&tenant.id);
         let Ok(view) = self.tenant_view(&tenant.id).await else {
-            return Outcome::Transient("the registry did not answer".into());
+            return Outcome::Transient("the registry did not answer".into(), Detail::default());
         };
         if view.active.is_empty() {
             // Nothing to probe proves nothing: no resumption on an empty set.
-            return Outcome::Transient("the tenant has no active key".into());
+            return Outcome::Transient("the tenant has no active key".into(), Detail::default());
         }
         let mut context = EncryptionContext::new();
         context.insert(RESERVED_TENANT_KEY, tenant.id.as_str());
@@ -156,7 +161,13 @@ impl Lifecycle {
         let (mut probes, mut failures) = (0u64, 0u64);
         for key in view.active.iter() {
             let Some(provider) = self.raw.iter().find(|p| p.accepts(key)) else {
-                refused = Some(format!("no key provider serves key {key}"));
+                let detail = Detail {
+                    key: Some(key.to_string()),
+                    code: Some("no_provider".into()),
+                    fix: Some("Configure keyhold with the key provider that serves this key.".into()),
+                    ..Detail::default()
+                };
+                refused = Some((format!("no key provider serves key {key}"), detail));
                 continue;
             };
             let result: Result<(), ProviderError> = async {
@@ -178,27 +189,46 @@ impl Lifecycle {
                     e.code().to_owned()
                 }
             };
-            self.note_probe(&tenant.id, key, &code, &result).await;
+            let detail = self.probe_detail(key, &code);
+            self.note_probe(&tenant.id, key, &code, &result, &detail).await;
             match result {
                 Ok(()) => {}
                 Err(e) if e.class() == ErrorClass::Retryable => {
-                    transient = Some(format!("key {key}: {} ({e})", e.code()));
+                    transient = Some((format!("key {key}: {} ({e})", e.code()), detail));
                 }
                 Err(e) => {
-                    refused.get_or_insert_with(|| format!("key {key} refused: {}", e.code()));
+                    let region = detail.region.clone().unwrap_or_else(|| "its region".into());
+                    refused.get_or_insert_with(|| {
+                        (format!("key {key} in {region} refused keyhold: {}", e.code()), detail)
+                    });
                 }
             }
         }
         self.summarise(&tenant.id, probes, failures).await;
         match (refused, transient) {
-            (Some(r), _) => Outcome::Refused(r),
-            (None, Some(t)) => Outcome::Transient(t),
+            (Some((r, d)), _) => Outcome::Refused(r, d),
+            (None, Some((t, d))) => Outcome::Transient(t, d),
             (None, None) => Outcome::Healthy,
         }
     }
 
+    /// Where and why a probe of `key` ended with `code`, with the fix for a refusal.
+    fn probe_detail(&self, key: &KeyRef, code: &str) -> Detail {
+        let region = self.raw.iter().find_map(|p| p.region_of(key)).map(|r| r.to_string());
+        let fix = (code != "ok")
+            .then(|| crate::events::fix_for(code, key.as_str(), region.as_deref().unwrap_or("its region")));
+        Detail { region, key: Some(key.to_string()), code: (code != "ok").then(|| code.to_owned()), fix }
+    }
+
     /// Records a key's probe outcome when it changed since the previous probe.
-    async fn note_probe(&self, tenant: &TenantId, key: &KeyRef, code: &str, result: &Result<(), ProviderError>) {
+    async fn note_probe(
+        &self,
+        tenant: &TenantId,
+        key: &KeyRef,
+        code: &str,
+        result: &Result<(), ProviderError>,
+        detail: &Detail,
+    ) {
         let changed = {
             let mut last = self.probes.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let k = (tenant.clone(), key.clone());
@@ -225,10 +255,22 @@ impl Lifecycle {
         };
         // A transient failure says nothing about the key: only definite outcomes update
         // its recorded check.
+        // A changed check is stored with its event (once across instances).
         if !matches!(result, Err(e) if e.class() == ErrorClass::Retryable) {
-            let _ = self.registry.record_check(tenant, key.as_str(), check, None, self.now_ms()).await;
+            let event = crate::events::key_check(tenant, check, detail);
+            if let Err(e) =
+                self.registry.record_check(tenant, key.as_str(), check, None, self.now_ms(), Some(&event)).await
+            {
+                // Not stored: the next probe records it again.
+                tracing::warn!(tenant = %tenant, key = %key, error = %e, "a key check could not be recorded");
+                self.probes
+                    .last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&(tenant.clone(), key.clone()));
+            }
         }
-        let region = self.raw.iter().find_map(|p| p.region_of(key)).map(|r| r.to_string());
+        let region = detail.region.clone();
         self.journal
             .record_or_queue(tenant, Event::KeyProbe { region, key: key.to_string(), outcome: code.to_owned() })
             .await;

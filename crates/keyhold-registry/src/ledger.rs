@@ -5,7 +5,7 @@
 use keyhold_core::{Region, TenantId};
 use sqlx::Row;
 
-use crate::{KeyStatus, Registry, RegistryError, Result, TenantState, ms, unms};
+use crate::{KeyStatus, NewEvent, Registry, RegistryError, Result, TenantState, ms, unms};
 
 /// Uses of one data key to add to the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,9 +180,17 @@ impl Registry {
     }
 
     /// Retires `key` of `region` (a `decrypt_only` key: an active key is replaced first,
-    /// by attaching another) and bumps the tenant's version, in one transaction. A
+    /// by attaching another) and bumps the tenant's version, with `events`, in one
+    /// transaction. A
     /// retired key is never used again.
-    pub async fn retire_key(&self, tenant: &TenantId, region: &Region, key: &str, now_ms: u64) -> Result<()> {
+    pub async fn retire_key(
+        &self,
+        tenant: &TenantId,
+        region: &Region,
+        key: &str,
+        now_ms: u64,
+        events: &[NewEvent],
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let bumped =
             sqlx::query("UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2 AND state <> $3")
@@ -222,14 +230,20 @@ impl Registry {
         .bind(key)
         .execute(&mut *tx)
         .await?;
+        self.insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Bumps the tenant's data-key generation (and version): every instance stops using
     /// the data keys it cached for the tenant once it reads the tenant again. Returns the
-    /// new generation.
-    pub async fn bump_dek_generation(&self, tenant: &TenantId, now_ms: u64) -> Result<u64> {
+    /// new generation; `events` (given it) are stored in the same transaction.
+    pub async fn bump_dek_generation(
+        &self,
+        tenant: &TenantId,
+        now_ms: u64,
+        events: impl FnOnce(u64) -> Vec<NewEvent> + Send,
+    ) -> Result<u64> {
         let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE tenants SET dek_generation = dek_generation + 1, version = version + 1, updated_ms = $1 \
@@ -249,6 +263,7 @@ impl Registry {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
+        self.insert_events(&mut tx, &events(unms(generation)), now_ms).await?;
         tx.commit().await?;
         Ok(unms(generation))
     }

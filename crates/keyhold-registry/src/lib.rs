@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+mod events;
 mod ledger;
 mod types;
 
@@ -36,6 +37,7 @@ use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use events::{EventFilter, NewEvent, StoredEvent};
 pub use ledger::{DataKeyUses, KeyProtects, Reencrypted};
 pub use types::{
     AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
@@ -129,6 +131,10 @@ pub enum RegistryError {
 }
 
 type Result<T> = std::result::Result<T, RegistryError>;
+
+/// A key's status change in its tenant's history: the key, its status before (`None` when
+/// first attached) and after.
+pub type StatusChange = (String, Option<KeyStatus>, KeyStatus);
 
 /// The registry.
 #[derive(Clone)]
@@ -238,12 +244,13 @@ impl Registry {
         role_arn: Option<&str>,
         now_ms: u64,
     ) -> Result<Tenant> {
-        self.create_tenant_recorded(id, realm, mode, role_arn, now_ms, None).await
+        self.create_tenant_recorded(id, realm, mode, role_arn, now_ms, None, &[]).await
     }
 
     /// As [`Registry::create_tenant`], appending `genesis` (the creation event) to the
     /// tenant's trail in the same transaction: a tenant never exists without its first
     /// event, whatever crashes.
+    #[allow(clippy::too_many_arguments, reason = "the tenant's fields, its first audit event, its lifecycle events")]
     pub async fn create_tenant_recorded(
         &self,
         id: &TenantId,
@@ -252,10 +259,11 @@ impl Registry {
         role_arn: Option<&str>,
         now_ms: u64,
         genesis: Option<Genesis<'_>>,
+        events: &[NewEvent],
     ) -> Result<Tenant> {
         let mut backoff = Backoff::new();
         loop {
-            match self.try_create_tenant(id, realm, mode, role_arn, now_ms, genesis.as_ref()).await {
+            match self.try_create_tenant(id, realm, mode, role_arn, now_ms, genesis.as_ref(), events).await {
                 Err(RegistryError::Database(sqlx::Error::Database(e))) if is_busy(e.as_ref()) && backoff.more() => {
                     backoff.wait().await;
                 }
@@ -264,6 +272,7 @@ impl Registry {
         }
     }
 
+    #[allow(clippy::too_many_arguments, reason = "the tenant's fields, its first audit event, its lifecycle events")]
     async fn try_create_tenant(
         &self,
         id: &TenantId,
@@ -272,6 +281,7 @@ impl Registry {
         role_arn: Option<&str>,
         now_ms: u64,
         genesis: Option<&Genesis<'_>>,
+        events: &[NewEvent],
     ) -> Result<Tenant> {
         let now = ms(now_ms);
         let mut tx = self.begin_write().await?;
@@ -299,6 +309,7 @@ impl Registry {
         {
             return Err(RegistryError::HeadNotSigned);
         }
+        self.insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         match Ok::<(), sqlx::Error>(()) {
             Ok(()) => Ok(Tenant {
@@ -359,12 +370,14 @@ impl Registry {
         cause: Cause,
         reason: Option<&str>,
         now_ms: u64,
+        events: &[NewEvent],
     ) -> Result<Tenant> {
         if to == TenantState::Deleted {
-            return Ok(self.delete_tenant(from, reason, now_ms).await?.0);
+            return Ok(self.delete_tenant(from, reason, now_ms, events).await?.0);
         }
         let mut tx = self.begin_write().await?;
         self.compare_and_set(&mut tx, from, to, cause, reason, now_ms).await?;
+        self.insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))
     }
@@ -377,6 +390,7 @@ impl Registry {
         from: &Tenant,
         reason: Option<&str>,
         now_ms: u64,
+        events: &[NewEvent],
     ) -> Result<(Tenant, Vec<String>)> {
         let mut tx = self.begin_write().await?;
         self.compare_and_set(&mut tx, from, TenantState::Deleted, Cause::Deleted, reason, now_ms).await?;
@@ -394,6 +408,7 @@ impl Registry {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         let t = self.tenant(&from.id).await?.ok_or_else(|| RegistryError::TenantNotFound(from.id.clone()))?;
         Ok((t, keys))
@@ -480,7 +495,9 @@ impl Registry {
     /// found (`check`, `findings` JSON): the region's previous active key becomes
     /// `decrypt_only` (it still decrypts what it protects); a key already in the history
     /// becomes active again. In one transaction, bumping the tenant's version. Returns the
-    /// status changes made, as (key, previous status or `None`, new status).
+    /// status changes made, as (key, previous status or `None`, new status); `events`
+    /// turns them into the events stored in the same transaction.
+    #[allow(clippy::too_many_arguments, reason = "the key, what validation found, and the change's events")]
     pub async fn attach_key(
         &self,
         tenant: &TenantId,
@@ -489,7 +506,8 @@ impl Registry {
         check: KeyCheck,
         findings: &str,
         now_ms: u64,
-    ) -> Result<Vec<(String, Option<KeyStatus>, KeyStatus)>> {
+        events: impl FnOnce(&[StatusChange]) -> Vec<NewEvent> + Send,
+    ) -> Result<Vec<StatusChange>> {
         let mut tx = self.begin_write().await?;
         // The version bump first: it locks the tenant's row (PostgreSQL), so a deletion
         // running concurrently either sees this attach's key or makes it fail here.
@@ -570,6 +588,7 @@ impl Registry {
         if previous_status != Some(KeyStatus::Active) {
             changes.push((key.to_owned(), previous_status, KeyStatus::Active));
         }
+        self.insert_events(&mut tx, &events(&changes), now_ms).await?;
         tx.commit().await?;
         Ok(changes)
     }
@@ -584,8 +603,10 @@ impl Registry {
         }
     }
 
-    /// Sets a BYOK tenant's role, bumping its version.
-    pub async fn set_role(&self, tenant: &TenantId, role_arn: &str, now_ms: u64) -> Result<()> {
+    /// Sets a BYOK tenant's role, bumping its version, with `events` in the same
+    /// transaction.
+    pub async fn set_role(&self, tenant: &TenantId, role_arn: &str, now_ms: u64, events: &[NewEvent]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE tenants SET role_arn = $1, version = version + 1, updated_ms = $2 WHERE id = $3 AND state <> $4",
         )
@@ -593,16 +614,21 @@ impl Registry {
         .bind(ms(now_ms))
         .bind(tenant.as_str())
         .bind(TenantState::Deleted.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
+            drop(tx);
             return Err(self.not_live(tenant).await);
         }
+        self.insert_events(&mut tx, events, now_ms).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Records what a validation or probe found of a key in the history (its status is
-    /// unchanged). Returns whether the key was found.
+    /// unchanged). When the check differs from the one stored, `on_change` is stored with
+    /// it, in one transaction: of several instances reporting the same change, one stores
+    /// the event. Returns whether the key was found.
     pub async fn record_check(
         &self,
         tenant: &TenantId,
@@ -610,18 +636,38 @@ impl Registry {
         check: KeyCheck,
         findings: Option<&str>,
         now_ms: u64,
+        on_change: Option<&NewEvent>,
     ) -> Result<bool> {
-        let r = sqlx::query(
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
             "UPDATE key_history SET state = $1, last_check_ms = $2, findings = COALESCE($3, findings) \
-             WHERE tenant_id = $4 AND key_arn = $5",
+             WHERE tenant_id = $4 AND key_arn = $5 AND state <> $1",
         )
         .bind(check.as_str())
         .bind(ms(now_ms))
         .bind(findings)
         .bind(tenant.as_str())
         .bind(key)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if changed.rows_affected() > 0 {
+            if let Some(e) = on_change {
+                self.insert_events(&mut tx, std::slice::from_ref(e), now_ms).await?;
+            }
+            tx.commit().await?;
+            return Ok(true);
+        }
+        let r = sqlx::query(
+            "UPDATE key_history SET last_check_ms = $1, findings = COALESCE($2, findings) \
+             WHERE tenant_id = $3 AND key_arn = $4",
+        )
+        .bind(ms(now_ms))
+        .bind(findings)
+        .bind(tenant.as_str())
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 

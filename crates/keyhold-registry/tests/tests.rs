@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use keyhold_registry::{
-    AuditHead, Backend, Cause, KeyCheck, KeyStatus, Purposes, Registry, RegistryError, TenantMode, TenantState,
+    AuditHead, Backend, Cause, EventFilter, KeyCheck, KeyStatus, NewEvent, Purposes, Registry, RegistryError,
+    TenantMode, TenantState,
 };
 
 /// A registry on `backend`, with the directory that must outlive it (SQLite).
@@ -91,6 +92,8 @@ both!(
     audit_is_chained_and_paged,
     concurrent_appends_chain,
     appends_from_two_instances_are_never_lost,
+    events_are_stored_with_their_change_or_not_at_all,
+    a_reader_paging_events_never_skips_one,
 );
 
 async fn tenant_lifecycle(backend: Backend) {
@@ -113,37 +116,44 @@ async fn tenant_lifecycle(backend: Backend) {
     assert_eq!(reg.tenant(&t("nobody")).await.unwrap(), None);
 
     // Transitions are compare-and-set on (state, version): a stale copy loses.
-    let s = reg.transition(&acme, TenantState::Suspended, Cause::KeyRefused, Some("key disabled"), 3000).await.unwrap();
+    let s = reg
+        .transition(&acme, TenantState::Suspended, Cause::KeyRefused, Some("key disabled"), 3000, &[])
+        .await
+        .unwrap();
     assert_eq!(
         (s.state, s.cause, s.reason.as_deref(), s.updated_ms, s.version),
         (TenantState::Suspended, Some(Cause::KeyRefused), Some("key disabled"), 3000, 1)
     );
     assert!(matches!(
-        reg.transition(&acme, TenantState::Active, Cause::KeysHealthy, None, 3500).await,
+        reg.transition(&acme, TenantState::Active, Cause::KeysHealthy, None, 3500, &[]).await,
         Err(RegistryError::Conflict { state: TenantState::Suspended, version: 1, .. })
     ));
-    let s = reg.transition(&s, TenantState::Active, Cause::KeysHealthy, None, 4000).await.unwrap();
+    let s = reg.transition(&s, TenantState::Active, Cause::KeysHealthy, None, 4000, &[]).await.unwrap();
     assert_eq!((s.state, s.reason.as_deref(), s.version), (TenantState::Active, None, 2));
     let mut nobody = s.clone();
     nobody.id = t("nobody");
     assert!(matches!(
-        reg.transition(&nobody, TenantState::Active, Cause::KeysHealthy, None, 1).await,
+        reg.transition(&nobody, TenantState::Active, Cause::KeysHealthy, None, 1, &[]).await,
         Err(RegistryError::TenantNotFound(_))
     ));
 
     // Crypto-shred: keys gone, state final.
-    reg.attach_key(&t("acme"), &region("eu-central-1"), "lk-1", KeyCheck::Valid, "[]", 4500).await.unwrap();
+    reg.attach_key(&t("acme"), &region("eu-central-1"), "lk-1", KeyCheck::Valid, "[]", 4500, |_| Vec::new())
+        .await
+        .unwrap();
     let s = reg.tenant(&t("acme")).await.unwrap().unwrap();
-    let d =
-        reg.transition(&s, TenantState::Deleted, Cause::Deleted, Some("requested by the tenant"), 5000).await.unwrap();
+    let d = reg
+        .transition(&s, TenantState::Deleted, Cause::Deleted, Some("requested by the tenant"), 5000, &[])
+        .await
+        .unwrap();
     assert_eq!((d.state, d.reason.as_deref()), (TenantState::Deleted, Some("requested by the tenant")));
     assert!(reg.keys(&t("acme")).await.unwrap().is_empty());
     assert!(matches!(
-        reg.transition(&d, TenantState::Active, Cause::KeysHealthy, None, 6000).await,
+        reg.transition(&d, TenantState::Active, Cause::KeysHealthy, None, 6000, &[]).await,
         Err(RegistryError::TenantDeleted(_))
     ));
     assert!(matches!(
-        reg.attach_key(&t("acme"), &region("eu-west-1"), "lk-2", KeyCheck::Valid, "[]", 1).await,
+        reg.attach_key(&t("acme"), &region("eu-west-1"), "lk-2", KeyCheck::Valid, "[]", 1, |_| Vec::new()).await,
         Err(RegistryError::TenantDeleted(_))
     ));
     // The other tenant is untouched.
@@ -159,7 +169,7 @@ async fn key_history(backend: Backend) {
     reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Cmk, None, 1).await.unwrap();
     reg.create_tenant(&t("globex"), &realm("eu"), TenantMode::Cmk, None, 1).await.unwrap();
     assert!(matches!(
-        reg.attach_key(&t("nobody"), &region("eu-west-1"), "k", KeyCheck::Valid, "[]", 1).await,
+        reg.attach_key(&t("nobody"), &region("eu-west-1"), "k", KeyCheck::Valid, "[]", 1, |_| Vec::new()).await,
         Err(RegistryError::TenantNotFound(_))
     ));
     let (a, b, c) = (
@@ -167,12 +177,15 @@ async fn key_history(backend: Backend) {
         "arn:aws:kms:eu-west-1:111122223333:key/b",
         "arn:aws:kms:eu-west-1:111122223333:key/c",
     );
-    let changes = reg.attach_key(&t("acme"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 10).await.unwrap();
+    let changes =
+        reg.attach_key(&t("acme"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 10, |_| Vec::new()).await.unwrap();
     assert_eq!(changes, [(b.to_owned(), None, KeyStatus::Active)]);
-    reg.attach_key(&t("acme"), &region("eu-central-1"), a, KeyCheck::Valid, "[]", 20).await.unwrap();
+    reg.attach_key(&t("acme"), &region("eu-central-1"), a, KeyCheck::Valid, "[]", 20, |_| Vec::new()).await.unwrap();
     // Replacing a region's key keeps the old one, decrypt-only.
     let changes = reg
-        .attach_key(&t("acme"), &region("eu-west-1"), c, KeyCheck::Invalid, r#"[{"code":"key_disabled"}]"#, 30)
+        .attach_key(&t("acme"), &region("eu-west-1"), c, KeyCheck::Invalid, r#"[{"code":"key_disabled"}]"#, 30, |_| {
+            Vec::new()
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -192,16 +205,16 @@ async fn key_history(backend: Backend) {
     );
     assert_eq!((keys[1].attached_ms, keys[1].status_ms), (10, 30));
     // Attaching the old key again makes it active again, the other decrypt-only.
-    reg.attach_key(&t("acme"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 40).await.unwrap();
+    reg.attach_key(&t("acme"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 40, |_| Vec::new()).await.unwrap();
     let statuses: Vec<KeyStatus> = reg.keys(&t("acme")).await.unwrap().iter().map(|k| k.status).collect();
     assert_eq!(statuses, [KeyStatus::Active, KeyStatus::Active, KeyStatus::DecryptOnly]);
     // A key protects one tenant's data: another tenant cannot attach it.
     assert!(matches!(
-        reg.attach_key(&t("globex"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 50).await,
+        reg.attach_key(&t("globex"), &region("eu-west-1"), b, KeyCheck::Valid, "[]", 50, |_| Vec::new()).await,
         Err(RegistryError::KeyInUse { .. })
     ));
-    assert!(reg.record_check(&t("acme"), c, KeyCheck::Revoked, None, 60).await.unwrap());
-    assert!(!reg.record_check(&t("globex"), c, KeyCheck::Revoked, None, 60).await.unwrap());
+    assert!(reg.record_check(&t("acme"), c, KeyCheck::Revoked, None, 60, None).await.unwrap());
+    assert!(!reg.record_check(&t("globex"), c, KeyCheck::Revoked, None, 60, None).await.unwrap());
     let k = reg.keys(&t("acme")).await.unwrap().into_iter().find(|k| k.key == c).unwrap();
     assert_eq!(
         (k.state, k.last_check_ms, k.findings.as_str()),
@@ -380,4 +393,125 @@ async fn appends_from_two_instances_are_never_lost(backend: Backend) {
         instances[1].audit_head(&t("acme")).await.unwrap(),
         Some(AuditHead { seq: total, hash: prev, sig: sign(None, total, &prev) })
     );
+}
+
+fn ev(tenant: &str, kind: &'static str, n: u64) -> NewEvent {
+    NewEvent { tenant: Some(t(tenant)), kind, data: format!("{{\"n\":{n}}}"), dedupe: None }
+}
+
+async fn all_events(reg: &Registry, tenant: Option<&TenantId>) -> Vec<keyhold_registry::StoredEvent> {
+    reg.events(&EventFilter { tenant, kinds: &[], after: 0, limit: 100_000 }).await.unwrap()
+}
+
+/// A change and its event are stored together: a transition that loses its
+/// compare-and-set stores no event; a check that does not change stores none; a dedupe key
+/// stores one event however often it is reported; feeds filter by tenant and type.
+async fn events_are_stored_with_their_change_or_not_at_all(backend: Backend) {
+    let (reg, _dir) = registry(backend).await;
+    let acme = reg.create_tenant(&t("acme"), &realm("eu"), TenantMode::Local, None, 1).await.unwrap();
+    reg.create_tenant(&t("globex"), &realm("eu"), TenantMode::Local, None, 1).await.unwrap();
+    let s = reg
+        .transition(&acme, TenantState::Active, Cause::KeysValidated, None, 2, &[ev("acme", "tenant.activated", 1)])
+        .await
+        .unwrap();
+    // `acme` as first read is stale now: the second transition loses, and its event with it.
+    assert!(matches!(
+        reg.transition(&acme, TenantState::Suspended, Cause::KeyRefused, None, 3, &[ev("acme", "tenant.suspended", 2)])
+            .await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    assert_eq!(all_events(&reg, None).await.len(), 1);
+    reg.attach_key(&t("acme"), &region("eu-west-1"), "k1", KeyCheck::Valid, "[]", 4, |changes| {
+        changes
+            .iter()
+            .map(|(k, _, to)| ev("acme", "key.attached", u64::from(k == "k1" && *to == KeyStatus::Active)))
+            .collect()
+    })
+    .await
+    .unwrap();
+    // The same check again: no event; a changed one: its event.
+    let revoked = ev("acme", "key.revoked", 3);
+    assert!(reg.record_check(&t("acme"), "k1", KeyCheck::Valid, None, 5, Some(&revoked)).await.unwrap());
+    assert_eq!(all_events(&reg, None).await.len(), 2);
+    assert!(reg.record_check(&t("acme"), "k1", KeyCheck::Revoked, None, 6, Some(&revoked)).await.unwrap());
+    assert!(reg.record_check(&t("acme"), "k1", KeyCheck::Revoked, None, 7, Some(&revoked)).await.unwrap());
+    let events = all_events(&reg, None).await;
+    assert_eq!(
+        events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["tenant.activated", "key.attached", "key.revoked"]
+    );
+    assert_eq!(events[1].data, r#"{"n":1}"#);
+    // Deduplicated: one stored of three reports.
+    let mut once = ev("globex", "key_change.progress", 9);
+    once.dedupe = Some("globex:progress:1".into());
+    assert!(reg.add_event(&once, 8).await.unwrap());
+    assert!(!reg.add_event(&once, 9).await.unwrap());
+    assert!(!reg.add_event(&once, 10).await.unwrap());
+    assert_eq!(all_events(&reg, Some(&t("globex"))).await.len(), 1);
+    // Filters and paging.
+    let kinds = ["key.revoked".to_owned(), "tenant.activated".to_owned()];
+    let only = reg.events(&EventFilter { tenant: None, kinds: &kinds, after: 0, limit: 10 }).await.unwrap();
+    assert_eq!(only.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["tenant.activated", "key.revoked"]);
+    let page =
+        reg.events(&EventFilter { tenant: Some(&t("acme")), kinds: &[], after: events[0].id, limit: 1 }).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, events[1].id);
+    assert_eq!(page[0].at_ms, 4);
+    // A deletion stores its event in its transaction.
+    let now = reg.tenant(&t("acme")).await.unwrap().unwrap();
+    assert_eq!(now.version, s.version + 1, "the attach bumped the version");
+    let (d, _) = reg.delete_tenant(&now, Some("gone"), 11, &[ev("acme", "tenant.deleted", 4)]).await.unwrap();
+    assert_eq!(d.state, TenantState::Deleted);
+    assert_eq!(all_events(&reg, Some(&t("acme"))).await.last().unwrap().kind, "tenant.deleted");
+}
+
+/// Writers on two registries (two instances' pools) store events concurrently while a
+/// reader pages through them with `after=`: the reader sees every event, in increasing
+/// id order, none skipped (ids follow commit order).
+async fn a_reader_paging_events_never_skips_one(backend: Backend) {
+    let (url, _dir) = database(backend).await;
+    let a = Registry::connect(&url).await.unwrap();
+    let b = Registry::connect(&url).await.unwrap();
+    const WRITERS: u64 = 6;
+    const EACH: u64 = 40;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let reg = if w % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let mut backoff = 1;
+                // SQLite answers "busy" past its timeout under this much contention: retry.
+                while let Err(e) = reg.add_event(&ev("acme", "tenant.resumed", w * 1000 + i), i).await {
+                    assert!(backoff < 2000, "{e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
+                    backoff *= 2;
+                }
+            }
+        }));
+    }
+    let reader = a.clone();
+    let read = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut after = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while (seen.len() as u64) < WRITERS * EACH && std::time::Instant::now() < deadline {
+            let page = reader.events(&EventFilter { tenant: None, kinds: &[], after, limit: 7 }).await.unwrap();
+            for e in page {
+                assert!(e.id > after, "ids go up");
+                after = e.id;
+                seen.push(e.data);
+            }
+        }
+        seen
+    });
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = read.await.unwrap();
+    let mut expected: Vec<String> = all_events(&a, None).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(expected.len() as u64, WRITERS * EACH);
+    let mut got = seen.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "the paging reader skipped events");
 }

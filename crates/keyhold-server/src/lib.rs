@@ -65,6 +65,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants/{id}/role", put(api::set_role))
         .route("/v1/tenants/{id}/validate", post(api::validate_tenant))
         .route("/v1/tenants/{id}/audit", get(api::audit))
+        .route("/v1/tenants/{id}/events", get(api::tenant_events))
+        .route("/v1/events", get(api::events))
         .route("/v1/tenants/{id}/audit/verify", get(api::audit_verify))
         .route("/v1/tenants/{id}/audit/checkpoint", get(api::audit_checkpoint))
         .route("/v1/audit/public-key", get(api::audit_public_key))

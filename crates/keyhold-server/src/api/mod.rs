@@ -8,6 +8,7 @@
 //! - [`keys`]: attach a key, the key history, validation.
 //! - [`crypto`]: encrypt and decrypt, one at a time or in batches.
 //! - [`audit`]: the trail, its verification, signed checkpoints.
+//! - [`events`]: lifecycle events, per tenant and platform-wide.
 //! - [`services`]: service identities: register, list, purposes, key rotation, removal.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`extract`]: path and query extractors answering in keyhold's error format, the
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod crypto;
+pub mod events;
 pub mod extract;
 pub mod keychange;
 pub mod keys;
@@ -38,6 +40,7 @@ use crate::state::{AppState, Proven};
 
 pub use audit::*;
 pub use crypto::*;
+pub use events::*;
 pub use keychange::*;
 pub use keys::*;
 pub use ops::*;

@@ -45,6 +45,9 @@ pub const ROLE_ARN_PATTERN: &str = "^arn:[^:]+:iam::[0-9]{12}:role/[!-~]+$";
 /// The audit trail's page size: at most this many events (and the default).
 pub const AUDIT_PAGE: u32 = 1000;
 
+/// The default page of events (at most [`AUDIT_PAGE`]).
+pub const EVENTS_PAGE: u32 = 100;
+
 /// The `RealmId` component's name.
 pub const REALM_COMPONENT: &str = "RealmId";
 /// The `Region` component's name.
@@ -198,6 +201,42 @@ pub fn audit_after() -> Object {
         .maximum(Some(i64::MAX))
         .description(Some("Events after this sequence number (default 0: from the start)."))
         .build()
+}
+
+/// `after` of the event feeds.
+pub fn events_after() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
+        .minimum(Some(0))
+        .maximum(Some(i64::MAX))
+        .description(Some("Events after this id (default 0: from the start)."))
+        .build()
+}
+
+/// `limit` of the event feeds.
+pub fn events_limit() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int32)))
+        .minimum(Some(1))
+        .maximum(Some(AUDIT_PAGE))
+        .description(Some(format!("At most this many events, 1 to {AUDIT_PAGE} (default {EVENTS_PAGE}).")))
+        .build()
+}
+
+/// `type` of the event feeds: catalogue types, comma-separated.
+pub fn event_types() -> Object {
+    let one = keyhold_lifecycle::events::CATALOGUE.iter().map(|(t, _)| regex_escape(t)).collect::<Vec<_>>().join("|");
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^({one})(,({one}))*$")))
+        .description(Some("Only events of these types, comma-separated."))
+        .build()
+}
+
+fn regex_escape(s: &str) -> String {
+    s.replace('.', "\\.")
 }
 
 /// `?limit=`: a page size.
