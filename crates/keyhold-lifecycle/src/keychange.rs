@@ -147,6 +147,8 @@ impl Lifecycle {
     }
 
     async fn store_progress(&self, tenant: &TenantId) -> Result<(), LifecycleError> {
+        // This instance's counts of messages first, so the totals include them.
+        self.flush_ledger().await;
         let keys: Vec<String> = self
             .registry
             .keys(tenant)

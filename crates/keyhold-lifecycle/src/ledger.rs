@@ -21,12 +21,16 @@ pub struct RegistryLedger {
     clock: Arc<dyn Clock>,
     /// Every data key this instance generated whose uses may still be counted.
     live: Mutex<Vec<(TenantId, DataKeyId, Arc<DataKeyUse>)>>,
+    /// Held through a flush: one that starts while another writes waits for it, so a
+    /// flush that returns has written every count taken before it began (a reader that
+    /// flushes first sees them).
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl RegistryLedger {
     /// A ledger writing to `registry`.
     pub fn new(registry: Registry, clock: Arc<dyn Clock>) -> Self {
-        Self { registry, clock, live: Mutex::new(Vec::new()) }
+        Self { registry, clock, live: Mutex::new(Vec::new()), flushing: tokio::sync::Mutex::new(()) }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Vec<(TenantId, DataKeyId, Arc<DataKeyUse>)>> {
@@ -37,6 +41,7 @@ impl RegistryLedger {
     /// fails), and forgets data keys no cache holds any more once their last uses are
     /// written.
     pub async fn flush(&self) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.flushing.lock().await;
         let entries: Vec<_> = self.live().clone();
         let mut taken = Vec::new();
         for (tenant, id, uses) in &entries {

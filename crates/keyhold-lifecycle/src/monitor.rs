@@ -189,7 +189,7 @@ impl Lifecycle {
                     e.code().to_owned()
                 }
             };
-            let detail = self.probe_detail(key, &code);
+            let detail = self.probe_detail(&tenant.id, key, &code).await;
             self.note_probe(&tenant.id, key, &code, &result, &detail).await;
             match result {
                 Ok(()) => {}
@@ -212,9 +212,20 @@ impl Lifecycle {
         }
     }
 
-    /// Where and why a probe of `key` ended with `code`, with the fix for a refusal.
-    fn probe_detail(&self, key: &KeyRef, code: &str) -> Detail {
-        let region = self.raw.iter().find_map(|p| p.region_of(key)).map(|r| r.to_string());
+    /// Where and why a probe of `key` ended with `code`, with the fix for a refusal. The
+    /// region is the provider's reading of the key (an ARN's), else, for a failure, the
+    /// key history's.
+    async fn probe_detail(&self, tenant: &TenantId, key: &KeyRef, code: &str) -> Detail {
+        let mut region = self.raw.iter().find_map(|p| p.region_of(key)).map(|r| r.to_string());
+        if region.is_none() && code != "ok" {
+            region = self
+                .registry
+                .keys(tenant)
+                .await
+                .ok()
+                .and_then(|h| h.into_iter().find(|k| k.key == key.as_str()))
+                .map(|k| k.region.to_string());
+        }
         let fix = (code != "ok")
             .then(|| crate::events::fix_for(code, key.as_str(), region.as_deref().unwrap_or("its region")));
         Detail { region, key: Some(key.to_string()), code: (code != "ok").then(|| code.to_owned()), fix }

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 mod edge;
+mod events;
 mod keychange;
 mod openapi;
 mod promises;

@@ -1,0 +1,166 @@
+//! Lifecycle events through the API: every step of a tenant's life and of its keys' is in
+//! its feed with the tenant, region, key, cause code and fix; a tenant admin reads its own
+//! feed only; the platform feed is the admin's; types filter and ids page.
+
+use axum::http::{Method, StatusCode};
+use keyhold_core::{KeyRef, Region};
+use serde_json::{Value, json};
+
+use super::{Fixture, fixture, fixture_on, fresh_postgres};
+
+async fn feed(f: &Fixture, path: &str, token: &str) -> Vec<Value> {
+    let (s, page) = f.call(Method::GET, path, Some(token), None).await;
+    assert_eq!(s, StatusCode::OK, "{path}: {page}");
+    page["events"].as_array().unwrap().clone()
+}
+
+fn types(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+/// Waits (up to 10 s) for an event of `kind` in the tenant's feed.
+async fn wait_for(f: &Fixture, kind: &str) -> Value {
+    let admin = f.admin_token();
+    for _ in 0..100 {
+        let events = feed(f, &format!("/v1/tenants/acme/events?type={kind}"), &admin).await;
+        if let Some(e) = events.last() {
+            return e.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no {kind} event");
+}
+
+async fn every_step_is_an_event(f: Fixture) {
+    let admin = f.admin_token();
+    let keys = f.active_tenant("acme").await;
+    f.active_tenant("globex").await;
+    let events = feed(&f, "/v1/tenants/acme/events", &admin).await;
+    assert_eq!(types(&events), ["tenant.created", "key.attached", "key.attached", "tenant.activated"], "{events:?}");
+    for e in &events {
+        assert_eq!(e["tenant"], "acme");
+        assert_eq!(e["data"]["tenant"], "acme");
+        assert!(e["timestamp"].as_str().unwrap().ends_with('Z'), "{e}");
+        assert!(e["data"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+    }
+    assert_eq!(events[1]["data"]["region"], "eu-central-1");
+    assert_eq!(events[1]["data"]["key"], keys[0].as_str());
+    assert!(events.windows(2).all(|w| w[0]["id"].as_u64() < w[1]["id"].as_u64()));
+
+    // A ciphertext from before the key change.
+    let (s, ct) = f.encrypt("acme", b"before", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Revoked: the suspension says where, why and what to do; restored: resumed.
+    let k0 = KeyRef::parse(&keys[0]).unwrap();
+    f.local().disable_key(&k0).unwrap();
+    f.state.lifecycle.probe_all().await;
+    let suspended = wait_for(&f, "tenant.suspended").await;
+    let d = &suspended["data"];
+    assert_eq!((d["region"].as_str(), d["key"].as_str()), (Some("eu-central-1"), Some(keys[0].as_str())), "{d}");
+    assert_eq!(d["code"], "DisabledException", "{d}");
+    assert_eq!(
+        (d["from"].as_str(), d["to"].as_str(), d["cause"].as_str()),
+        (Some("active"), Some("suspended"), Some("key_refused"))
+    );
+    assert!(d["message"].as_str().unwrap().contains("misconfiguration detected"), "{d}");
+    assert!(d["fix"].as_str().unwrap().contains("Enable key"), "{d}");
+    let revoked = wait_for(&f, "key.revoked").await;
+    assert_eq!(revoked["data"]["key"], keys[0].as_str());
+    f.local().enable_key(&k0).unwrap();
+    f.state.lifecycle.probe_all().await;
+    assert_eq!(wait_for(&f, "tenant.resumed").await["data"]["cause"], "keys_healthy");
+    assert_eq!(wait_for(&f, "key.restored").await["data"]["key"], keys[0].as_str());
+    // A second probe finds nothing new: no event.
+    let before = feed(&f, "/v1/tenants/acme/events", &admin).await.len();
+    f.state.lifecycle.probe_all().await;
+    assert_eq!(feed(&f, "/v1/tenants/acme/events", &admin).await.len(), before);
+
+    // Key change, by the tenant's own admin: attach, re-encrypt (progress), retire.
+    let ta = f.tenant_admin_token("acme");
+    let new = f.local().create_key(&Region::parse("eu-central-1").unwrap(), "").unwrap().key.to_string();
+    let (s, r) =
+        f.call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&ta), Some(json!({"key_arn": new}))).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let tail = feed(&f, &format!("/v1/tenants/acme/events?after={}", events[3]["id"]), &admin).await;
+    let replaced = tail.iter().find(|e| e["type"] == "key.replaced").unwrap();
+    assert_eq!(
+        (replaced["data"]["key"].as_str(), replaced["data"]["to"].as_str()),
+        (Some(keys[0].as_str()), Some("decrypt_only"))
+    );
+    let attached = tail.iter().rfind(|e| e["type"] == "key.attached").unwrap();
+    assert_eq!(attached["data"]["key"], new.as_str());
+    let body = json!({"items": [{"tenant": "acme", "ciphertext": ct["ciphertext"]}]});
+    let (s, out) = f.call(Method::POST, "/v1/reencrypt/batch", Some(&f.dev_token()), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    let done = wait_for(&f, "key_change.completed").await;
+    assert_eq!((done["data"]["percent"].as_u64(), done["data"]["messages"].as_u64()), (Some(100), Some(1)), "{done}");
+    // Reported once, however often progress is checked.
+    let (s, _) = f.call(Method::GET, "/v1/tenants/acme/key-change", Some(&ta), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let again = json!({"items": [{"tenant": "acme", "ciphertext": ct["ciphertext"]}]});
+    f.call(Method::POST, "/v1/reencrypt/batch", Some(&f.dev_token()), Some(again)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(feed(&f, "/v1/tenants/acme/events?type=key_change.completed", &admin).await.len(), 1);
+    let path = format!("/v1/tenants/acme/keys/eu-central-1/{}/retire", keys[0].replace(':', "%3A").replace('/', "%2F"));
+    let (s, r) = f.call(Method::POST, &path, Some(&ta), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let retired = wait_for(&f, "key.retired").await;
+    assert_eq!(
+        (retired["data"]["key"].as_str(), retired["data"]["forced"].as_bool()),
+        (Some(keys[0].as_str()), Some(false))
+    );
+    let (s, _) = f.call(Method::POST, "/v1/tenants/acme/rotate-data-keys", Some(&ta), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(wait_for(&f, "data_keys.rotated").await["data"]["generation"], 1);
+
+    // Who reads what.
+    let (s, e) = f.call(Method::GET, "/v1/tenants/globex/events", Some(&ta), None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    for token in [ta.clone(), f.dev_token()] {
+        let (s, _) = f.call(Method::GET, "/v1/events", Some(&token), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+    let (s, _) = f.call(Method::GET, "/v1/tenants/acme/events", Some(&f.dev_token()), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let all = feed(&f, "/v1/events?limit=1000", &admin).await;
+    assert!(all.iter().any(|e| e["tenant"] == "globex") && all.iter().any(|e| e["tenant"] == "acme"));
+    let own = feed(&f, "/v1/tenants/acme/events?limit=1000", &ta).await;
+    assert!(own.iter().all(|e| e["tenant"] == "acme"));
+    assert_eq!(own.len(), all.iter().filter(|e| e["tenant"] == "acme").count());
+
+    // Paging and filters.
+    let (s, page) = f.call(Method::GET, "/v1/events?limit=2", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_u64().unwrap();
+    assert_eq!(next, page["events"][1]["id"].as_u64().unwrap());
+    let rest = feed(&f, &format!("/v1/events?after={next}&limit=1000"), &admin).await;
+    assert_eq!(rest.len() + 2, all.len());
+    let two = feed(&f, "/v1/events?type=tenant.created,tenant.activated", &admin).await;
+    assert!(two.iter().all(|e| ["tenant.created", "tenant.activated"].contains(&e["type"].as_str().unwrap())));
+    assert!(two.len() >= 4, "{two:?}");
+    for bad in ["type=tenant.exploded", "limit=0", "limit=1001", "after=-1"] {
+        let (s, e) = f.call(Method::GET, &format!("/v1/events?{bad}"), Some(&admin), None).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{bad}");
+    }
+    let (s, e) = f.call(Method::GET, "/v1/tenants/nobody/events", Some(&admin), None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("tenant_not_found")));
+
+    // A deletion is the feed's last word, still readable.
+    let (s, _) = f.call(Method::DELETE, "/v1/tenants/globex", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let g = feed(&f, "/v1/tenants/globex/events", &admin).await;
+    assert_eq!(g.last().unwrap()["type"], "tenant.deleted");
+    assert_eq!(g.last().unwrap()["data"]["to"], "deleted");
+}
+
+#[tokio::test]
+async fn every_step_of_a_tenant_and_its_keys_is_an_event() {
+    every_step_is_an_event(fixture().await).await;
+}
+
+#[tokio::test]
+async fn every_step_is_an_event_on_postgres() {
+    every_step_is_an_event(fixture_on(Some(fresh_postgres("keyhold_events").await)).await).await;
+}
