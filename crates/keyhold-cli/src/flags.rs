@@ -157,7 +157,7 @@ pub struct ServeArgs {
     /// platform_principal, local_region, realms_file, probe_interval,
     /// usage_flush_interval_ms, admin_public_key, dev, log_format, log_level,
     /// otlp_endpoint, handshake_timeout, header_timeout, body_timeout, idle_timeout,
-    /// max_connections, max_in_flight.
+    /// max_connections, max_in_flight, webhook_allow_private, webhook_retry_scale.
     #[arg(long, env = "KEYHOLD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8700].
@@ -229,6 +229,14 @@ pub struct ServeArgs {
     /// Requests handled at once; beyond, 503 overloaded with Retry-After [default: 512].
     #[arg(long, env = "KEYHOLD_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// Let webhook endpoints use http:// and loopback, private or link-local addresses
+    /// (development and tests; never where tenants register endpoints).
+    #[arg(long, env = "KEYHOLD_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Multiplies the webhook retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h,
+    /// 20 h, 24 h) [default: 1].
+    #[arg(long, env = "KEYHOLD_WEBHOOK_RETRY_SCALE")]
+    pub webhook_retry_scale: Option<f64>,
 }
 
 /// How the server writes its log.

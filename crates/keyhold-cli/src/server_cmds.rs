@@ -44,6 +44,8 @@ struct ConfigFile {
     idle_timeout: Option<u64>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
+    webhook_allow_private: Option<bool>,
+    webhook_retry_scale: Option<f64>,
 }
 
 /// A key given as base64 or hex, or a file holding it.
@@ -159,7 +161,17 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         Some(k) => Some(public_key_arg(&k, "admin public key")?),
         None => None,
     };
+    let webhooks = keyhold_server::webhooks::WebhookConfig {
+        allow_private: args.webhook_allow_private || file.webhook_allow_private.unwrap_or(false),
+        retry_scale: match args.webhook_retry_scale.or(file.webhook_retry_scale) {
+            Some(s) if s.is_finite() && s >= 0.0 => s,
+            Some(s) => bail!("--webhook-retry-scale must be a number at least 0, not {s}"),
+            None => 1.0,
+        },
+        ..keyhold_server::webhooks::WebhookConfig::default()
+    };
     let config = ServeConfig {
+        webhooks,
         usage_flush_interval,
         database_url: args.database_url.or(file.database_url),
         listen,
@@ -191,6 +203,8 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
             idle_timeout_s = limits.idle_timeout.as_secs(),
             max_connections = limits.max_connections,
             max_in_flight = limits.max_in_flight,
+            webhook_allow_private = config.webhooks.allow_private,
+            webhook_retry_scale = config.webhooks.retry_scale,
             admin_key = if config.admin_public_key.is_some() { "configured" } else { "data dir" },
             dev_credentials = config.dev_credentials(),
             otlp_endpoint = telemetry.otlp_endpoint.as_deref().unwrap_or("none"),

@@ -6,6 +6,8 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use serde_json::json;
+
 use super::{keyhold_env, ok, stderr};
 
 struct Server {
@@ -833,5 +835,171 @@ fn a_stalled_stream_is_closed_and_never_looks_complete() {
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
     // The server still serves.
     assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &ct, &pairs(&env))), vec![7u8; 300_000]);
+    assert!(server.stop().success());
+}
+
+/// A JSON call through curl: the status and the answer.
+fn api(url: &str, method: &str, path: &str, token: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-X", method, "-H", &format!("authorization: Bearer {token}"), "-w", "\n%{http_code}"]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data", &b.to_string()]);
+    }
+    let out = cmd.arg(format!("{url}{path}")).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// The test command's Python, with the reference `standardwebhooks` verifier.
+fn python() -> String {
+    std::env::var("KEYHOLD_TEST_PYTHON")
+        .expect("KEYHOLD_TEST_PYTHON is not set: run scripts/test, which installs the webhook verifier")
+}
+
+/// A receiver process logging to `log`, on `port` (0: any); its port.
+fn receiver(log: &Path, port: u16) -> (Child, u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks/receiver.py");
+    let mut child =
+        Command::new(python()).arg(script).arg(log).arg(port.to_string()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line.trim().parse().unwrap())
+}
+
+/// Every logged request, verified by the reference library with each path's secrets.
+fn verified(log: &Path, secrets: &serde_json::Value) -> Vec<serde_json::Value> {
+    let file = log.with_extension("secrets.json");
+    std::fs::write(&file, secrets.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks/verify.py");
+    let out = Command::new(python()).arg(script).arg(log).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Waits up to 20 s for `done` to hold of the verified log.
+fn wait_log(
+    log: &Path,
+    secrets: &serde_json::Value,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    for _ in 0..200 {
+        if log.exists() {
+            let v = verified(log, secrets);
+            if done(&v) {
+                return v;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the webhook log never got there: {:?}", log.exists().then(|| verified(log, secrets)));
+}
+
+/// Signed webhooks end to end, every delivery checked by the reference `standardwebhooks`
+/// verifier (PyPI): a test send and a real event reach the endpoint; a flaky endpoint
+/// gets the same `webhook-id` again after 500s and then the delivery; 410 disables an
+/// endpoint; a rotated secret's deliveries verify under the old and the new secret; a
+/// delivery queued while the receiver was down arrives after keyhold itself was killed
+/// with `kill -9` and restarted.
+#[test]
+fn webhooks_are_signed_retried_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = ["--listen", "127.0.0.1:0", "--webhook-allow-private", "--webhook-retry-scale", "0.001"];
+    let server = Server::start(d, &args, &[]);
+    active_tenant(d, &server);
+    let ta = token(d, &["--tenant-admin", "acme"]);
+    let log = d.join("hooks.jsonl");
+    let (mut rx, port) = receiver(&log, 0);
+    let hook = |path: &str, events: Option<Vec<&str>>| {
+        let mut body = json!({"url": format!("http://127.0.0.1:{port}{path}")});
+        if let Some(e) = events {
+            body["events"] = json!(e);
+        }
+        let (s, h) = api(&server.url, "POST", "/v1/tenants/acme/webhooks", &ta, Some(body));
+        assert_eq!(s, 201, "{h}");
+        assert!(h["secret"].as_str().unwrap().starts_with("whsec_"));
+        h
+    };
+    let ok = hook("/ok", None);
+    let flaky = hook("/flaky", Some(vec!["data_keys.rotated"]));
+    let gone = hook("/gone", None);
+    let secrets = json!({
+        "/ok": [ok["secret"]], "/flaky": [flaky["secret"]], "/gone": [gone["secret"]],
+    });
+    // A test send, and a real event.
+    let (s, t) =
+        api(&server.url, "POST", &format!("/v1/tenants/acme/webhooks/{}/test", ok["id"].as_str().unwrap()), &ta, None);
+    assert_eq!(s, 202, "{t}");
+    let (s, _) = api(&server.url, "POST", "/v1/tenants/acme/rotate-data-keys", &ta, None);
+    assert_eq!(s, 200);
+    let got = wait_log(&log, &secrets, |v| {
+        v.iter().filter(|r| r["path"] == "/ok").count() >= 2
+            && v.iter().any(|r| r["path"] == "/flaky" && r["status"] == 200)
+            && v.iter().any(|r| r["path"] == "/gone")
+    });
+    for r in &got {
+        let secret = secrets[r["path"].as_str().unwrap()][0].as_str().unwrap();
+        assert_eq!(r["verified"][secret], true, "{r}");
+        assert_eq!(r["keys"], json!(["data", "timestamp", "type"]), "{r}");
+    }
+    let ok_types: Vec<&str> = got.iter().filter(|r| r["path"] == "/ok").map(|r| r["type"].as_str().unwrap()).collect();
+    assert!(ok_types.contains(&"webhook.test") && ok_types.contains(&"data_keys.rotated"), "{ok_types:?}");
+    // The flaky endpoint: 500, 500, then 200, all three with one webhook-id.
+    let flaky_seen: Vec<&serde_json::Value> = got.iter().filter(|r| r["path"] == "/flaky").collect();
+    assert_eq!(flaky_seen.iter().map(|r| r["status"].as_u64().unwrap()).collect::<Vec<_>>(), [500, 500, 200]);
+    assert!(flaky_seen.iter().all(|r| r["id"] == flaky_seen[0]["id"] && r["type"] == "data_keys.rotated"));
+    // 410: disabled, and sent nothing more.
+    let (_, g) =
+        api(&server.url, "GET", &format!("/v1/tenants/acme/webhooks/{}", gone["id"].as_str().unwrap()), &ta, None);
+    assert!(g["disabled_ms"].is_u64(), "{g}");
+    let (_, deliveries) = api(
+        &server.url,
+        "GET",
+        &format!("/v1/tenants/acme/webhooks/{}/deliveries", flaky["id"].as_str().unwrap()),
+        &ta,
+        None,
+    );
+    assert_eq!(deliveries["deliveries"][0]["state"], "delivered", "{deliveries}");
+    assert_eq!(deliveries["attempts"].as_array().unwrap().len(), 3, "{deliveries}");
+
+    // A rotated secret: deliveries verify under the new secret and the old one.
+    let (s, rotated) = api(
+        &server.url,
+        "POST",
+        &format!("/v1/tenants/acme/webhooks/{}/rotate-secret", ok["id"].as_str().unwrap()),
+        &ta,
+        None,
+    );
+    assert_eq!(s, 200, "{rotated}");
+    assert_ne!(rotated["secret"], ok["secret"]);
+    let secrets =
+        json!({"/ok": [ok["secret"], rotated["secret"]], "/flaky": [flaky["secret"]], "/gone": [gone["secret"]]});
+    api(&server.url, "POST", &format!("/v1/tenants/acme/webhooks/{}/test", ok["id"].as_str().unwrap()), &ta, None);
+    let got = wait_log(&log, &secrets, |v| v.iter().filter(|r| r["path"] == "/ok").count() >= 3);
+    let last = got.iter().rfind(|r| r["path"] == "/ok").unwrap();
+    for s in secrets["/ok"].as_array().unwrap() {
+        assert_eq!(last["verified"][s.as_str().unwrap()], true, "{last}");
+    }
+    assert_eq!(got.iter().filter(|r| r["path"] == "/gone").count(), 1, "a disabled endpoint got more");
+
+    // Receiver down; an event queued; keyhold killed with -9 and restarted; receiver up:
+    // the event arrives, verified.
+    rx.kill().unwrap();
+    rx.wait().unwrap();
+    let before = got.len();
+    let (s, _) = api(&server.url, "POST", "/v1/tenants/acme/rotate-data-keys", &ta, None);
+    assert_eq!(s, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let (mut rx, _) = receiver(&log, port);
+    let server = Server::start(d, &args, &[]);
+    let got = wait_log(&log, &secrets, |v| v.len() > before && v.iter().skip(before).any(|r| r["path"] == "/ok"));
+    let after = got.iter().skip(before).find(|r| r["path"] == "/ok").unwrap();
+    assert_eq!(after["type"], "data_keys.rotated");
+    assert_eq!(after["verified"][rotated["secret"].as_str().unwrap()], true, "{after}");
+    rx.kill().unwrap();
     assert!(server.stop().success());
 }

@@ -33,6 +33,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("key_change.progress", "re-encryption away from replaced keys passed another tenth of the messages"),
     ("key_change.completed", "every message under the replaced keys was re-encrypted"),
     ("data_keys.rotated", "the tenant's data keys were rotated by force: no instance uses the old ones"),
+    ("webhook.test", "a test event, sent on request to one webhook endpoint"),
 ];
 
 /// Where and why, for an event about a key.

@@ -188,6 +188,11 @@ impl Lifecycle {
         tokio::spawn(f(me)).await.map_err(|e| LifecycleError::Internal(format!("a lifecycle task failed: {e}")))?
     }
 
+    /// The clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry

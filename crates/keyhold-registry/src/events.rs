@@ -62,25 +62,63 @@ impl Registry {
     ) -> Result<u64> {
         let mut stored = 0;
         for e in events {
-            let id: i64 = sqlx::query("UPDATE event_seq SET next = next + 1 WHERE one = 1 RETURNING next")
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get(0)?;
-            let r = sqlx::query(
-                "INSERT INTO events (id, tenant_id, kind, at_ms, data, dedupe) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (dedupe) DO NOTHING",
-            )
-            .bind(id)
-            .bind(e.tenant.as_ref().map(TenantId::as_str))
-            .bind(e.kind)
-            .bind(ms(now_ms))
-            .bind(&e.data)
-            .bind(e.dedupe.as_deref())
-            .execute(&mut **tx)
-            .await?;
-            stored += r.rows_affected();
+            if let Some(id) = self.insert_event_row(tx, e, now_ms).await? {
+                self.enqueue_deliveries(tx, id, e, now_ms).await?;
+                stored += 1;
+            }
         }
         Ok(stored)
+    }
+
+    /// Stores one event row within `tx`; its id, or `None` when its dedupe key was taken.
+    pub(crate) async fn insert_event_row(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        e: &NewEvent,
+        now_ms: u64,
+    ) -> Result<Option<u64>> {
+        let id: i64 = sqlx::query("UPDATE event_seq SET next = next + 1 WHERE one = 1 RETURNING next")
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+        let r = sqlx::query(
+            "INSERT INTO events (id, tenant_id, kind, at_ms, data, dedupe) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (dedupe) DO NOTHING",
+        )
+        .bind(id)
+        .bind(e.tenant.as_ref().map(TenantId::as_str))
+        .bind(e.kind)
+        .bind(ms(now_ms))
+        .bind(&e.data)
+        .bind(e.dedupe.as_deref())
+        .execute(&mut **tx)
+        .await?;
+        Ok((r.rows_affected() > 0).then_some(unms(id)))
+    }
+
+    /// Queues event `id` for every enabled endpoint that takes it: the tenant's own and
+    /// the platform-wide ones, whose type filter (if any) names its type.
+    async fn enqueue_deliveries(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        id: u64,
+        e: &NewEvent,
+        now_ms: u64,
+    ) -> Result<()> {
+        let pattern = format!("%,{},%", e.kind.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, created_ms, next_ms, attempts, state) \
+             SELECT id, $1, $2, $2, 0, 'pending' FROM webhook_endpoints \
+             WHERE disabled_ms IS NULL AND (tenant_id IS NULL OR tenant_id = $3) \
+             AND (types IS NULL OR types LIKE $4 ESCAPE '\\')",
+        )
+        .bind(ms(id))
+        .bind(ms(now_ms))
+        .bind(e.tenant.as_ref().map(TenantId::as_str))
+        .bind(pattern)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Stores one event on its own (a finding that changes no other row); returns whether

@@ -28,6 +28,7 @@
 mod events;
 mod ledger;
 mod types;
+mod webhooks;
 
 use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
@@ -43,6 +44,7 @@ pub use types::{
     AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
     TenantMode, TenantState,
 };
+pub use webhooks::{AttemptOutcome, AttemptRow, ClaimedDelivery, DeliveryRow, WebhookEndpoint};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

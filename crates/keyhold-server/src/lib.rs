@@ -14,6 +14,7 @@
 //! - [`services`]: service identities' lifecycle (register, rotate, narrow, remove).
 //! - [`telemetry`]: logs (text or JSON) and OTLP trace export.
 //! - [`reqlog`]: the one log line per request and what handlers add to it.
+//! - [`webhooks`]: signed webhook delivery (Standard Webhooks) from the registry's queue.
 //! - [`serve`]: assembling the state from configuration, listening (plain or [`tls`]),
 //!   graceful shutdown.
 
@@ -31,6 +32,7 @@ pub mod services;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -67,6 +69,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants/{id}/audit", get(api::audit))
         .route("/v1/tenants/{id}/events", get(api::tenant_events))
         .route("/v1/events", get(api::events))
+        .route("/v1/tenants/{id}/webhooks", post(api::create_tenant_webhook).get(api::list_tenant_webhooks))
+        .route("/v1/tenants/{id}/webhooks/{wid}", get(api::get_tenant_webhook).delete(api::delete_tenant_webhook))
+        .route("/v1/tenants/{id}/webhooks/{wid}/rotate-secret", post(api::rotate_tenant_webhook))
+        .route("/v1/tenants/{id}/webhooks/{wid}/test", post(api::test_tenant_webhook))
+        .route("/v1/tenants/{id}/webhooks/{wid}/deliveries", get(api::tenant_webhook_deliveries))
+        .route("/v1/webhooks", post(api::create_webhook).get(api::list_webhooks))
+        .route("/v1/webhooks/{wid}", get(api::get_webhook).delete(api::delete_webhook))
+        .route("/v1/webhooks/{wid}/rotate-secret", post(api::rotate_webhook))
+        .route("/v1/webhooks/{wid}/test", post(api::test_webhook))
+        .route("/v1/webhooks/{wid}/deliveries", get(api::webhook_deliveries))
         .route("/v1/tenants/{id}/audit/verify", get(api::audit_verify))
         .route("/v1/tenants/{id}/audit/checkpoint", get(api::audit_checkpoint))
         .route("/v1/audit/public-key", get(api::audit_public_key))

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     /// The admin public key (Ed25519, 32 bytes) that verifies admin and tenant-admin
     /// tokens; when set, no development credentials are created.
     pub admin_public_key: Option<Vec<u8>>,
+    /// Webhook delivery.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// The SQLite registry's file in the data dir (the embedded default).
@@ -129,6 +131,7 @@ impl ServeConfig {
             limits: Limits::default(),
             dev: false,
             admin_public_key: None,
+            webhooks: crate::webhooks::WebhookConfig::default(),
         }
     }
 }
@@ -229,7 +232,8 @@ pub async fn build(
         local_region: config.local_region.clone(),
         clock,
     });
-    let state = AppState::new(lifecycle, admin_public_key, config.limits);
+    let mut state = AppState::new(lifecycle, admin_public_key, config.limits);
+    state.webhooks = config.webhooks;
     Ok((Arc::new(state), created))
 }
 
@@ -260,10 +264,16 @@ pub async fn run(
         })
     };
     let monitor = config.probe_interval.map(|i| keyhold_lifecycle::monitor::spawn(state.lifecycle.clone(), i));
+    let dispatcher = crate::webhooks::spawn(Arc::new(crate::webhooks::Dispatcher::new(
+        state.lifecycle.registry().clone(),
+        config.webhooks,
+        state.lifecycle.clock(),
+    )));
     let app = crate::router(state.clone());
     ready(addr);
     crate::conn::serve(listener, tls, app, config.limits, shutdown).await;
     flusher.abort();
+    dispatcher.abort();
     if let Some(m) = monitor {
         m.abort();
     }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub admin_public_key: Vec<u8>,
     /// The edge's timeouts and limits.
     pub limits: Limits,
+    /// Webhook delivery settings (which URLs endpoints may have).
+    pub webhooks: crate::webhooks::WebhookConfig,
     /// Requests in flight ([`Limits::max_in_flight`] at most).
     in_flight: std::sync::atomic::AtomicUsize,
     services: RwLock<Arc<Directory>>,
@@ -121,6 +123,7 @@ impl AppState {
             lifecycle,
             admin_public_key,
             limits,
+            webhooks: crate::webhooks::WebhookConfig::default(),
             in_flight,
             services: RwLock::new(Arc::new(Directory::default())),
             services_reload: tokio::sync::Mutex::new(()),

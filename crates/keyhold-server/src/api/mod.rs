@@ -9,6 +9,7 @@
 //! - [`crypto`]: encrypt and decrypt, one at a time or in batches.
 //! - [`audit`]: the trail, its verification, signed checkpoints.
 //! - [`events`]: lifecycle events, per tenant and platform-wide.
+//! - [`webhooks`]: webhook endpoints, per tenant and platform-wide.
 //! - [`services`]: service identities: register, list, purposes, key rotation, removal.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`extract`]: path and query extractors answering in keyhold's error format, the
@@ -26,6 +27,7 @@ pub mod schema;
 pub mod services;
 pub mod stream;
 pub mod tenants;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -47,6 +49,7 @@ pub use ops::*;
 pub use services::*;
 pub use stream::*;
 pub use tenants::*;
+pub use webhooks::*;
 
 /// Shared state as handlers see it.
 pub type Shared = State<Arc<AppState>>;

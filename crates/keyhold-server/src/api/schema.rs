@@ -16,7 +16,7 @@
 use serde_json::{Value, json};
 use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::schema::{
-    AdditionalProperties, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, OneOfBuilder, Schema, Type,
+    AdditionalProperties, AnyOfBuilder, Array, ArrayBuilder, Object, ObjectBuilder, OneOfBuilder, Schema, Type,
 };
 use utoipa::openapi::{Ref, RefOr};
 
@@ -232,6 +232,36 @@ pub fn event_types() -> Object {
         .schema_type(Type::String)
         .pattern(Some(format!("^({one})(,({one}))*$")))
         .description(Some("Only events of these types, comma-separated."))
+        .build()
+}
+
+/// A webhook endpoint's URL.
+pub fn webhook_url() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(8))
+        .max_length(Some(2048))
+        .pattern(Some("^https?://[^@/?#]+([/?#].*)?$"))
+        .description(Some("An absolute https:// URL whose host is public (not loopback, private or link-local)."))
+        .build()
+}
+
+/// A webhook endpoint's event types.
+pub fn webhook_events() -> Array {
+    let one = keyhold_lifecycle::events::CATALOGUE.iter().map(|(t, _)| regex_escape(t)).collect::<Vec<_>>().join("|");
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String).pattern(Some(format!("^({one})$"))))
+        .min_items(Some(1))
+        .description(Some("The event types it receives; every type when absent."))
+        .build()
+}
+
+/// A webhook endpoint's id.
+pub fn webhook_id() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^wh_[0-9a-f]{32}$"))
+        .description(Some("`wh_` and 32 hex digits."))
         .build()
 }
 
