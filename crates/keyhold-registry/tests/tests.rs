@@ -94,6 +94,7 @@ both!(
     appends_from_two_instances_are_never_lost,
     events_are_stored_with_their_change_or_not_at_all,
     a_reader_paging_events_never_skips_one,
+    deliveries_are_queued_with_their_event_and_claimed_once,
 );
 
 async fn tenant_lifecycle(backend: Backend) {
@@ -514,4 +515,84 @@ async fn a_reader_paging_events_never_skips_one(backend: Backend) {
     got.sort();
     expected.sort();
     assert_eq!(got, expected, "the paging reader skipped events");
+}
+
+/// Deliveries are queued with their event for the endpoints that take it (the tenant's
+/// own and platform-wide ones, by type filter); two instances claiming at once never
+/// claim the same delivery; a finished delivery is not claimed again, a failed one is
+/// when due; 410 disables the endpoint and cancels what it had pending.
+async fn deliveries_are_queued_with_their_event_and_claimed_once(backend: Backend) {
+    use keyhold_registry::{AttemptOutcome, WebhookEndpoint};
+    let (url, _dir) = database(backend).await;
+    let a = Registry::connect(&url).await.unwrap();
+    let b = Registry::connect(&url).await.unwrap();
+    let endpoint = |id: &str, tenant: Option<&str>, types: Option<Vec<&str>>| WebhookEndpoint {
+        id: id.into(),
+        tenant: tenant.map(t),
+        url: "https://example.com/h".into(),
+        types: types.map(|v| v.into_iter().map(str::to_owned).collect()),
+        secret: "whsec_AAAA".into(),
+        old_secret: None,
+        created_ms: 1,
+        disabled: None,
+    };
+    a.add_webhook(&endpoint("wh_acme", Some("acme"), None)).await.unwrap();
+    a.add_webhook(&endpoint("wh_globex", Some("globex"), None)).await.unwrap();
+    a.add_webhook(&endpoint("wh_platform", None, Some(vec!["key_change.progress"]))).await.unwrap();
+    for i in 0..60 {
+        let kind = if i % 3 == 0 { "key_change.progress" } else { "tenant.resumed" };
+        a.add_event(&ev("acme", kind, i), 100).await.unwrap();
+    }
+    // A platform-wide event, a type with LIKE metacharacters that must not match.
+    a.add_event(&NewEvent { tenant: None, kind: "key_change_progress", data: "{}".into(), dedupe: None }, 100)
+        .await
+        .unwrap();
+    let claim_all = |reg: Registry| async move {
+        let mut mine = Vec::new();
+        loop {
+            let got = reg.claim_deliveries(200, 60_000, 7).await.unwrap();
+            if got.is_empty() {
+                return mine;
+            }
+            mine.extend(got);
+        }
+    };
+    let (x, y) = tokio::join!(claim_all(a.clone()), claim_all(b.clone()));
+    let mut ids: Vec<u64> = x.iter().chain(&y).map(|d| d.id).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "a delivery was claimed twice");
+    // acme's endpoint gets all 60; the platform one the 20 progress events; globex none.
+    assert_eq!(n, 80);
+    let all: Vec<_> = x.into_iter().chain(y).collect();
+    assert_eq!(all.iter().filter(|d| d.endpoint.id == "wh_platform").count(), 20);
+    assert!(all.iter().all(|d| d.endpoint.id != "wh_globex"));
+    // Leased: nothing more to claim now. Finish some.
+    assert!(a.claim_deliveries(300, 60_000, 100).await.unwrap().is_empty());
+    let d0 = all.iter().find(|d| d.endpoint.id == "wh_acme").unwrap();
+    a.finish_delivery(d0, &AttemptOutcome::Delivered { status: 200 }, 5, 400).await.unwrap();
+    let d1 = all.iter().find(|d| d.endpoint.id == "wh_platform").unwrap();
+    let failed = AttemptOutcome::Failed { status: Some(500), error: "HTTP 500".into(), next_ms: Some(1000) };
+    a.finish_delivery(d1, &failed, 5, 400).await.unwrap();
+    assert!(a.claim_deliveries(999, 60_000, 100).await.unwrap().is_empty());
+    let again = a.claim_deliveries(1000, 60_000, 100).await.unwrap();
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [d1.id]);
+    assert_eq!(again[0].attempts, 1);
+    // 410: the endpoint is disabled and its other deliveries cancelled.
+    a.finish_delivery(&again[0], &AttemptOutcome::Gone, 5, 1100).await.unwrap();
+    let p = a.webhook("wh_platform").await.unwrap().unwrap();
+    assert!(p.disabled.is_some());
+    let log = a.webhook_deliveries("wh_platform", 100).await.unwrap();
+    assert_eq!(log.iter().filter(|d| d.state == "cancelled").count(), 19);
+    assert_eq!(a.webhook_attempts("wh_platform", 100).await.unwrap().len(), 2);
+    // Leases run out: acme's unfinished 59 are claimable again, nothing of the platform's.
+    let later = b.claim_deliveries(70_000, 60_000, 100).await.unwrap();
+    assert_eq!(later.len(), 59);
+    assert!(later.iter().all(|d| d.endpoint.id == "wh_acme"));
+    // New events do not reach a disabled endpoint.
+    a.add_event(&ev("acme", "key_change.progress", 99), 80_000).await.unwrap();
+    let fresh = a.claim_deliveries(90_000, 60_000, 100).await.unwrap();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0].endpoint.id, "wh_acme");
 }

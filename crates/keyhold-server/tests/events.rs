@@ -164,3 +164,124 @@ async fn every_step_of_a_tenant_and_its_keys_is_an_event() {
 async fn every_step_is_an_event_on_postgres() {
     every_step_is_an_event(fixture_on(Some(fresh_postgres("keyhold_events").await)).await).await;
 }
+
+/// Webhook endpoints through the API: only https URLs with public hosts (the fixture does
+/// not allow private ones), known event types, at most ten per tenant; a tenant admin
+/// reaches its own endpoints only, never another tenant's or the platform's; secrets are
+/// shown when created and rotated, never listed.
+#[tokio::test]
+async fn webhook_endpoints_belong_to_their_owner() {
+    let f = fixture().await;
+    f.active_tenant("acme").await;
+    f.active_tenant("globex").await;
+    let admin = f.admin_token();
+    let (acme, globex) = (f.tenant_admin_token("acme"), f.tenant_admin_token("globex"));
+    let create = |token: String, path: &'static str, body: Value| {
+        let f = &f;
+        async move { f.call(Method::POST, path, Some(&token), Some(body)).await }
+    };
+    for url in [
+        "http://hooks.example.com/k",
+        "https://127.0.0.1/k",
+        "https://169.254.169.254/latest",
+        "https://localhost/x",
+        "https://u:p@hooks.example.com/",
+        "hooks.example.com",
+        "",
+    ] {
+        let (s, e) = create(acme.clone(), "/v1/tenants/acme/webhooks", json!({"url": url})).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{url}: {e}");
+    }
+    let (s, e) = create(
+        acme.clone(),
+        "/v1/tenants/acme/webhooks",
+        json!({"url": "https://hooks.example.com/k", "events": ["key.exploded"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, e) =
+        create(acme.clone(), "/v1/tenants/acme/webhooks", json!({"url": "https://hooks.example.com/k", "events": []}))
+            .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, mine) = create(
+        acme.clone(),
+        "/v1/tenants/acme/webhooks",
+        json!({"url": "https://hooks.example.com/k", "events": ["tenant.suspended", "tenant.suspended", "key.revoked"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{mine}");
+    assert!(mine["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(mine["events"], json!(["tenant.suspended", "key.revoked"]));
+    let id = mine["id"].as_str().unwrap();
+    // Listing never shows a secret.
+    let (_, list) = f.call(Method::GET, "/v1/tenants/acme/webhooks", Some(&acme), None).await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 1);
+    assert!(list["webhooks"][0].get("secret").is_none(), "{list}");
+    // Another tenant's admin: refused on acme's paths, and acme's endpoint is not found
+    // under its own tenant's paths.
+    for (m, p) in [
+        (Method::GET, format!("/v1/tenants/acme/webhooks/{id}")),
+        (Method::GET, "/v1/tenants/acme/webhooks".into()),
+        (Method::DELETE, format!("/v1/tenants/acme/webhooks/{id}")),
+    ] {
+        let (s, _) = f.call(m, &p, Some(&globex), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{p}");
+    }
+    for (m, p) in [
+        (Method::GET, format!("/v1/tenants/globex/webhooks/{id}")),
+        (Method::POST, format!("/v1/tenants/globex/webhooks/{id}/rotate-secret")),
+        (Method::POST, format!("/v1/tenants/globex/webhooks/{id}/test")),
+        (Method::GET, format!("/v1/tenants/globex/webhooks/{id}/deliveries")),
+        (Method::DELETE, format!("/v1/tenants/globex/webhooks/{id}")),
+        (Method::GET, format!("/v1/webhooks/{id}")),
+    ] {
+        let token = if p.starts_with("/v1/webhooks") { &admin } else { &globex };
+        let (s, e) = f.call(m, &p, Some(token), None).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("webhook_not_found")), "{p}");
+    }
+    // The platform's endpoints are the admin's alone.
+    for token in [&acme, &f.dev_token()] {
+        let (s, _) = create(token.clone(), "/v1/webhooks", json!({"url": "https://hooks.example.com/p"})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = f.call(Method::GET, "/v1/webhooks", Some(token), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+    let (s, platform) = create(admin.clone(), "/v1/webhooks", json!({"url": "https://hooks.example.com/p"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, e) = f
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/acme/webhooks/{}", platform["id"].as_str().unwrap()),
+            Some(&acme),
+            None,
+        )
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("webhook_not_found")));
+    // Rotation shows the new secret and until when the old one signs.
+    let (s, r) =
+        f.call(Method::POST, &format!("/v1/tenants/acme/webhooks/{id}/rotate-secret"), Some(&acme), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_ne!(r["secret"], mine["secret"]);
+    assert!(r["previous_secret_until_ms"].as_u64().unwrap() > f.state.now_ms());
+    // A test send is queued, and is in the tenant's feed.
+    let (s, t) = f.call(Method::POST, &format!("/v1/tenants/acme/webhooks/{id}/test"), Some(&acme), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{t}");
+    let (_, log) = f.call(Method::GET, &format!("/v1/tenants/acme/webhooks/{id}/deliveries"), Some(&acme), None).await;
+    assert_eq!(log["deliveries"][0]["event_id"], t["event_id"], "{log}");
+    assert_eq!(log["deliveries"][0]["state"], "pending");
+    // At most ten per tenant.
+    for i in 1..10 {
+        let (s, _) =
+            create(acme.clone(), "/v1/tenants/acme/webhooks", json!({"url": format!("https://hooks.example.com/{i}")}))
+                .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, e) =
+        create(acme.clone(), "/v1/tenants/acme/webhooks", json!({"url": "https://hooks.example.com/11"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("too_many_webhooks")));
+    // Deleted: gone from the list, its pending delivery cancelled.
+    let (s, _) = f.call(Method::DELETE, &format!("/v1/tenants/acme/webhooks/{id}"), Some(&acme), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = f.call(Method::GET, &format!("/v1/tenants/acme/webhooks/{id}"), Some(&acme), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
