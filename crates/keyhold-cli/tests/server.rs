@@ -1003,3 +1003,94 @@ fn webhooks_are_signed_retried_and_survive_a_restart() {
     rx.kill().unwrap();
     assert!(server.stop().success());
 }
+
+/// Counts lost to a `kill -9` never let a key retire over messages that were not
+/// re-encrypted: remaining messages are counted per data key (one data key's surplus of
+/// re-encrypted messages never offsets another's), and the data keys of an instance that
+/// died before writing its last counts stay unsettled, so the change is not complete and
+/// retiring needs force. A clean shutdown settles its data keys.
+#[test]
+fn a_crash_never_lets_a_key_retire_over_uncounted_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No periodic flush: what is not flushed explicitly is lost to the kill.
+    let args = ["--listen", "127.0.0.1:0", "--usage-flush-interval-ms", "600000"];
+    let mut server = Server::start(d, &args, &[]);
+    let env = active_tenant(d, &server);
+    let admin = token(d, &["--admin"]);
+    let enc = |env: &[(&str, &str)], ctx: &str, n: usize| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                ok(run(
+                    d,
+                    &["encrypt", "--tenant", "acme", "--purpose", "billing", "--context", ctx],
+                    &[i as u8; 100],
+                    env,
+                ))
+            })
+            .collect()
+    };
+    let kept = enc(&pairs(&env), "run=kept", 5);
+    // Looking at the keys flushes this instance's counts: the 5 are counted.
+    let (s, keys) = api(&server.url, "GET", "/v1/tenants/acme/keys", &admin, None);
+    assert_eq!(s, 200);
+    let old = keys["keys"][0]["key_arn"].as_str().unwrap().to_owned();
+    assert_eq!(keys["keys"][0]["messages"], 5, "{keys}");
+    let lost = enc(&pairs(&env), "run=lost", 30);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = Server::start(d, &args, &[]);
+    let env = [("KEYHOLD_URL".to_owned(), server.url.clone()), ("KEYHOLD_TOKEN".to_owned(), env[1].1.clone())];
+    let env = pairs(&env);
+    let k2 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
+    let (s, r) =
+        api(&server.url, "PUT", "/v1/tenants/acme/keys/eu-central-1", &admin, Some(json!({"key_arn": k2.trim()})));
+    assert_eq!(s, 200, "{r}");
+    for ct in &lost {
+        ok(run(d, &["reencrypt", "--tenant", "acme"], ct, &env));
+    }
+    let progress = |url: &str| api(url, "GET", "/v1/tenants/acme/key-change", &admin, None).1;
+    let retire = |url: &str, force: bool| {
+        let path = format!(
+            "/v1/tenants/acme/keys/eu-central-1/{}/retire?force={force}",
+            old.replace(':', "%3A").replace('/', "%2F")
+        );
+        api(url, "POST", &path, &admin, None)
+    };
+    // 30 re-encrypted under a data key whose count was lost: they offset nothing.
+    let p = progress(&server.url);
+    assert_eq!((p["state"].as_str(), p["remaining"].as_u64()), (Some("in_progress"), Some(5)), "{p}");
+    let (s, e) = retire(&server.url, false);
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("key_protects_data")), "{e}");
+    // Every stored message re-encrypted: still unsettled (the dead instance never wrote
+    // its last counts), so not complete and retiring needs force.
+    let fresh: Vec<Vec<u8>> = kept.iter().map(|ct| ok(run(d, &["reencrypt", "--tenant", "acme"], ct, &env))).collect();
+    let p = progress(&server.url);
+    assert_eq!((p["state"].as_str(), p["remaining"].as_u64()), (Some("in_progress"), Some(0)), "{p}");
+    assert_eq!(p["unsettled_data_keys"], 2, "{p}");
+    let (s, e) = retire(&server.url, false);
+    assert_eq!(s, 409, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("may be incomplete"), "{e}");
+    let (s, r) = retire(&server.url, true);
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(ok(run(d, &["decrypt", "--tenant", "acme"], &fresh[0], &env)), vec![0u8; 100]);
+
+    // A clean shutdown closes its data keys: the next change completes without waiting.
+    let under_k2 = enc(&env, "run=clean", 3);
+    assert!(server.stop().success());
+    let server = Server::start(d, &args, &[]);
+    let env = [("KEYHOLD_URL".to_owned(), server.url.clone()), ("KEYHOLD_TOKEN".to_owned(), env[1].1.to_owned())];
+    let k3 = String::from_utf8(ok(run(d, &["local-kms", "create-key", "--region", "eu-central-1"], b"", &[]))).unwrap();
+    let (s, _) =
+        api(&server.url, "PUT", "/v1/tenants/acme/keys/eu-central-1", &admin, Some(json!({"key_arn": k3.trim()})));
+    assert_eq!(s, 200);
+    // Under k2 (by the instance that stopped cleanly): settled at once, whatever remains.
+    for ct in under_k2.iter().chain(&fresh) {
+        ok(run(d, &["reencrypt", "--tenant", "acme"], ct, &pairs(&env)));
+    }
+    let p = progress(&server.url);
+    assert_eq!(p["unsettled_data_keys"], 0, "{p}");
+    assert_eq!(p["remaining"], 30, "the 30 re-encrypted earlier were not stored again: {p}");
+    assert!(server.stop().success());
+}

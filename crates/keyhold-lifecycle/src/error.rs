@@ -78,11 +78,12 @@ pub enum LifecycleError {
     #[error("key {0} is not in the tenant's key history for that region")]
     KeyNotFound(String),
     /// Retiring the key was refused: the ledger shows messages under it that were not
-    /// re-encrypted.
+    /// re-encrypted, or cannot vouch for its counts.
     #[error(
         "key {key} still protects {remaining} message(s) that were not re-encrypted (ledger: {messages} written, \
-         {reencrypted} re-encrypted); re-encrypt them first (POST /v1/reencrypt/batch), or retire with force=true \
-         to make them undecryptable by keyhold"
+         {reencrypted} re-encrypted){}; re-encrypt them first (POST /v1/reencrypt/batch), or retire with \
+         force=true: messages wrapped by no other key of the tenant then no longer decrypt",
+        unsettled_note(*unsettled)
     )]
     KeyProtectsData {
         /// The key.
@@ -93,6 +94,8 @@ pub enum LifecycleError {
         messages: u64,
         /// Messages re-encrypted away from it.
         reencrypted: u64,
+        /// Data keys under it whose counts may be incomplete.
+        unsettled: u64,
     },
     /// The tenant changed while this call was deciding (another instance or request acted
     /// first); nothing was changed. Retry.
@@ -174,5 +177,18 @@ impl LifecycleError {
             ServiceError::Ledger(reason) => Self::Registry(RegistryError::Unavailable(reason)),
             other => Self::Invalid(other.to_string()),
         }
+    }
+}
+
+/// What the retirement refusal says of data keys whose counts may be incomplete.
+fn unsettled_note(unsettled: u64) -> String {
+    if unsettled == 0 {
+        String::new()
+    } else {
+        format!(
+            ", and the counts of {unsettled} data key(s) under it may be incomplete (still in use by an instance, or \
+             its instance stopped without writing its last counts: retry in a few seconds, or, after re-encrypting \
+             every message you store under it, retire with force=true)"
+        )
     }
 }

@@ -150,15 +150,19 @@ pub(crate) fn key_check(tenant: &TenantId, check: KeyCheck, detail: &Detail) -> 
 
 /// A progress event of the tenant's key change, once per tenth (and at completion) for
 /// the set of replaced keys `keys`: stored once however many instances report it.
-pub(crate) fn progress(tenant: &TenantId, keys: &[String], messages: u64, reencrypted: u64) -> Option<NewEvent> {
+pub(crate) fn progress(tenant: &TenantId, keys: &[String], totals: &keyhold_registry::Totals) -> Option<NewEvent> {
+    let messages = totals.messages;
     if messages == 0 {
         return None;
     }
-    let tenth = (reencrypted.min(messages) * 10 / messages).min(10);
+    let done = messages.saturating_sub(totals.remaining);
+    let complete = totals.remaining == 0 && totals.unsettled == 0;
+    // A tenth is reported when passed; 100% only once complete (every count settled).
+    let tenth = if complete { 10 } else { (done * 10 / messages).min(9) };
     if tenth == 0 {
         return None;
     }
-    let complete = reencrypted >= messages;
+    let reencrypted = done;
     let kind = if complete { "key_change.completed" } else { "key_change.progress" };
     // A digest of the replaced set: a later change (another set) reports anew.
     let set = {

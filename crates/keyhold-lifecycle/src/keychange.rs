@@ -36,14 +36,24 @@ pub struct KeyChange {
     pub messages: u64,
     /// Of those, messages re-encrypted (each counted once).
     pub reencrypted: u64,
+    /// Messages not re-encrypted yet, counted per data key.
+    pub remaining: u64,
+    /// Data keys whose counts may be incomplete (still in use, or their instance stopped
+    /// without writing its last counts): the change is not complete while there are any.
+    pub unsettled: u64,
 }
 
 impl KeyChange {
-    /// Messages not re-encrypted yet.
-    pub fn remaining(&self) -> u64 {
-        self.messages.saturating_sub(self.reencrypted)
+    /// Whether every message under the replaced keys is known to be re-encrypted.
+    pub fn complete(&self) -> bool {
+        self.remaining == 0 && self.unsettled == 0
     }
 }
+
+/// How long after a key's status change its data keys' owners must have flushed for
+/// their counts to be complete: the tenant-view bound (no instance encrypts under a
+/// replaced key past it) and a request's own duration.
+pub const SETTLE_MS: u64 = crate::TENANT_VIEW_TTL_MS + 5_000;
 
 /// The outcome of a new role for a BYOK tenant.
 #[derive(Debug)]
@@ -131,22 +141,39 @@ impl Lifecycle {
         let Some(me) = self.me.upgrade() else { return };
         let tenant = tenant.clone();
         tokio::spawn(async move {
+            // Every message re-encrypted but counts not settled yet: look again once the
+            // owners have flushed past the settle window (a few times; a crashed owner
+            // never settles, and then no completion is reported).
+            let mut settle_checks = 0;
             loop {
-                if let Err(e) = me.store_progress(&tenant).await {
-                    tracing::warn!(tenant = %tenant, error = %e, "key-change progress not checked");
-                }
-                let mut running = me.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if running.get(&tenant) == Some(&true) {
-                    running.insert(tenant.clone(), false);
-                } else {
-                    running.remove(&tenant);
-                    return;
+                let waiting = match me.store_progress(&tenant).await {
+                    Ok(t) => t.remaining == 0 && t.unsettled > 0 && t.messages > 0,
+                    Err(e) => {
+                        tracing::warn!(tenant = %tenant, error = %e, "key-change progress not checked");
+                        false
+                    }
+                };
+                let again = {
+                    let mut running = me.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if running.get(&tenant) == Some(&true) {
+                        running.insert(tenant.clone(), false);
+                        true
+                    } else if waiting && settle_checks < 6 {
+                        false
+                    } else {
+                        running.remove(&tenant);
+                        return;
+                    }
+                };
+                if !again {
+                    settle_checks += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(SETTLE_MS)).await;
                 }
             }
         });
     }
 
-    async fn store_progress(&self, tenant: &TenantId) -> Result<(), LifecycleError> {
+    async fn store_progress(&self, tenant: &TenantId) -> Result<keyhold_registry::Totals, LifecycleError> {
         // This instance's counts of messages first, so the totals include them.
         self.flush_ledger().await;
         let keys: Vec<String> = self
@@ -157,18 +184,18 @@ impl Lifecycle {
             .filter(|k| k.status == KeyStatus::DecryptOnly)
             .map(|k| k.key)
             .collect();
-        let (_, messages, reencrypted) = self.registry.decrypt_only_totals(tenant).await?;
-        if let Some(event) = crate::events::progress(tenant, &keys, messages, reencrypted) {
+        let totals = self.registry.decrypt_only_totals(tenant, SETTLE_MS).await?;
+        if let Some(event) = crate::events::progress(tenant, &keys, &totals) {
             self.registry.add_event(&event, self.now_ms()).await?;
         }
-        Ok(())
+        Ok(totals)
     }
 
     /// What each key of the tenant's history protects, from the ledger (keys that wrap no
     /// recorded data key are absent).
     pub async fn key_protects(&self, id: &TenantId) -> Result<Vec<KeyProtects>, LifecycleError> {
         self.live_tenant(id).await?;
-        Ok(self.registry.key_protects(id).await?)
+        Ok(self.registry.key_protects(id, SETTLE_MS).await?)
     }
 
     /// The progress of the tenant's key change: what its `decrypt_only` keys still
@@ -177,7 +204,7 @@ impl Lifecycle {
         self.live_tenant(id).await?;
         self.flush_ledger().await;
         let history = self.registry.keys(id).await?;
-        let protects = self.registry.key_protects(id).await?;
+        let protects = self.registry.key_protects(id, SETTLE_MS).await?;
         let keys = history
             .into_iter()
             .filter(|k| k.status == KeyStatus::DecryptOnly)
@@ -188,12 +215,23 @@ impl Lifecycle {
                     messages: 0,
                     bytes: 0,
                     reencrypted: 0,
+                    remaining: 0,
+                    unsettled: 0,
                 });
                 (k, p)
             })
             .collect();
-        let (data_keys, messages, reencrypted) = self.registry.decrypt_only_totals(id).await?;
-        Ok(KeyChange { keys, data_keys, messages, reencrypted })
+        let t = self.registry.decrypt_only_totals(id, SETTLE_MS).await?;
+        // Whoever looks at the progress also has it reported.
+        self.note_progress(id);
+        Ok(KeyChange {
+            keys,
+            data_keys: t.data_keys,
+            messages: t.messages,
+            reencrypted: t.reencrypted,
+            remaining: t.remaining,
+            unsettled: t.unsettled,
+        })
     }
 
     /// Retires `key` of `region` (a `decrypt_only` key): keyhold never uses it again,
@@ -229,11 +267,17 @@ impl Lifecycle {
         }
         self.journal.check(id)?;
         self.flush_ledger().await;
-        let p = self.registry.key_protects(id).await?.into_iter().find(|p| p.key == key);
-        let (messages, reencrypted) = p.map_or((0, 0), |p| (p.messages, p.reencrypted));
-        let remaining = messages.saturating_sub(reencrypted);
-        if remaining > 0 && !force {
-            return Err(LifecycleError::KeyProtectsData { key: key.to_owned(), remaining, messages, reencrypted });
+        let p = self.registry.key_protects(id, SETTLE_MS).await?.into_iter().find(|p| p.key == key);
+        let (messages, reencrypted, remaining, unsettled) =
+            p.map_or((0, 0, 0, 0), |p| (p.messages, p.reencrypted, p.remaining, p.unsettled));
+        if (remaining > 0 || unsettled > 0) && !force {
+            return Err(LifecycleError::KeyProtectsData {
+                key: key.to_owned(),
+                remaining,
+                messages,
+                reencrypted,
+                unsettled,
+            });
         }
         let forced = if remaining > 0 {
             format!("; forced with {remaining} message(s) not re-encrypted")

@@ -8,6 +8,13 @@
 //! interval of messages per instance is missing from `messages` and `bytes`. Data keys
 //! themselves are never missing (recorded before first use), and re-encrypted messages
 //! are recorded before the re-encryption is answered.
+//!
+//! **Settlement.** Each data key is used by the instance that generated it, recorded as
+//! its owner (a random id per process). Every flush records when it took the counts;
+//! a data key is closed once its last counts are written (it left every cache, or the
+//! instance stopped cleanly). The registry treats a data key under a replaced key as
+//! settled only when closed or flushed after the replacement, so counts lost to a crash
+//! are never mistaken for messages re-encrypted: retirement then needs force.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,12 +32,21 @@ pub struct RegistryLedger {
     /// flush that returns has written every count taken before it began (a reader that
     /// flushes first sees them).
     flushing: tokio::sync::Mutex<()>,
+    /// This process's id as the owner of the data keys it generates.
+    instance: String,
 }
 
 impl RegistryLedger {
     /// A ledger writing to `registry`.
     pub fn new(registry: Registry, clock: Arc<dyn Clock>) -> Self {
-        Self { registry, clock, live: Mutex::new(Vec::new()), flushing: tokio::sync::Mutex::new(()) }
+        let mut b = [0u8; 16];
+        // Without randomness the id is the start time and the process id: still unique.
+        let instance = if aws_lc_rs::rand::fill(&mut b).is_ok() {
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        } else {
+            format!("{}-{}", clock.now_millis(), std::process::id())
+        };
+        Self { registry, clock, live: Mutex::new(Vec::new()), flushing: tokio::sync::Mutex::new(()), instance }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Vec<(TenantId, DataKeyId, Arc<DataKeyUse>)>> {
@@ -42,6 +58,7 @@ impl RegistryLedger {
     /// written.
     pub async fn flush(&self) -> Result<(), RegistryError> {
         let _one_at_a_time = self.flushing.lock().await;
+        let taken_ms = self.clock.now_millis();
         let entries: Vec<_> = self.live().clone();
         let mut taken = Vec::new();
         for (tenant, id, uses) in &entries {
@@ -51,7 +68,8 @@ impl RegistryLedger {
             }
         }
         let rows: Vec<DataKeyUses> = taken.iter().map(|(_, u)| u.clone()).collect();
-        if let Err(e) = self.registry.add_data_key_uses(&rows, self.clock.now_millis()).await {
+        if let Err(e) = self.registry.add_data_key_uses(&rows, &self.instance, taken_ms, self.clock.now_millis()).await
+        {
             for (uses, u) in &taken {
                 uses.restore(u.messages, u.bytes);
             }
@@ -60,9 +78,27 @@ impl RegistryLedger {
         drop(taken);
         drop(entries);
         // Held by the list alone, a data key left every cache: nothing can count another
-        // use of it, so once its counts are written it is forgotten.
-        self.live().retain(|(_, _, uses)| Arc::strong_count(uses) > 1 || !uses.is_idle());
+        // use of it, so once its counts are written it is forgotten, and closed.
+        let mut closed = Vec::new();
+        self.live().retain(|(tenant, id, uses)| {
+            let keep = Arc::strong_count(uses) > 1 || !uses.is_idle();
+            if !keep {
+                closed.push((tenant.clone(), id.hex()));
+            }
+            keep
+        });
+        // Not closed (the registry failed): it stays unsettled, the safe side.
+        if let Err(e) = self.registry.close_data_keys(&closed, self.clock.now_millis()).await {
+            tracing::warn!(error = %e, "data keys could not be closed in the ledger; they stay unsettled");
+        }
         Ok(())
+    }
+
+    /// At a clean shutdown, after the last flush: every data key of this instance is
+    /// closed (nothing will count another use of it).
+    pub async fn close_all(&self) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.flushing.lock().await;
+        self.registry.close_owned_data_keys(&self.instance, self.clock.now_millis()).await
     }
 }
 
@@ -71,7 +107,14 @@ impl Ledger for RegistryLedger {
     async fn generated(&self, key: NewDataKey<'_>) -> Result<Arc<DataKeyUse>, String> {
         let keys: Vec<&str> = key.keys.iter().map(|k| k.as_str()).collect();
         self.registry
-            .record_data_key(key.tenant, &key.id.hex(), key.purpose.as_str(), &keys, self.clock.now_millis())
+            .record_data_key(
+                key.tenant,
+                &key.id.hex(),
+                key.purpose.as_str(),
+                &keys,
+                &self.instance,
+                self.clock.now_millis(),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let uses = Arc::new(DataKeyUse::default());

@@ -60,7 +60,7 @@ pub use crypto::{Caller, Decrypted};
 pub use error::LifecycleError;
 pub use events::Detail;
 pub use journal::Journal;
-pub use keychange::{KeyChange, RoleOutcome, reencryption_record};
+pub use keychange::{KeyChange, RoleOutcome, SETTLE_MS, reencryption_record};
 pub use keys::{AttachOutcome, check_role_arn};
 pub use metrics::Metrics;
 pub use streaming::StreamDecryption;
@@ -512,6 +512,22 @@ impl Lifecycle {
         // In a task of its own: a cancelled caller must not drop what the flush holds.
         let _ = tokio::spawn(async move { journal.flush(all).await }).await;
         self.flush_ledger().await;
+    }
+
+    /// At shutdown, once no request is served any more: everything held in memory is
+    /// written, and this instance's data keys are closed in the ledger (they take no
+    /// more uses, and their counts are written; if the flush failed they stay unsettled).
+    pub async fn shutdown(&self) {
+        self.flush(true).await;
+        let ledger = self.ledger.clone();
+        let r = tokio::spawn(async move {
+            ledger.flush().await?;
+            ledger.close_all().await
+        })
+        .await;
+        if !matches!(r, Ok(Ok(()))) {
+            tracing::warn!("the data-key ledger could not be closed at shutdown; its data keys stay unsettled");
+        }
     }
 
     /// Adds this instance's data-key use counts to the ledger (they are kept and retried

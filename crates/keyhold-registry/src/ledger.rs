@@ -33,7 +33,38 @@ pub struct KeyProtects {
     pub bytes: u64,
     /// Of those messages, how many were re-encrypted (each counted once).
     pub reencrypted: u64,
+    /// Messages not re-encrypted yet, counted per data key (a data key whose recorded
+    /// count fell short of its re-encrypted messages never offsets another's).
+    pub remaining: u64,
+    /// Data keys whose counts may be incomplete: still in use, or their instance stopped
+    /// without writing its last counts (see [`Registry::key_protects`]).
+    pub unsettled: u64,
 }
+
+/// What a tenant's `decrypt_only` keys protect together, each data key counted once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Data keys wrapped by any of them.
+    pub data_keys: u64,
+    /// Messages under those data keys.
+    pub messages: u64,
+    /// Of those, re-encrypted (each once).
+    pub reencrypted: u64,
+    /// Not re-encrypted yet, counted per data key.
+    pub remaining: u64,
+    /// Data keys whose counts may be incomplete.
+    pub unsettled: u64,
+}
+
+/// The SQL of one data key's messages not re-encrypted yet (`d`, with `r.n` its
+/// re-encrypted count).
+const REMAINING: &str = "CASE WHEN d.messages > COALESCE(r.n, 0) THEN d.messages - COALESCE(r.n, 0) ELSE 0 END";
+
+/// The SQL condition: data key `d`, under key-history row `k`, may have uncounted
+/// messages. It is settled when closed (its last counts written), or when its owner's
+/// last flush took its counts more than `$2` ms after `k` last changed status (for a
+/// replaced key: nothing is encrypted under it past the tenant-view bound).
+const UNSETTLED: &str = "d.closed_ms IS NULL AND NOT EXISTS (SELECT 1 FROM ledger_instances i      WHERE i.id = d.owner AND i.flushed_ms > k.status_ms + $2)";
 
 /// A re-encrypted message: its id and the data key it was under (both hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,23 +78,26 @@ pub struct Reencrypted {
 impl Registry {
     /// Records a data key generated for `tenant`, wrapped by `keys`, before its first use
     /// (recording it again changes nothing).
+    #[allow(clippy::too_many_arguments, reason = "the data key, what wraps it, and the instance using it")]
     pub async fn record_data_key(
         &self,
         tenant: &TenantId,
         data_key: &str,
         purpose: &str,
         keys: &[&str],
+        owner: &str,
         now_ms: u64,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO data_keys (tenant_id, id, purpose, created_ms, messages, bytes) VALUES ($1, $2, $3, $4, 0, 0) \
-             ON CONFLICT (tenant_id, id) DO NOTHING",
+            "INSERT INTO data_keys (tenant_id, id, purpose, created_ms, messages, bytes, owner) \
+             VALUES ($1, $2, $3, $4, 0, 0, $5) ON CONFLICT (tenant_id, id) DO NOTHING",
         )
         .bind(tenant.as_str())
         .bind(data_key)
         .bind(purpose)
         .bind(ms(now_ms))
+        .bind(owner)
         .execute(&mut *tx)
         .await?;
         for key in keys {
@@ -81,13 +115,19 @@ impl Registry {
         Ok(())
     }
 
-    /// Adds messages and bytes to data keys, and sets their last use to `now_ms`, in one
-    /// transaction (all or nothing: the caller restores its counts on an error).
-    pub async fn add_data_key_uses(&self, uses: &[DataKeyUses], now_ms: u64) -> Result<()> {
-        if uses.is_empty() {
-            return Ok(());
-        }
+    /// Adds messages and bytes to data keys, sets their last use to `now_ms`, and records
+    /// that instance `owner` took its counts at `taken_ms`, in one transaction (all or
+    /// nothing: the caller restores its counts on an error).
+    pub async fn add_data_key_uses(&self, uses: &[DataKeyUses], owner: &str, taken_ms: u64, now_ms: u64) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO ledger_instances (id, started_ms, flushed_ms) VALUES ($1, $2, $2) \
+             ON CONFLICT (id) DO UPDATE SET flushed_ms = excluded.flushed_ms",
+        )
+        .bind(owner)
+        .bind(ms(taken_ms))
+        .execute(&mut *tx)
+        .await?;
         for u in uses {
             sqlx::query(
                 "UPDATE data_keys SET messages = messages + $1, bytes = bytes + $2, last_used_ms = $3 \
@@ -134,17 +174,53 @@ impl Registry {
         Ok(new)
     }
 
-    /// Per root key of `tenant` that wraps some data key: what it protects.
-    pub async fn key_protects(&self, tenant: &TenantId) -> Result<Vec<KeyProtects>> {
-        let rows = sqlx::query(
+    /// Closes data keys whose last counts were written (they left every cache of their
+    /// instance): their counts are complete.
+    pub async fn close_data_keys(&self, keys: &[(TenantId, String)], now_ms: u64) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (tenant, id) in keys {
+            sqlx::query("UPDATE data_keys SET closed_ms = $1 WHERE tenant_id = $2 AND id = $3 AND closed_ms IS NULL")
+                .bind(ms(now_ms))
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes every data key of instance `owner` (at a clean shutdown, after its last
+    /// counts were written).
+    pub async fn close_owned_data_keys(&self, owner: &str, now_ms: u64) -> Result<()> {
+        sqlx::query("UPDATE data_keys SET closed_ms = $1 WHERE owner = $2 AND closed_ms IS NULL")
+            .bind(ms(now_ms))
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Per root key of `tenant` that wraps some data key: what it protects. A data key is
+    /// unsettled (its counts may be incomplete) unless closed, or its owner's last flush
+    /// took its counts more than `settle_ms` after the key last changed status.
+    pub async fn key_protects(&self, tenant: &TenantId, settle_ms: u64) -> Result<Vec<KeyProtects>> {
+        let rows = sqlx::query(&format!(
             "SELECT w.key_arn, COUNT(*), CAST(COALESCE(SUM(d.messages), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(d.bytes), 0) AS BIGINT), CAST(COALESCE(SUM(r.n), 0) AS BIGINT) \
+             CAST(COALESCE(SUM(d.bytes), 0) AS BIGINT), CAST(COALESCE(SUM(r.n), 0) AS BIGINT), \
+             CAST(COALESCE(SUM({REMAINING}), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN {UNSETTLED} THEN 1 ELSE 0 END), 0) AS BIGINT) \
              FROM data_key_wraps w JOIN data_keys d ON d.tenant_id = w.tenant_id AND d.id = w.data_key \
+             JOIN key_history k ON k.tenant_id = w.tenant_id AND k.key_arn = w.key_arn \
              LEFT JOIN (SELECT data_key, COUNT(*) AS n FROM reencrypted_messages WHERE tenant_id = $1 \
              GROUP BY data_key) r ON r.data_key = d.id \
-             WHERE w.tenant_id = $1 GROUP BY w.key_arn ORDER BY w.key_arn",
-        )
+             WHERE w.tenant_id = $1 GROUP BY w.key_arn ORDER BY w.key_arn"
+        ))
         .bind(tenant.as_str())
+        .bind(ms(settle_ms))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -155,28 +231,41 @@ impl Registry {
                     messages: unms(r.try_get(2)?),
                     bytes: unms(r.try_get(3)?),
                     reencrypted: unms(r.try_get(4)?),
+                    remaining: unms(r.try_get(5)?),
+                    unsettled: unms(r.try_get(6)?),
                 })
             })
             .collect()
     }
 
     /// What the tenant's `decrypt_only` keys protect together, each data key counted once
-    /// however many of them wrap it: (data keys, messages, re-encrypted messages).
-    pub async fn decrypt_only_totals(&self, tenant: &TenantId) -> Result<(u64, u64, u64)> {
-        let row = sqlx::query(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(d.messages), 0) AS BIGINT), CAST(COALESCE(SUM(r.n), 0) AS BIGINT) \
+    /// however many of them wrap it (unsettled as for [`Registry::key_protects`], against
+    /// the latest status change of the `decrypt_only` keys wrapping it).
+    pub async fn decrypt_only_totals(&self, tenant: &TenantId, settle_ms: u64) -> Result<Totals> {
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(d.messages), 0) AS BIGINT), CAST(COALESCE(SUM(r.n), 0) AS BIGINT), \
+             CAST(COALESCE(SUM({REMAINING}), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN {UNSETTLED} THEN 1 ELSE 0 END), 0) AS BIGINT) \
              FROM data_keys d \
+             JOIN (SELECT w.data_key, MAX(k.status_ms) AS status_ms FROM data_key_wraps w JOIN key_history k \
+             ON k.tenant_id = w.tenant_id AND k.key_arn = w.key_arn \
+             WHERE w.tenant_id = $1 AND k.status = $3 GROUP BY w.data_key) k ON k.data_key = d.id \
              LEFT JOIN (SELECT data_key, COUNT(*) AS n FROM reencrypted_messages WHERE tenant_id = $1 \
              GROUP BY data_key) r ON r.data_key = d.id \
-             WHERE d.tenant_id = $1 AND EXISTS (SELECT 1 FROM data_key_wraps w JOIN key_history k \
-             ON k.tenant_id = w.tenant_id AND k.key_arn = w.key_arn \
-             WHERE w.tenant_id = d.tenant_id AND w.data_key = d.id AND k.status = $2)",
-        )
+             WHERE d.tenant_id = $1"
+        ))
         .bind(tenant.as_str())
+        .bind(ms(settle_ms))
         .bind(KeyStatus::DecryptOnly.as_str())
         .fetch_one(&self.pool)
         .await?;
-        Ok((unms(row.try_get(0)?), unms(row.try_get(1)?), unms(row.try_get(2)?)))
+        Ok(Totals {
+            data_keys: unms(row.try_get(0)?),
+            messages: unms(row.try_get(1)?),
+            reencrypted: unms(row.try_get(2)?),
+            remaining: unms(row.try_get(3)?),
+            unsettled: unms(row.try_get(4)?),
+        })
     }
 
     /// Retires `key` of `region` (a `decrypt_only` key: an active key is replaced first,

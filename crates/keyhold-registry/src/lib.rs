@@ -39,7 +39,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use events::{EventFilter, NewEvent, StoredEvent};
-pub use ledger::{DataKeyUses, KeyProtects, Reencrypted};
+pub use ledger::{DataKeyUses, KeyProtects, Reencrypted, Totals};
 pub use types::{
     AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
     TenantMode, TenantState,

@@ -277,7 +277,7 @@ pub async fn run(
     if let Some(m) = monitor {
         m.abort();
     }
-    state.lifecycle.flush(true).await;
+    state.lifecycle.shutdown().await;
     Ok(())
 }
 

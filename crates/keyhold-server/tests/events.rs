@@ -93,6 +93,11 @@ async fn every_step_is_an_event(f: Fixture) {
     let body = json!({"items": [{"tenant": "acme", "ciphertext": ct["ciphertext"]}]});
     let (s, out) = f.call(Method::POST, "/v1/reencrypt/batch", Some(&f.dev_token()), Some(body)).await;
     assert_eq!(s, StatusCode::OK, "{out}");
+    // Complete once the old data keys' counts are settled (past the settle window), and
+    // reported when the progress is looked at.
+    f.clock.advance(std::time::Duration::from_millis(keyhold_lifecycle::SETTLE_MS + 1));
+    let (s, _) = f.call(Method::GET, "/v1/tenants/acme/key-change", Some(&ta), None).await;
+    assert_eq!(s, StatusCode::OK);
     let done = wait_for(&f, "key_change.completed").await;
     assert_eq!((done["data"]["percent"].as_u64(), done["data"]["messages"].as_u64()), (Some(100), Some(1)), "{done}");
     // Reported once, however often progress is checked.

@@ -186,6 +186,24 @@ pub struct KeyLedgerOut {
     pub bytes: u64,
     /// Of those messages, how many were re-encrypted (each once).
     pub reencrypted: u64,
+    /// Messages not re-encrypted yet, counted per data key (one data key's surplus of
+    /// re-encrypted messages over its count never offsets another's).
+    pub remaining: u64,
+    /// Data keys whose counts may be incomplete: still in use by an instance, or their
+    /// instance stopped without writing its last counts (`kill -9`).
+    pub unsettled_data_keys: u64,
+}
+
+fn ledger_out(key: KeyOut, p: Option<&keyhold_registry::KeyProtects>) -> KeyLedgerOut {
+    KeyLedgerOut {
+        key,
+        data_keys: p.map_or(0, |p| p.data_keys),
+        messages: p.map_or(0, |p| p.messages),
+        bytes: p.map_or(0, |p| p.bytes),
+        reencrypted: p.map_or(0, |p| p.reencrypted),
+        remaining: p.map_or(0, |p| p.remaining),
+        unsettled_data_keys: p.map_or(0, |p| p.unsettled),
+    }
 }
 
 /// A tenant's key history with the ledger's counts.
@@ -223,13 +241,7 @@ pub async fn list_keys(
         .into_iter()
         .map(|k| {
             let p = protects.iter().find(|p| p.key == k.key);
-            KeyLedgerOut {
-                data_keys: p.map_or(0, |p| p.data_keys),
-                messages: p.map_or(0, |p| p.messages),
-                bytes: p.map_or(0, |p| p.bytes),
-                reencrypted: p.map_or(0, |p| p.reencrypted),
-                key: KeyOut::from(k),
-            }
+            ledger_out(KeyOut::from(k), p)
         })
         .collect();
     Ok(Json(KeysLedgerOut { keys }))
@@ -238,8 +250,9 @@ pub async fn list_keys(
 /// The progress of a tenant's key change.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyChangeOut {
-    /// `none` (no `decrypt_only` key), `in_progress` (messages remain under them) or
-    /// `complete` (every message the ledger counted under them was re-encrypted).
+    /// `none` (no `decrypt_only` key), `in_progress` (messages remain under them, or
+    /// some data keys' counts are not settled) or `complete` (every message the ledger
+    /// counted under them was re-encrypted, and every count is settled).
     pub state: String,
     /// The `decrypt_only` keys, with what each protects.
     pub keys: Vec<KeyLedgerOut>,
@@ -249,9 +262,12 @@ pub struct KeyChangeOut {
     pub messages: u64,
     /// Of those, messages re-encrypted (each once, however often it was retried).
     pub reencrypted: u64,
-    /// Messages not re-encrypted yet.
+    /// Messages not re-encrypted yet, counted per data key.
     pub remaining: u64,
-    /// `reencrypted / messages` in percent (100 when there is nothing to do), at most 100.
+    /// Data keys whose counts may be incomplete (in use, or their instance stopped
+    /// without writing them): the change is not complete while there are any.
+    pub unsettled_data_keys: u64,
+    /// Messages re-encrypted in percent; 100 only when `complete`.
     pub percent: f64,
 }
 
@@ -275,33 +291,30 @@ pub async fn key_change(
     let id = tenant_id(&id)?;
     manages(&p, &id)?;
     let c = state.lifecycle.key_change(&id).await?;
-    let remaining = c.remaining();
+    let remaining = c.remaining;
     let state_name = if c.keys.is_empty() {
         "none"
-    } else if remaining > 0 {
+    } else if !c.complete() {
         "in_progress"
     } else {
         "complete"
     };
-    let percent =
-        if c.messages == 0 { 100.0 } else { (c.reencrypted.min(c.messages) as f64) * 100.0 / c.messages as f64 };
+    let done = c.messages.saturating_sub(remaining);
+    let percent = if c.messages == 0 {
+        if c.complete() { 100.0 } else { 0.0 }
+    } else {
+        let p = (done as f64) * 100.0 / c.messages as f64;
+        // 100 only once complete: unsettled counts may hide messages.
+        if c.complete() { p } else { p.min(99.9) }
+    };
     Ok(Json(KeyChangeOut {
         state: state_name.into(),
-        keys: c
-            .keys
-            .into_iter()
-            .map(|(k, p)| KeyLedgerOut {
-                key: KeyOut::from(k),
-                data_keys: p.data_keys,
-                messages: p.messages,
-                bytes: p.bytes,
-                reencrypted: p.reencrypted,
-            })
-            .collect(),
+        keys: c.keys.into_iter().map(|(k, p)| ledger_out(KeyOut::from(k), Some(&p))).collect(),
         data_keys: c.data_keys,
         messages: c.messages,
         reencrypted: c.reencrypted,
         remaining,
+        unsettled_data_keys: c.unsettled,
         percent,
     }))
 }
