@@ -49,8 +49,11 @@ pub fn check_role_arn(arn: &str) -> Result<(), LifecycleError> {
     if ok {
         Ok(())
     } else {
+        // Quoted up to 128 characters: an error never echoes a client's whole input.
+        let shown: String = arn.chars().take(128).collect();
+        let more = if arn.chars().count() > 128 { "…" } else { "" };
         Err(LifecycleError::Invalid(format!(
-            "role_arn {arn:?} is not an IAM role ARN such as arn:aws:iam::111122223333:role/keyhold-access"
+            "role_arn {shown:?}{more} is not an IAM role ARN such as arn:aws:iam::111122223333:role/keyhold-access"
         )))
     }
 }
@@ -314,7 +317,15 @@ impl Lifecycle {
         let now = self.now_ms();
         for k in &report.keys {
             let errors = report_errors(report, &k.key);
-            let check = if errors.is_empty() { KeyCheck::Valid } else { KeyCheck::Invalid };
+            // A key that refuses keyhold is revoked, as a probe would find it; other
+            // errors say it is reachable but wrong.
+            let check = if errors.is_empty() {
+                KeyCheck::Valid
+            } else if errors.iter().any(|c| REVOKED_FINDINGS.contains(c)) {
+                KeyCheck::Revoked
+            } else {
+                KeyCheck::Invalid
+            };
             let findings = key_findings_json(report, &k.key);
             let event = crate::events::key_check(id, check, &report_detail(report, Some(&k.key)));
             if self.registry.record_check(id, &k.key, check, Some(&findings), now, Some(&event)).await? {
@@ -334,6 +345,10 @@ impl Lifecycle {
         Ok(())
     }
 }
+
+/// Validation findings that mean the key refuses keyhold (a revocation), not that it is
+/// misconfigured.
+const REVOKED_FINDINGS: [&str; 4] = ["key_disabled", "key_pending_deletion", "key_not_found", "access_denied"];
 
 /// Whether a report's errors say something about the keys, not only that the key service
 /// or the audit trail failed for a moment (which suspends no one).

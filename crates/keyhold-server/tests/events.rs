@@ -34,7 +34,7 @@ async fn wait_for(f: &Fixture, kind: &str) -> Value {
 async fn every_step_is_an_event(f: Fixture) {
     let admin = f.admin_token();
     let keys = f.active_tenant("acme").await;
-    f.active_tenant("globex").await;
+    let globex_keys = f.active_tenant("globex").await;
     let events = feed(&f, "/v1/tenants/acme/events", &admin).await;
     assert_eq!(types(&events), ["tenant.created", "key.attached", "key.attached", "tenant.activated"], "{events:?}");
     for e in &events {
@@ -118,6 +118,23 @@ async fn every_step_is_an_event(f: Fixture) {
     let (s, _) = f.call(Method::POST, "/v1/tenants/acme/rotate-data-keys", Some(&ta), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(wait_for(&f, "data_keys.rotated").await["data"]["generation"], 1);
+
+    // Validation finding a disabled key: revoked too (not misconfigured), with the fix.
+    let g = &globex_keys;
+    f.local().disable_key(&KeyRef::parse(&g[1]).unwrap()).unwrap();
+    let (s, _) = f.call(Method::POST, "/v1/tenants/globex/validate", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let revoked = feed(&f, "/v1/tenants/globex/events?type=key.revoked", &admin).await;
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(
+        (revoked[0]["data"]["key"].as_str(), revoked[0]["data"]["code"].as_str()),
+        (Some(g[1].as_str()), Some("key_disabled"))
+    );
+    assert!(revoked[0]["data"]["fix"].as_str().is_some_and(|f| !f.is_empty()));
+    let s = feed(&f, "/v1/tenants/globex/events?type=tenant.suspended", &admin).await;
+    assert_eq!(s.last().unwrap()["data"]["cause"], "validation_failed");
+    assert!(s.last().unwrap()["data"]["message"].as_str().unwrap().starts_with("misconfiguration detected"));
+    f.local().enable_key(&KeyRef::parse(&g[1]).unwrap()).unwrap();
 
     // Who reads what.
     let (s, e) = f.call(Method::GET, "/v1/tenants/globex/events", Some(&ta), None).await;

@@ -353,7 +353,12 @@ async fn drive(
                 };
                 total += plain.len() as u64;
                 if used != buf.len() {
-                    return abort(&tx, format!("{} bytes follow the message", buf.len() - used)).await;
+                    let why = if dec.is_done() {
+                        format!("{} bytes follow the message", buf.len() - used)
+                    } else {
+                        "the body ends inside a frame of the message: it is truncated".to_owned()
+                    };
+                    return abort(&tx, why).await;
                 }
                 // The message authenticated to its end (signature included) or nothing more
                 // is sent.
