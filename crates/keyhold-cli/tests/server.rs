@@ -924,8 +924,9 @@ fn webhooks_are_signed_retried_and_survive_a_restart() {
     let ok = hook("/ok", None);
     let flaky = hook("/flaky", Some(vec!["data_keys.rotated"]));
     let gone = hook("/gone", None);
+    let moved = hook("/moved", Some(vec!["data_keys.rotated"]));
     let secrets = json!({
-        "/ok": [ok["secret"]], "/flaky": [flaky["secret"]], "/gone": [gone["secret"]],
+        "/ok": [ok["secret"]], "/flaky": [flaky["secret"]], "/gone": [gone["secret"]], "/moved": [moved["secret"]],
     });
     // A test send, and a real event.
     let (s, t) =
@@ -937,6 +938,7 @@ fn webhooks_are_signed_retried_and_survive_a_restart() {
         v.iter().filter(|r| r["path"] == "/ok").count() >= 2
             && v.iter().any(|r| r["path"] == "/flaky" && r["status"] == 200)
             && v.iter().any(|r| r["path"] == "/gone")
+            && v.iter().any(|r| r["path"] == "/moved")
     });
     for r in &got {
         let secret = secrets[r["path"].as_str().unwrap()][0].as_str().unwrap();
@@ -962,6 +964,20 @@ fn webhooks_are_signed_retried_and_survive_a_restart() {
     );
     assert_eq!(deliveries["deliveries"][0]["state"], "delivered", "{deliveries}");
     assert_eq!(deliveries["attempts"].as_array().unwrap().len(), 3, "{deliveries}");
+    // A redirect is not followed: the delivery stays pending, the answer logged.
+    let (_, m) = api(
+        &server.url,
+        "GET",
+        &format!("/v1/tenants/acme/webhooks/{}/deliveries", moved["id"].as_str().unwrap()),
+        &ta,
+        None,
+    );
+    assert_eq!(
+        (m["deliveries"][0]["state"].as_str(), m["deliveries"][0]["last_status"].as_u64()),
+        (Some("pending"), Some(307)),
+        "{m}"
+    );
+    assert_eq!(ok_types.iter().filter(|t| **t == "data_keys.rotated").count(), 1, "the redirect was followed");
 
     // A rotated secret: deliveries verify under the new secret and the old one.
     let (s, rotated) = api(

@@ -412,6 +412,18 @@ mod tests {
         assert!(check_url("http://127.0.0.1:9000/h", true).is_ok());
     }
 
+    /// Names are checked on what they resolve to: a name for a loopback address is
+    /// refused when connecting, whatever passed at registration.
+    #[tokio::test]
+    async fn the_resolver_drops_non_public_addresses() {
+        use tower::Service as _;
+        let name: Name = "localhost".parse().unwrap();
+        let err = Resolver { allow_private: false }.call(name.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("no public address"), "{err}");
+        let addrs: Vec<SocketAddr> = Resolver { allow_private: true }.call(name).await.unwrap().collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
+
     #[test]
     fn signatures_follow_the_specification_example() {
         // The Standard Webhooks specification's example secret and message.

@@ -1,6 +1,6 @@
 """A webhook receiver for keyhold's tests: logs every request it gets (path, headers,
 body) as a JSON line, and answers by path: /ok 200, /gone 410, /flaky 500 to the first
-two requests of each webhook-id and 200 after. Prints its port on the first line.
+two requests of each webhook-id and 200 after, /moved 307 to /ok. Prints its port on the first line.
 
 Usage: receiver.py LOG [PORT]
 """
@@ -28,6 +28,8 @@ class Handler(BaseHTTPRequestHandler):
                 status = 410
             elif self.path == "/flaky" and n <= 2:
                 status = 500
+            elif self.path == "/moved":
+                status = 307
             else:
                 status = 200
             with open(LOG, "a") as f:
@@ -38,6 +40,8 @@ class Handler(BaseHTTPRequestHandler):
                     "body": base64.b64encode(body).decode(),
                 }) + "\n")
         self.send_response(status)
+        if status == 307:
+            self.send_header("location", "/ok")
         self.send_header("content-length", "0")
         self.end_headers()
 
