@@ -23,6 +23,10 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("tenant.resumed", "a suspended or degraded tenant's keys answer again: it is served"),
     ("tenant.degraded", "a key failed transiently: the tenant is still served"),
     ("tenant.deleted", "the tenant was deleted: its key references are destroyed"),
+    (
+        "tenant.revocation_confirmed",
+        "every running instance dropped the suspended or deleted tenant's cached keys: none can use them since the time given",
+    ),
     ("tenant.role_changed", "a BYOK tenant's role was replaced by one that validated"),
     ("key.attached", "a key became its region's active key"),
     ("key.replaced", "a key was replaced by a newer one: decrypt only from now on"),
@@ -184,6 +188,20 @@ pub(crate) fn progress(tenant: &TenantId, keys: &[String], totals: &keyhold_regi
     let mut e = event(tenant, kind, body(tenant, &message, &Detail::default(), extra));
     e.dedupe = Some(format!("{tenant}:{kind}:{set}:{tenth}"));
     Some(e)
+}
+
+/// The confirmation that every running instance dropped the tenant's cached keys after
+/// it reached `version` (suspended or deleted), the last at `last_ms`.
+pub(crate) fn revocation_confirmed(tenant: &TenantId, version: u64, last_ms: u64) -> NewEvent {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(last_ms);
+    let message = format!(
+        "no keyhold instance can use the tenant's keys since {} (every running instance confirmed)",
+        humantime::format_rfc3339_millis(at)
+    );
+    let extra = json!({"version": version, "confirmed_ms": last_ms});
+    let mut e = event(tenant, "tenant.revocation_confirmed", body(tenant, &message, &Detail::default(), extra));
+    e.dedupe = Some(format!("{tenant}:revocation:{version}"));
+    e
 }
 
 /// The event of a forced data-key rotation to `generation`.

@@ -94,6 +94,11 @@ impl RegistryLedger {
         Ok(())
     }
 
+    /// This process's id in the ledger.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// At a clean shutdown, after the last flush: every data key of this instance is
     /// closed (nothing will count another use of it).
     pub async fn close_all(&self) -> Result<(), RegistryError> {

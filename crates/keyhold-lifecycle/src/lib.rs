@@ -40,6 +40,7 @@ mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod monitor;
+pub mod propagation;
 mod streaming;
 
 use std::collections::HashMap;
@@ -132,6 +133,8 @@ pub struct Lifecycle {
     key_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     /// Tenants whose key-change progress is being checked (`true`: check again after).
     progress: Mutex<HashMap<TenantId, bool>>,
+    /// Revocations (tenant, version) this instance recorded its receipt for.
+    receipted: Mutex<std::collections::HashSet<(TenantId, u64)>>,
     probes: monitor::ProbeMemory,
     /// The layer itself, to run work that must finish in a task of its own.
     me: Weak<Lifecycle>,
@@ -172,6 +175,7 @@ impl Lifecycle {
             key_locks: Mutex::new(HashMap::new()),
             probes: monitor::ProbeMemory::default(),
             progress: Mutex::new(HashMap::new()),
+            receipted: Mutex::new(std::collections::HashSet::new()),
             me,
         }
     }
@@ -418,7 +422,8 @@ impl Lifecycle {
         }
         self.forget_view(&from.id);
         if matches!(to, TenantState::Suspended | TenantState::Deleted) {
-            self.keyhold.flush_tenant(&from.id);
+            // The compare-and-set moved the tenant to the next version.
+            self.revoked(&from.id, from.version + 1).await;
         }
         if let (TenantState::Deleted, Some(aws)) = (to, &self.aws) {
             aws.forget(&from.id);
@@ -512,6 +517,7 @@ impl Lifecycle {
         // In a task of its own: a cancelled caller must not drop what the flush holds.
         let _ = tokio::spawn(async move { journal.flush(all).await }).await;
         self.flush_ledger().await;
+        self.sweep_revocations().await;
     }
 
     /// At shutdown, once no request is served any more: everything held in memory is

@@ -64,6 +64,9 @@ impl Registry {
         for e in events {
             if let Some(id) = self.insert_event_row(tx, e, now_ms).await? {
                 self.enqueue_deliveries(tx, id, e, now_ms).await?;
+                if let Some(t) = &e.tenant {
+                    self.notify_tenant(tx, t).await?;
+                }
                 stored += 1;
             }
         }

@@ -27,6 +27,7 @@
 
 mod events;
 mod ledger;
+mod notify;
 mod types;
 mod webhooks;
 
@@ -40,6 +41,7 @@ use sqlx::{AnyPool, Row};
 
 pub use events::{EventFilter, NewEvent, StoredEvent};
 pub use ledger::{DataKeyUses, KeyProtects, Reencrypted, Totals};
+pub use notify::{CHANNEL, TenantChanges};
 pub use types::{
     AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
     TenantMode, TenantState,
@@ -143,6 +145,8 @@ pub type StatusChange = (String, Option<KeyStatus>, KeyStatus);
 pub struct Registry {
     pool: AnyPool,
     backend: Backend,
+    /// The database URL (for PostgreSQL's notification listener); never shown.
+    url: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -212,12 +216,13 @@ impl Registry {
             }
         };
         let pool = options.connect(&url).await?;
+        let shared_url: std::sync::Arc<str> = url.as_str().into();
         match backend {
             Backend::Sqlite => SQLITE.run(&pool).await,
             Backend::Postgres => POSTGRES.run(&pool).await,
         }
         .map_err(|e| RegistryError::Database(e.into()))?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, url: shared_url })
     }
 
     /// Opens (creating if needed) the SQLite registry at `path`.

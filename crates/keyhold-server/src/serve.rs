@@ -264,6 +264,7 @@ pub async fn run(
         })
     };
     let monitor = config.probe_interval.map(|i| keyhold_lifecycle::monitor::spawn(state.lifecycle.clone(), i));
+    let notifications = keyhold_lifecycle::propagation::spawn_listener(state.lifecycle.clone());
     let dispatcher = crate::webhooks::spawn(Arc::new(crate::webhooks::Dispatcher::new(
         state.lifecycle.registry().clone(),
         config.webhooks,
@@ -274,6 +275,9 @@ pub async fn run(
     crate::conn::serve(listener, tls, app, config.limits, shutdown).await;
     flusher.abort();
     dispatcher.abort();
+    if let Some(l) = notifications {
+        l.abort();
+    }
     if let Some(m) = monitor {
         m.abort();
     }

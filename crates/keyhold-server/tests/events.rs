@@ -6,7 +6,7 @@ use axum::http::{Method, StatusCode};
 use keyhold_core::{KeyRef, Region};
 use serde_json::{Value, json};
 
-use super::{Fixture, fixture, fixture_on, fresh_postgres};
+use super::{Fixture, fixture, fixture_on, fresh_postgres, second_instance};
 
 async fn feed(f: &Fixture, path: &str, token: &str) -> Vec<Value> {
     let (s, page) = f.call(Method::GET, path, Some(token), None).await;
@@ -173,8 +173,10 @@ async fn every_step_is_an_event(f: Fixture) {
     let (s, _) = f.call(Method::DELETE, "/v1/tenants/globex", Some(&admin), None).await;
     assert_eq!(s, StatusCode::OK);
     let g = feed(&f, "/v1/tenants/globex/events", &admin).await;
-    assert_eq!(g.last().unwrap()["type"], "tenant.deleted");
-    assert_eq!(g.last().unwrap()["data"]["to"], "deleted");
+    let n = g.len();
+    assert_eq!((g[n - 2]["type"].as_str(), g[n - 2]["data"]["to"].as_str()), (Some("tenant.deleted"), Some("deleted")));
+    // ... and the confirmation that no instance can use its keys any more.
+    assert_eq!(g[n - 1]["type"], "tenant.revocation_confirmed", "{g:?}");
 }
 
 #[tokio::test]
@@ -306,4 +308,47 @@ async fn webhook_endpoints_belong_to_their_owner() {
     assert_eq!(s, StatusCode::OK);
     let (s, _) = f.call(Method::GET, &format!("/v1/tenants/acme/webhooks/{id}"), Some(&acme), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// A suspension made through one instance is enforced by another within 1 s: PostgreSQL
+/// notifications drop its view at once (the manual clock never lets views expire here),
+/// and once both instances dropped the tenant's keys, `tenant.revocation_confirmed` says
+/// since when no instance can use them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_reaches_every_instance_within_a_second_on_postgres() {
+    let url = fresh_postgres("keyhold_notify").await;
+    let a = fixture_on(Some(url.clone())).await;
+    let keys = a.active_tenant("acme").await;
+    let b = second_instance(&a, url).await;
+    let listeners: Vec<_> = [&a, &b]
+        .iter()
+        .map(|f| keyhold_lifecycle::propagation::spawn_listener(f.state.lifecycle.clone()).unwrap())
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // b serves acme (its view and a data key cached); both instances are running.
+    let (s, e) = b.encrypt("acme", b"x", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    a.state.lifecycle.flush(false).await;
+    b.state.lifecycle.flush(false).await;
+    // Suspended through a.
+    a.local().disable_key(&KeyRef::parse(&keys[0]).unwrap()).unwrap();
+    a.state.lifecycle.probe_all().await;
+    let started = std::time::Instant::now();
+    loop {
+        let (s, e) = b.encrypt("acme", b"x", json!({})).await;
+        if s == StatusCode::FORBIDDEN {
+            assert_eq!(e["error"]["code"], "tenant_suspended", "{e}");
+            break;
+        }
+        assert_eq!(s, StatusCode::OK, "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "b still serves acme after 1 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    eprintln!("suspension through a enforced by b after {:?}", started.elapsed());
+    let confirmed = wait_for(&a, "tenant.revocation_confirmed").await;
+    assert!(confirmed["data"]["confirmed_ms"].as_u64().is_some(), "{confirmed}");
+    assert!(confirmed["data"]["message"].as_str().unwrap().starts_with("no keyhold instance can use"), "{confirmed}");
+    for l in listeners {
+        l.abort();
+    }
 }

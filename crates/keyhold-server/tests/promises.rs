@@ -403,24 +403,7 @@ async fn two_instances_and_32_writers_lose_no_audit_event_on_postgres() {
     let url = fresh_postgres("keyhold_writers").await;
     let a = Arc::new(fixture_on(Some(url.clone())).await);
     a.active_tenant("acme").await;
-    let config = keyhold_server::serve::ServeConfig {
-        database_url: Some(url),
-        probe_interval: None,
-        dev: true,
-        ..keyhold_server::serve::ServeConfig::embedded(a.dir.path())
-    };
-    let (b_state, _) =
-        keyhold_server::serve::build(&config, keyhold_onboarding::RealmCatalog::builtin(), a.clock.clone())
-            .await
-            .unwrap();
-    let b = Arc::new(Fixture {
-        state: b_state,
-        dir: tempfile::tempdir().unwrap(),
-        admin: keyhold_server::devcreds::read_key(&keyhold_server::devcreds::admin_key_path(a.dir.path())).unwrap(),
-        dev: keyhold_server::devcreds::read_key(&keyhold_server::devcreds::service_key_path(a.dir.path(), "dev"))
-            .unwrap(),
-        clock: a.clock.clone(),
-    });
+    let b = Arc::new(super::second_instance(&a, url).await);
     let before = provider_calls(&trail(&a, "acme").await).len();
     let tasks: Vec<_> = (0..32)
         .map(|w| {

@@ -79,6 +79,25 @@ async fn fixture_with(database_url: Option<String>, aws: Option<keyhold_provider
     Fixture { state, dir, admin, dev, clock }
 }
 
+/// A second instance over `a`'s registry (PostgreSQL `url`), with `a`'s credentials and
+/// clock.
+async fn second_instance(a: &Fixture, url: String) -> Fixture {
+    let config = keyhold_server::serve::ServeConfig {
+        database_url: Some(url),
+        probe_interval: None,
+        dev: true,
+        ..keyhold_server::serve::ServeConfig::embedded(a.dir.path())
+    };
+    let (state, _) = build(&config, RealmCatalog::builtin(), a.clock.clone()).await.unwrap();
+    Fixture {
+        state,
+        dir: tempfile::tempdir().unwrap(),
+        admin: devcreds::read_key(&devcreds::admin_key_path(a.dir.path())).unwrap(),
+        dev: devcreds::read_key(&devcreds::service_key_path(a.dir.path(), "dev")).unwrap(),
+        clock: a.clock.clone(),
+    }
+}
+
 impl Fixture {
     fn now_s(&self) -> u64 {
         self.state.now_ms() / 1000
