@@ -157,7 +157,8 @@ pub struct ServeArgs {
     /// platform_principal, local_region, realms_file, probe_interval,
     /// usage_flush_interval_ms, admin_public_key, dev, log_format, log_level,
     /// otlp_endpoint, handshake_timeout, header_timeout, body_timeout, idle_timeout,
-    /// max_connections, max_in_flight, webhook_allow_private, webhook_retry_scale.
+    /// max_connections, max_in_flight, webhook_allow_private, webhook_retry_scale,
+    /// tenant_rate, service_rate, tenant_kms_budget.
     #[arg(long, env = "KEYHOLD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8700].
@@ -237,6 +238,17 @@ pub struct ServeArgs {
     /// 20 h, 24 h) [default: 1].
     #[arg(long, env = "KEYHOLD_WEBHOOK_RETRY_SCALE")]
     pub webhook_retry_scale: Option<f64>,
+    /// Crypto requests per second per tenant, per instance; beyond, 429 rate_limited
+    /// (0: no limit) [default: 0].
+    #[arg(long, env = "KEYHOLD_TENANT_RATE")]
+    pub tenant_rate: Option<f64>,
+    /// Crypto requests per second per service, per instance (0: no limit) [default: 0].
+    #[arg(long, env = "KEYHOLD_SERVICE_RATE")]
+    pub service_rate: Option<f64>,
+    /// Key-service (KMS) calls per minute per tenant, per instance; beyond, 429
+    /// rate_limited (0: no limit) [default: 6000].
+    #[arg(long, env = "KEYHOLD_TENANT_KMS_BUDGET")]
+    pub tenant_kms_budget: Option<u32>,
 }
 
 /// How the server writes its log.

@@ -46,6 +46,9 @@ struct ConfigFile {
     max_in_flight: Option<usize>,
     webhook_allow_private: Option<bool>,
     webhook_retry_scale: Option<f64>,
+    tenant_rate: Option<f64>,
+    service_rate: Option<f64>,
+    tenant_kms_budget: Option<u32>,
 }
 
 /// A key given as base64 or hex, or a file holding it.
@@ -170,7 +173,24 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         },
         ..keyhold_server::webhooks::WebhookConfig::default()
     };
+    let rate = |name: &str, v: Option<f64>| -> Result<Option<f64>> {
+        match v {
+            Some(r) if !r.is_finite() || r < 0.0 => bail!("--{name} must be a number at least 0, not {r}"),
+            Some(0.0) => Ok(None),
+            other => Ok(other),
+        }
+    };
+    let tenant_limits = keyhold_server::serve::TenantLimits {
+        tenant_per_s: rate("tenant-rate", args.tenant_rate.or(file.tenant_rate))?,
+        service_per_s: rate("service-rate", args.service_rate.or(file.service_rate))?,
+        kms_per_minute: match args.tenant_kms_budget.or(file.tenant_kms_budget) {
+            Some(0) => None,
+            Some(b) => Some(b),
+            None => defaults.tenant_limits.kms_per_minute,
+        },
+    };
     let config = ServeConfig {
+        tenant_limits,
         webhooks,
         usage_flush_interval,
         database_url: args.database_url.or(file.database_url),
@@ -205,6 +225,9 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
             max_in_flight = limits.max_in_flight,
             webhook_allow_private = config.webhooks.allow_private,
             webhook_retry_scale = config.webhooks.retry_scale,
+            tenant_rate = config.tenant_limits.tenant_per_s.unwrap_or(0.0),
+            service_rate = config.tenant_limits.service_per_s.unwrap_or(0.0),
+            tenant_kms_budget = config.tenant_limits.kms_per_minute.unwrap_or(0),
             admin_key = if config.admin_public_key.is_some() { "configured" } else { "data dir" },
             dev_credentials = config.dev_credentials(),
             otlp_endpoint = telemetry.otlp_endpoint.as_deref().unwrap_or("none"),

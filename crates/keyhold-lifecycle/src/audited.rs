@@ -18,22 +18,42 @@ use keyhold_core::{DataKey, EncryptedDataKey, EncryptionContext, KeyRef, RESERVE
 use keyhold_provider::{KeyDescription, KeyProvider, ProviderError, Rotation};
 
 use crate::journal::Journal;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 
 /// Wraps `inner` so its calls are audited through `journal` and counted in `metrics`.
-pub fn audited(inner: Arc<dyn KeyProvider>, journal: &Arc<Journal>, metrics: &Arc<Metrics>) -> Arc<dyn KeyProvider> {
-    Arc::new(Audited { inner, journal: journal.clone(), metrics: metrics.clone() })
+pub fn audited(
+    inner: Arc<dyn KeyProvider>,
+    journal: &Arc<Journal>,
+    metrics: &Arc<Metrics>,
+    limiter: &Arc<Limiter>,
+) -> Arc<dyn KeyProvider> {
+    Arc::new(Audited { inner, journal: journal.clone(), metrics: metrics.clone(), limiter: limiter.clone() })
 }
 
 /// A provider whose every call is written to the tenant's audit trail (the tenant is the
-/// encryption context's `tenant`) and counted in the metrics.
+/// encryption context's `tenant`) and counted in the metrics, within the tenant's budget
+/// of key-service calls.
 pub struct Audited {
     inner: Arc<dyn KeyProvider>,
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
+    limiter: Arc<Limiter>,
 }
 
 impl Audited {
+    /// Takes one call from the budget of the tenant `context` names; over it, no call is
+    /// made ([`ProviderError::BudgetExceeded`]).
+    fn budget(&self, context: &EncryptionContext) -> Result<(), ProviderError> {
+        match context.get(RESERVED_TENANT_KEY) {
+            Some(tenant) => self.limiter.admit_kms(tenant).map_err(|retry_after_s| {
+                self.metrics.provider_call("BudgetExceeded", "refused");
+                ProviderError::BudgetExceeded { retry_after_s }
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Records the call; on failure to record, the result is replaced by
     /// [`ProviderError::AuditUnavailable`].
     async fn record<T>(
@@ -122,6 +142,7 @@ impl KeyProvider for Audited {
         len: usize,
         context: &EncryptionContext,
     ) -> Result<(DataKey, EncryptedDataKey), ProviderError> {
+        self.budget(context)?;
         let started = Instant::now();
         let r = self.inner.generate_data_key(key, len, context).await;
         self.record("GenerateDataKey", key, Some(context), started, r).await
@@ -133,12 +154,14 @@ impl KeyProvider for Audited {
         data_key: &DataKey,
         context: &EncryptionContext,
     ) -> Result<EncryptedDataKey, ProviderError> {
+        self.budget(context)?;
         let started = Instant::now();
         let r = self.inner.wrap(key, data_key, context).await;
         self.record("Encrypt", key, Some(context), started, r).await
     }
 
     async fn unwrap(&self, edk: &EncryptedDataKey, context: &EncryptionContext) -> Result<DataKey, ProviderError> {
+        self.budget(context)?;
         let started = Instant::now();
         let r = self.inner.unwrap(edk, context).await;
         match self.inner.key_for(edk) {

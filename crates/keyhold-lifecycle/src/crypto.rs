@@ -61,6 +61,7 @@ impl Lifecycle {
         if !caller.purposes.allows(&purpose) {
             return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
         }
+        self.admit(caller, &tenant)?;
         // Reserved keys and the context's size are checked by the service before any key
         // is asked.
         self.journal.check(&tenant)?;
@@ -123,6 +124,7 @@ impl Lifecycle {
         out: &mut Vec<u8>,
     ) -> Result<Decrypted, LifecycleError> {
         let tenant = &view.tenant.id;
+        self.admit(caller, tenant)?;
         let mut failures = Vec::new();
         let started = Instant::now();
         let result =
@@ -173,6 +175,13 @@ impl Lifecycle {
 
 impl Lifecycle {
     /// A message's header, or why it is not one.
+    /// Admits one crypto step of `caller` for `tenant` under the request-rate limits.
+    pub(crate) fn admit(&self, caller: &Caller<'_>, tenant: &TenantId) -> Result<(), LifecycleError> {
+        self.limiter
+            .admit(caller.service, tenant.as_str())
+            .map_err(|(limit, retry_after_s)| LifecycleError::RateLimited { limit, retry_after_s })
+    }
+
     pub(crate) fn read_header(&self, message: &[u8]) -> Result<Header, LifecycleError> {
         keyhold_envelope::read_header(message, &self.keyhold.settings().decrypt)
             .map_err(|e| LifecycleError::MalformedCiphertext(format!("the ciphertext is not a valid message: {e}")))

@@ -97,6 +97,15 @@ pub enum LifecycleError {
         /// Data keys under it whose counts may be incomplete.
         unsettled: u64,
     },
+    /// A limit of this instance refused the call (the tenant's or the service's request
+    /// rate, or the tenant's budget of key-service calls); nothing was done.
+    #[error("the {limit} limit is reached; retry after {retry_after_s} s")]
+    RateLimited {
+        /// Which limit.
+        limit: &'static str,
+        /// Seconds until it admits another call.
+        retry_after_s: u32,
+    },
     /// The tenant changed while this call was deciding (another instance or request acted
     /// first); nothing was changed. Retry.
     #[error("tenant {0} changed while this call was in progress; nothing was changed, retry")]
@@ -164,6 +173,9 @@ impl LifecycleError {
             ServiceError::TenantMismatch { expected, .. } => Self::TenantMismatch(expected),
             ServiceError::KeyNotInTenant => Self::KeyNotInTenant(tenant.clone()),
             ServiceError::Provider { source: ProviderError::AuditUnavailable, .. } => Self::AuditUnavailable,
+            ServiceError::Provider { source: ProviderError::BudgetExceeded { retry_after_s }, .. } => {
+                Self::RateLimited { limit: "tenant key-service budget", retry_after_s }
+            }
             ServiceError::Provider { key, source } => Self::Provider { key, source },
             ServiceError::Decrypt(err) => {
                 Self::MalformedCiphertext(format!("the ciphertext is not a valid message: {err}"))

@@ -38,6 +38,7 @@ pub mod journal;
 mod keychange;
 mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod propagation;
@@ -108,6 +109,8 @@ pub struct Parts {
     pub local_region: Option<keyhold_core::Region>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Per-tenant and per-service limits.
+    pub limits: limits::TenantLimits,
 }
 
 /// The tenant lifecycle layer.
@@ -133,6 +136,8 @@ pub struct Lifecycle {
     key_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     /// Tenants whose key-change progress is being checked (`true`: check again after).
     progress: Mutex<HashMap<TenantId, bool>>,
+    /// Per-tenant and per-service limits.
+    limiter: Arc<limits::Limiter>,
     /// Revocations (tenant, version) this instance recorded its receipt for.
     receipted: Mutex<std::collections::HashSet<(TenantId, u64)>>,
     probes: monitor::ProbeMemory,
@@ -149,8 +154,9 @@ impl Lifecycle {
     fn assemble(parts: Parts, me: Weak<Lifecycle>) -> Self {
         let metrics = Arc::new(Metrics::default());
         let journal = Arc::new(Journal::new(parts.auditor, metrics.clone(), parts.clock.clone()));
+        let limiter = Arc::new(limits::Limiter::new(parts.limits));
         let audited_providers: Vec<Arc<dyn KeyProvider>> =
-            parts.providers.iter().map(|p| audited(p.clone(), &journal, &metrics)).collect();
+            parts.providers.iter().map(|p| audited(p.clone(), &journal, &metrics, &limiter)).collect();
         let ledger = Arc::new(ledger::RegistryLedger::new(parts.registry.clone(), parts.clock.clone()));
         let mut keyhold =
             Keyhold::new(audited_providers.clone(), parts.settings, parts.clock.clone()).with_ledger(ledger.clone());
@@ -176,6 +182,7 @@ impl Lifecycle {
             probes: monitor::ProbeMemory::default(),
             progress: Mutex::new(HashMap::new()),
             receipted: Mutex::new(std::collections::HashSet::new()),
+            limiter,
             me,
         }
     }

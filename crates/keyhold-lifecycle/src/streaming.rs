@@ -35,6 +35,7 @@ impl Lifecycle {
         if !caller.purposes.allows(&purpose) {
             return Err(LifecycleError::Forbidden(format!("service {} may not use purpose {purpose}", caller.service)));
         }
+        self.admit(caller, tenant)?;
         self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;
@@ -71,6 +72,7 @@ impl Lifecycle {
         header: Header,
     ) -> Result<StreamDecryption, LifecycleError> {
         let purpose = message_purpose(caller, tenant, &header)?;
+        self.admit(caller, tenant)?;
         self.journal.check(tenant)?;
         let view = self.tenant_view(tenant).await?;
         servable(&view)?;

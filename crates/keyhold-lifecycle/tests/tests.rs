@@ -28,6 +28,7 @@ async fn fx() -> Fx {
     let local = Arc::new(LocalKms::open(dir.path()).unwrap());
     let providers: Vec<Arc<dyn KeyProvider>> = vec![local.clone()];
     let lifecycle = Lifecycle::new(Parts {
+        limits: Default::default(),
         auditor: Auditor::new(registry.clone(), key).with_genesis_rule(),
         registry,
         providers,

@@ -85,6 +85,13 @@ pub enum ProviderError {
     /// withheld (keyhold fails closed: no key use is answered unrecorded); retry.
     #[error("the audit trail could not record this key use; nothing is returned, retry")]
     AuditUnavailable,
+    /// The tenant's budget of key-service calls is spent for now (keyhold's own limit,
+    /// no call was made); retry after `retry_after_s`.
+    #[error("the tenant's budget of key-service calls is spent; retry after {retry_after_s} s")]
+    BudgetExceeded {
+        /// Seconds until the budget allows another call.
+        retry_after_s: u32,
+    },
     /// A transient failure; retry.
     #[error("provider unavailable ({code}): {message}")]
     Unavailable {
@@ -105,7 +112,9 @@ impl ProviderError {
             | ProviderError::KeyNotFound { .. }
             | ProviderError::AccessDenied { .. } => ErrorClass::Revoked,
             ProviderError::Misconfigured { .. } => ErrorClass::Misconfigured,
-            ProviderError::Unavailable { .. } | ProviderError::AuditUnavailable => ErrorClass::Retryable,
+            ProviderError::Unavailable { .. }
+            | ProviderError::AuditUnavailable
+            | ProviderError::BudgetExceeded { .. } => ErrorClass::Retryable,
             ProviderError::InvalidCiphertext { .. } | ProviderError::InvalidRequest(_) => ErrorClass::Invalid,
         }
     }
@@ -121,6 +130,7 @@ impl ProviderError {
             ProviderError::InvalidCiphertext { .. } => "InvalidCiphertextException",
             ProviderError::InvalidRequest(_) => "ValidationException",
             ProviderError::AuditUnavailable => "AuditUnavailable",
+            ProviderError::BudgetExceeded { .. } => "TenantKmsBudgetExceeded",
         }
     }
 }

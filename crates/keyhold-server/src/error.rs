@@ -64,6 +64,14 @@ impl ApiError {
         }
     }
 
+    /// 429 `rate_limited` with `Retry-After`: a per-tenant or per-service limit.
+    pub fn rate_limited(message: impl Into<String>, retry_after_s: u32) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     /// 408 `request_timeout`: the request body did not arrive in time.
     pub fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
@@ -148,6 +156,7 @@ impl From<LifecycleError> for ApiError {
         use LifecycleError as L;
         let message = e.to_string();
         let (status, code) = match &e {
+            L::RateLimited { retry_after_s, .. } => return Self::rate_limited(message, *retry_after_s),
             L::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             L::MalformedCiphertext(_) => (StatusCode::BAD_REQUEST, "malformed_ciphertext"),
             L::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -205,6 +214,13 @@ pub fn provider_error(e: &ProviderError) -> ApiError {
             "key_misconfigured",
             format!("the tenant's key cannot be used ({}): {e}", e.code()),
         ),
+        ErrorClass::Retryable if matches!(e, ProviderError::BudgetExceeded { .. }) => {
+            let retry = match e {
+                ProviderError::BudgetExceeded { retry_after_s } => *retry_after_s,
+                _ => 1,
+            };
+            ApiError::rate_limited(e.to_string(), retry)
+        }
         ErrorClass::Retryable if matches!(e, ProviderError::AuditUnavailable) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",

@@ -58,7 +58,14 @@ pub struct ServeConfig {
     pub admin_public_key: Option<Vec<u8>>,
     /// Webhook delivery.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Per-tenant and per-service limits (this instance's).
+    pub tenant_limits: keyhold_lifecycle::limits::TenantLimits,
 }
+
+pub use keyhold_lifecycle::limits::TenantLimits;
+
+/// The default budget of key-service calls per tenant per minute, per instance.
+pub const DEFAULT_KMS_BUDGET: u32 = 6000;
 
 /// The SQLite registry's file in the data dir (the embedded default).
 pub const REGISTRY_FILE: &str = "registry.db";
@@ -132,6 +139,10 @@ impl ServeConfig {
             dev: false,
             admin_public_key: None,
             webhooks: crate::webhooks::WebhookConfig::default(),
+            tenant_limits: keyhold_lifecycle::limits::TenantLimits {
+                kms_per_minute: Some(DEFAULT_KMS_BUDGET),
+                ..Default::default()
+            },
         }
     }
 }
@@ -231,6 +242,7 @@ pub async fn build(
         settings: config.settings,
         local_region: config.local_region.clone(),
         clock,
+        limits: config.tenant_limits,
     });
     let mut state = AppState::new(lifecycle, admin_public_key, config.limits);
     state.webhooks = config.webhooks;

@@ -480,3 +480,95 @@ async fn request_ids_are_accepted_when_well_formed_and_generated_otherwise() {
     assert_ne!(ask(Some("with/slash".into())).await, "with/slash");
     served.shutdown().await;
 }
+
+/// Per-tenant limits: a tenant flooding requests, or spending its budget of key-service
+/// calls with a new context per record, is refused with 429 `rate_limited` and
+/// `Retry-After`, and stays active; another tenant on the same instance, at the same
+/// time, is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_limits_is_refused_and_the_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        probe_interval: None,
+        dev: true,
+        tenant_limits: keyhold_server::serve::TenantLimits {
+            tenant_per_s: Some(20.0),
+            service_per_s: None,
+            kms_per_minute: Some(40),
+        },
+        ..ServeConfig::embedded(dir.path())
+    };
+    let clock = Arc::new(keyhold_core::ManualClock::new(super::now_ms()));
+    let (state, _) = build(&config, keyhold_onboarding::RealmCatalog::builtin(), clock.clone()).await.unwrap();
+    let f = Arc::new(super::Fixture {
+        state,
+        admin: keyhold_server::devcreds::read_key(&keyhold_server::devcreds::admin_key_path(dir.path())).unwrap(),
+        dev: keyhold_server::devcreds::read_key(&keyhold_server::devcreds::service_key_path(dir.path(), "dev"))
+            .unwrap(),
+        dir,
+        clock,
+    });
+    f.active_tenant("acme").await;
+    f.active_tenant("globex").await;
+    // Request rate: acme floods (one context: no key-service call), globex is served.
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let f = f.clone();
+            tokio::spawn(async move { f.encrypt("acme", b"x", json!({})).await })
+        })
+        .collect();
+    let mut globex = Vec::new();
+    for _ in 0..10 {
+        globex.push(f.encrypt("globex", b"y", json!({})).await.0);
+    }
+    let mut codes = std::collections::HashMap::new();
+    for t in flood {
+        let (s, e) = t.await.unwrap();
+        if s != StatusCode::OK {
+            assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")), "{e}");
+        }
+        *codes.entry(s).or_insert(0) += 1;
+    }
+    assert!(codes[&StatusCode::TOO_MANY_REQUESTS] >= 50, "{codes:?}");
+    assert!(globex.iter().all(|s| *s == StatusCode::OK), "{globex:?}");
+    // The answer carries Retry-After.
+    let body = json!({"tenant": "acme", "purpose": "billing", "plaintext": "eA==", "context": {}});
+    let mut limited = None;
+    for _ in 0..50 {
+        let req = axum::http::Request::post("/v1/encrypt")
+            .header("authorization", format!("Bearer {}", f.dev_token()))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(keyhold_server::router(f.state.clone()), req).await.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let resp = limited.expect("never limited");
+    assert_eq!(resp.headers()["retry-after"], "1");
+
+    // Key-service budget: a new context per record costs calls; past 40 a minute acme is
+    // refused (before any call), globex is not, and no one is suspended.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut refused = None;
+    for i in 0..40 {
+        let (s, e) = f.encrypt("acme", b"x", json!({"record": i.to_string()})).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(e);
+            break;
+        }
+        assert_eq!(s, StatusCode::OK, "{e}");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let e = refused.expect("the key-service budget never ran out");
+    assert_eq!(e["error"]["code"], "rate_limited");
+    assert!(e["error"]["message"].as_str().unwrap().contains("budget"), "{e}");
+    for i in 0..5 {
+        let (s, e) = f.encrypt("globex", b"y", json!({"record": i.to_string()})).await;
+        assert_eq!(s, StatusCode::OK, "{e}");
+    }
+    let (_, t) = f.call(Method::GET, "/v1/tenants/acme", Some(&f.admin_token()), None).await;
+    assert_eq!(t["state"], "active", "{t}");
+}
