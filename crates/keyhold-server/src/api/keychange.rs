@@ -73,6 +73,7 @@ async fn reencrypt_one(
         (status = 409, body = ErrorBody,
             description = "`tenant_not_active`, `key_misconfigured`, `key_retired` (the message's keys were retired)"),
         (status = 410, body = ErrorBody, description = "`tenant_deleted`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`: the tenant's or the service's request rate, or the tenant's key-service budget; retry after `Retry-After`"),
         (status = 500, body = ErrorBody, description = "`internal`"),
         (status = 503, body = ErrorBody,
             description = "`key_unavailable`, `audit_unavailable`, `registry_unavailable` (nothing was returned): retry"),
