@@ -27,8 +27,46 @@ pub fn audited(
     journal: &Arc<Journal>,
     metrics: &Arc<Metrics>,
     limiter: &Arc<Limiter>,
+    traffic: &Arc<Traffic>,
 ) -> Arc<dyn KeyProvider> {
-    Arc::new(Audited { inner, journal: journal.clone(), metrics: metrics.clone(), limiter: limiter.clone() })
+    Arc::new(Audited {
+        inner,
+        journal: journal.clone(),
+        metrics: metrics.clone(),
+        limiter: limiter.clone(),
+        traffic: traffic.clone(),
+    })
+}
+
+/// Successful real traffic per (tenant, key) since the last flush: when it last generated
+/// (or wrapped) and last decrypted, so the monitor can skip keys traffic proves healthy.
+pub struct Traffic {
+    seen: std::sync::Mutex<std::collections::HashMap<(TenantId, String), (u64, u64)>>,
+    clock: Arc<dyn keyhold_core::Clock>,
+}
+
+impl Traffic {
+    /// An empty record over `clock`.
+    pub fn new(clock: Arc<dyn keyhold_core::Clock>) -> Self {
+        Self { seen: std::sync::Mutex::new(std::collections::HashMap::new()), clock }
+    }
+
+    fn note(&self, tenant: &TenantId, key: &KeyRef, decrypt: bool) {
+        let now = self.clock.now_millis();
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = seen.entry((tenant.clone(), key.to_string())).or_insert((0, 0));
+        if decrypt {
+            e.1 = now;
+        } else {
+            e.0 = now;
+        }
+    }
+
+    /// Takes what was seen since the last call.
+    pub fn take(&self) -> Vec<keyhold_registry::KeyTraffic> {
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        seen.into_iter().map(|((t, k), (g, d))| (t, k, g, d)).collect()
+    }
 }
 
 /// A provider whose every call is written to the tenant's audit trail (the tenant is the
@@ -39,6 +77,7 @@ pub struct Audited {
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
     limiter: Arc<Limiter>,
+    traffic: Arc<Traffic>,
 }
 
 impl Audited {
@@ -66,6 +105,11 @@ impl Audited {
     ) -> Result<T, ProviderError> {
         self.metrics.provider_call(operation, if result.is_ok() { "ok" } else { "error" });
         let tenant = context.and_then(|c| c.get(RESERVED_TENANT_KEY)).and_then(|t| TenantId::parse(t).ok());
+        if let (Some(t), Ok(_)) = (&tenant, &result)
+            && matches!(operation, "GenerateDataKey" | "Encrypt" | "Decrypt")
+        {
+            self.traffic.note(t, key, operation == "Decrypt");
+        }
         let Some(tenant) = tenant else {
             // Calls without a tenant (describe during validation) have no trail to go to;
             // validation records its findings itself.

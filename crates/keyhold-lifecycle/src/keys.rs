@@ -289,7 +289,7 @@ impl Lifecycle {
                 } else {
                     aws.assume_unregistered(&t.id, role, &external).await
                 };
-                std::iter::once(crate::audited(own, &self.journal, &self.metrics, &self.limiter))
+                std::iter::once(crate::audited(own, &self.journal, &self.metrics, &self.limiter, &self.traffic))
                     .chain(self.providers.iter().cloned())
                     .collect()
             }

@@ -138,6 +138,8 @@ pub struct Lifecycle {
     progress: Mutex<HashMap<TenantId, bool>>,
     /// Per-tenant and per-service limits.
     limiter: Arc<limits::Limiter>,
+    /// Successful real traffic per key, for the monitor.
+    traffic: Arc<audited::Traffic>,
     /// Revocations (tenant, version) this instance recorded its receipt for.
     receipted: Mutex<std::collections::HashSet<(TenantId, u64)>>,
     probes: monitor::ProbeMemory,
@@ -155,8 +157,9 @@ impl Lifecycle {
         let metrics = Arc::new(Metrics::default());
         let journal = Arc::new(Journal::new(parts.auditor, metrics.clone(), parts.clock.clone()));
         let limiter = Arc::new(limits::Limiter::new(parts.limits));
+        let traffic = Arc::new(audited::Traffic::new(parts.clock.clone()));
         let audited_providers: Vec<Arc<dyn KeyProvider>> =
-            parts.providers.iter().map(|p| audited(p.clone(), &journal, &metrics, &limiter)).collect();
+            parts.providers.iter().map(|p| audited(p.clone(), &journal, &metrics, &limiter, &traffic)).collect();
         let ledger = Arc::new(ledger::RegistryLedger::new(parts.registry.clone(), parts.clock.clone()));
         let mut keyhold =
             Keyhold::new(audited_providers.clone(), parts.settings, parts.clock.clone()).with_ledger(ledger.clone());
@@ -183,6 +186,7 @@ impl Lifecycle {
             progress: Mutex::new(HashMap::new()),
             receipted: Mutex::new(std::collections::HashSet::new()),
             limiter,
+            traffic,
             me,
         }
     }
@@ -525,6 +529,11 @@ impl Lifecycle {
         let _ = tokio::spawn(async move { journal.flush(all).await }).await;
         self.flush_ledger().await;
         self.sweep_revocations().await;
+        let seen = self.traffic.take();
+        if let Err(e) = self.registry.record_key_traffic(&seen).await {
+            // Lost: those keys are probed as if no traffic had proved them.
+            tracing::debug!(error = %e, "key traffic not recorded");
+        }
     }
 
     /// At shutdown, once no request is served any more: everything held in memory is

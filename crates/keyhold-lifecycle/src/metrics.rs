@@ -26,6 +26,9 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<String, Route>>,
     provider: Mutex<BTreeMap<(String, String), u64>>,
     audit_failures: AtomicU64,
+    key_probes: AtomicU64,
+    key_probes_skipped: AtomicU64,
+    worst_gap_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -56,6 +59,27 @@ impl Metrics {
     /// Counts an audit event that could not be written.
     pub fn audit_failure(&self) {
         self.audit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the monitor's keys probed with a round trip (two key-service calls each) and
+    /// those real traffic proved (no call).
+    pub fn monitor_probe(&self, probed: u64, skipped: u64) {
+        self.key_probes.fetch_add(probed, Ordering::Relaxed);
+        self.key_probes_skipped.fetch_add(skipped, Ordering::Relaxed);
+    }
+
+    /// Notes the gap between two probes of one tenant's keys.
+    pub fn monitor_gap(&self, gap_ms: u64) {
+        self.worst_gap_ms.fetch_max(gap_ms, Ordering::Relaxed);
+    }
+
+    /// (keys probed, keys skipped, worst gap in ms) so far.
+    pub fn monitor(&self) -> (u64, u64, u64) {
+        (
+            self.key_probes.load(Ordering::Relaxed),
+            self.key_probes_skipped.load(Ordering::Relaxed),
+            self.worst_gap_ms.load(Ordering::Relaxed),
+        )
     }
 
     /// Key-provider calls so far, by (operation, outcome).
@@ -110,6 +134,25 @@ impl Metrics {
         let _ = writeln!(out, "# HELP keyhold_audit_write_failures_total Audit events that could not be written.");
         let _ = writeln!(out, "# TYPE keyhold_audit_write_failures_total counter");
         let _ = writeln!(out, "keyhold_audit_write_failures_total {}", self.audit_failures.load(Ordering::Relaxed));
+        let (probed, skipped, gap) = self.monitor();
+        let _ = writeln!(
+            out,
+            "# HELP keyhold_monitor_key_probes_total Keys this instance probed with a round trip (2 key-service calls each)."
+        );
+        let _ = writeln!(out, "# TYPE keyhold_monitor_key_probes_total counter");
+        let _ = writeln!(out, "keyhold_monitor_key_probes_total {probed}");
+        let _ = writeln!(
+            out,
+            "# HELP keyhold_monitor_key_probes_skipped_total Keys not probed: real traffic generated and decrypted with them within the interval."
+        );
+        let _ = writeln!(out, "# TYPE keyhold_monitor_key_probes_skipped_total counter");
+        let _ = writeln!(out, "keyhold_monitor_key_probes_skipped_total {skipped}");
+        let _ = writeln!(
+            out,
+            "# HELP keyhold_monitor_worst_gap_seconds The longest time between two probes of one tenant's keys this instance saw."
+        );
+        let _ = writeln!(out, "# TYPE keyhold_monitor_worst_gap_seconds gauge");
+        let _ = writeln!(out, "keyhold_monitor_worst_gap_seconds {}", gap as f64 / 1000.0);
         out
     }
 }

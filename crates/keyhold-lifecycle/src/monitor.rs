@@ -1,8 +1,18 @@
 //! The key health monitor: every tenant that is active, degraded or suspended has each of
-//! its active keys probed on a schedule (jittered), with a real round trip under the
-//! tenant's context (`GenerateDataKey` on the key, then `Decrypt` of what it returned), so
-//! both a key state change and a key policy or grant change are seen. A request that meets
-//! a refusal by an active key runs the same probe at once ([`Lifecycle::probe_now`]).
+//! its active keys probed with a real round trip under the tenant's context
+//! (`GenerateDataKey` on the key, then `Decrypt` of what it returned), so both a key state
+//! change and a key policy or grant change are seen. A request that meets a refusal by an
+//! active key runs the same probe at once ([`Lifecycle::probe_now`]).
+//!
+//! **One probe per tenant per interval across the cluster** ([`spawn`]): the schedule is
+//! in the registry; each watched tenant has a fixed offset in the interval (so probes are
+//! spread evenly), due tenants are claimed with a lease (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL) so one instance probes them, up to [`PROBE_CONCURRENCY`] at once, and each
+//! is scheduled again one interval after it was due (a quarter of an interval while it is
+//! degraded or suspended, so recovery is seen sooner). An active tenant's key that real
+//! traffic used successfully for both a generate (or wrap) and a decrypt within the
+//! interval is not probed: the traffic proved it. Metrics: keys probed and skipped, and
+//! the worst gap between two probes of one tenant.
 //!
 //! A definitive refusal (disabled, pending deletion, not found, access denied, wrong key)
 //! suspends the tenant at once (cause `key_refused`): its cached data keys are dropped and
@@ -15,8 +25,9 @@
 //! ([`Event::KeyProbe`]) when it differs from the previous probe's, and each tenant gets a
 //! [`Event::ProbeSummary`] every [`SUMMARY_EVERY_MS`].
 //!
-//! Revocation bound on this instance without traffic: KMS propagation + one probe interval
-//! (+10% jitter); on other instances sharing the registry, add the tenant view's lifetime.
+//! Revocation bound without traffic: KMS propagation + one probe interval (+ the schedule's
+//! polling, at most a second); other instances learn of it through the registry's
+//! notifications (PostgreSQL) or when their tenant view expires.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -118,7 +129,13 @@ impl Lifecycle {
 
     /// Probes and applies the outcome to `t` (as read); returns its state afterwards.
     async fn probe_and_apply(&self, t: &Tenant) -> Option<TenantState> {
-        let outcome = self.probe(t).await;
+        self.probe_and_apply_skipping(t, &[]).await
+    }
+
+    /// As `probe_and_apply`, without probing the keys in `skip` (real traffic proved them
+    /// within the interval).
+    async fn probe_and_apply_skipping(&self, t: &Tenant, skip: &[String]) -> Option<TenantState> {
+        let outcome = self.probe(t, skip).await;
         let resumable = matches!(t.cause, Some(Cause::KeyRefused | Cause::KeyUnavailable));
         let (to, cause, reason, detail) = match outcome {
             Outcome::Healthy if t.state == TenantState::Suspended && !resumable => return Some(t.state),
@@ -144,7 +161,7 @@ impl Lifecycle {
         }
     }
 
-    async fn probe(&self, tenant: &Tenant) -> Outcome {
+    async fn probe(&self, tenant: &Tenant, skip: &[String]) -> Outcome {
         self.forget_view(&tenant.id);
         let Ok(view) = self.tenant_view(&tenant.id).await else {
             return Outcome::Transient("the registry did not answer".into(), Detail::default());
@@ -158,8 +175,12 @@ impl Lifecycle {
         context.insert(RESERVED_PURPOSE_KEY, PROBE_PURPOSE);
         let mut transient = None;
         let mut refused = None;
-        let (mut probes, mut failures) = (0u64, 0u64);
+        let (mut probes, mut failures, mut skipped) = (0u64, 0u64, 0u64);
         for key in view.active.iter() {
+            if skip.iter().any(|k| k == key.as_str()) {
+                skipped += 1;
+                continue;
+            }
             let Some(provider) = self.raw.iter().find(|p| p.accepts(key)) else {
                 let detail = Detail {
                     key: Some(key.to_string()),
@@ -205,6 +226,7 @@ impl Lifecycle {
             }
         }
         self.summarise(&tenant.id, probes, failures).await;
+        self.metrics.monitor_probe(probes, skipped);
         match (refused, transient) {
             (Some((r, d)), _) => Outcome::Refused(r, d),
             (None, Some((t, d))) => Outcome::Transient(t, d),
@@ -309,22 +331,104 @@ impl Lifecycle {
     }
 }
 
-/// Runs [`Lifecycle::probe_all`] every `interval` (plus up to 10% jitter) until dropped.
-pub fn spawn(lifecycle: Arc<Lifecycle>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let jitter = interval.mul_f64(f64::from(jitter_permille()) / 10_000.0);
-            tokio::time::sleep(interval + jitter).await;
-            lifecycle.probe_all().await;
+/// Tenants probed at once by one instance.
+pub const PROBE_CONCURRENCY: u32 = 32;
+
+/// How often the schedule takes in new tenants (and drops deleted ones).
+const SYNC_EVERY: Duration = Duration::from_secs(5);
+
+impl Lifecycle {
+    /// Claims the tenants whose probe is due (cluster-wide, see [`spawn`]) and probes them
+    /// concurrently; returns how many were claimed.
+    pub async fn run_due_probes(&self, interval: Duration) -> usize {
+        let now = self.now_ms();
+        let interval_ms = ms(interval);
+        let lease = interval_ms.max(30_000);
+        let claimed = match self.registry.claim_probes(now, lease, PROBE_CONCURRENCY).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "due probes could not be claimed; retrying");
+                return 0;
+            }
+        };
+        let n = claimed.len();
+        let Some(me) = self.me.upgrade() else { return 0 };
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in claimed {
+            let me = me.clone();
+            tasks.spawn(async move { me.run_probe(c, interval_ms).await });
         }
-    })
+        while tasks.join_next().await.is_some() {}
+        n
+    }
+
+    /// Probes one claimed tenant (skipping keys real traffic proved within the interval,
+    /// for an active tenant) and schedules its next probe: one interval after this one was
+    /// due when it is active, a quarter of it when degraded or suspended.
+    async fn run_probe(&self, c: keyhold_registry::ClaimedProbe, interval_ms: u64) {
+        let now = self.now_ms();
+        if let Some(last) = c.last_ms {
+            self.metrics.monitor_gap(now.saturating_sub(last));
+        }
+        let state = match self.tenant(&c.tenant).await {
+            Ok(t) if matches!(t.state, TenantState::Active | TenantState::Degraded | TenantState::Suspended) => {
+                let skip = if t.state == TenantState::Active {
+                    self.registry.keys_with_traffic(&t.id, now.saturating_sub(interval_ms)).await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.probe_and_apply_skipping(&t, &skip).await
+            }
+            _ => None,
+        };
+        let period = if state == Some(TenantState::Active) { interval_ms } else { (interval_ms / 4).max(1) };
+        let mut next = c.due_ms.saturating_add(period);
+        if next <= now {
+            next = now.saturating_add(period);
+        }
+        if let Err(e) = self.registry.probed(&c.tenant, now, next).await {
+            tracing::warn!(tenant = %c.tenant, error = %e, "probe not recorded; it runs again after its lease");
+        }
+    }
 }
 
-/// 0..=1000 from the system's random source (no extra dependency for a jitter).
-fn jitter_permille() -> u16 {
-    let mut b = [0u8; 2];
-    match aws_lc_rs::rand::fill(&mut b) {
-        Ok(()) => u16::from_le_bytes(b) % 1001,
-        Err(_) => 500,
-    }
+/// Where in the interval a tenant's probes fall: the same offset on every instance, spread
+/// evenly over tenants.
+fn spread(tenant: &str, interval_ms: u64) -> u64 {
+    let h = tenant.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    h % interval_ms.max(1)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs the cluster-wide schedule until dropped: every watched tenant (active, degraded,
+/// suspended) is in the registry's schedule at an offset spread over `interval`; due
+/// tenants are claimed with a lease (one instance probes each), probed up to
+/// [`PROBE_CONCURRENCY`] at a time, and scheduled again an interval later (a quarter of it
+/// while degraded or suspended).
+pub fn spawn(lifecycle: Arc<Lifecycle>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval_ms = ms(interval);
+        let mut synced: Option<Instant> = None;
+        loop {
+            if synced.is_none_or(|s| s.elapsed() >= SYNC_EVERY.min(interval)) {
+                let now = lifecycle.now_ms();
+                let r = lifecycle.registry.sync_probe_schedule(|id| now + spread(id, interval_ms)).await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "the probe schedule could not be updated");
+                }
+                synced = Some(Instant::now());
+            }
+            if lifecycle.run_due_probes(interval).await == 0 {
+                let now = lifecycle.now_ms();
+                let wait = match lifecycle.registry.next_probe_due().await {
+                    Ok(Some(due)) => due.saturating_sub(now).clamp(20, 1000),
+                    _ => 1000,
+                };
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    })
 }

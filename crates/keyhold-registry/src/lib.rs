@@ -28,6 +28,7 @@
 mod events;
 mod ledger;
 mod notify;
+mod schedule;
 mod types;
 mod webhooks;
 
@@ -42,6 +43,7 @@ use sqlx::{AnyPool, Row};
 pub use events::{EventFilter, NewEvent, StoredEvent};
 pub use ledger::{DataKeyUses, KeyProtects, Reencrypted, Totals};
 pub use notify::{CHANNEL, TenantChanges};
+pub use schedule::{ClaimedProbe, KeyTraffic};
 pub use types::{
     AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
     TenantMode, TenantState,

@@ -95,6 +95,7 @@ both!(
     events_are_stored_with_their_change_or_not_at_all,
     a_reader_paging_events_never_skips_one,
     deliveries_are_queued_with_their_event_and_claimed_once,
+    probes_are_claimed_by_one_instance_at_a_time,
 );
 
 async fn tenant_lifecycle(backend: Backend) {
@@ -595,4 +596,57 @@ async fn deliveries_are_queued_with_their_event_and_claimed_once(backend: Backen
     let fresh = a.claim_deliveries(90_000, 60_000, 100).await.unwrap();
     assert_eq!(fresh.len(), 1);
     assert_eq!(fresh[0].endpoint.id, "wh_acme");
+}
+
+/// The probe schedule takes in watched tenants (not pending or deleted ones), and two
+/// instances claiming at once never claim the same tenant; a probed tenant is due again
+/// when scheduled.
+async fn probes_are_claimed_by_one_instance_at_a_time(backend: Backend) {
+    let (url, _dir) = database(backend).await;
+    let a = Registry::connect(&url).await.unwrap();
+    let b = Registry::connect(&url).await.unwrap();
+    for i in 0..40 {
+        let t = a.create_tenant(&t(&format!("t{i}")), &realm("eu"), TenantMode::Local, None, 1).await.unwrap();
+        if i < 30 {
+            a.transition(&t, TenantState::Active, Cause::KeysValidated, None, 2, &[]).await.unwrap();
+        }
+    }
+    // 30 watched; the 10 pending ones are not.
+    assert_eq!(a.sync_probe_schedule(|_| 100).await.unwrap(), 30);
+    assert_eq!(b.sync_probe_schedule(|_| 100).await.unwrap(), 0);
+    let claim_all = |reg: Registry| async move {
+        let mut mine = Vec::new();
+        loop {
+            let got = reg.claim_probes(100, 1000, 4).await.unwrap();
+            if got.is_empty() {
+                return mine;
+            }
+            mine.extend(got.into_iter().map(|c| c.tenant));
+        }
+    };
+    let (x, y) = tokio::join!(claim_all(a.clone()), claim_all(b.clone()));
+    let mut all: Vec<_> = x.iter().chain(&y).cloned().collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!((n, all.len()), (30, 30), "a tenant was claimed twice");
+    // Probed and scheduled at 5000: not due before, due then.
+    for id in &all {
+        a.probed(id, 200, 5000).await.unwrap();
+    }
+    assert!(a.claim_probes(4999, 1000, 100).await.unwrap().is_empty());
+    assert_eq!(a.next_probe_due().await.unwrap(), Some(5000));
+    let again = b.claim_probes(5000, 1000, 100).await.unwrap();
+    assert_eq!(again.len(), 30);
+    assert!(again.iter().all(|c| c.last_ms == Some(200) && c.due_ms == 5000));
+    // An unreleased lease runs out: claimable again after it.
+    assert!(a.claim_probes(5999, 1000, 100).await.unwrap().is_empty());
+    assert_eq!(a.claim_probes(6000, 1000, 100).await.unwrap().len(), 30);
+    // Traffic: a key proved by both a generate and a decrypt since a time.
+    a.record_key_traffic(&[(t("t1"), "k1".into(), 7000, 0), (t("t1"), "k2".into(), 7000, 7100)]).await.unwrap();
+    a.record_key_traffic(&[(t("t1"), "k1".into(), 0, 7200)]).await.unwrap();
+    let mut proved = a.keys_with_traffic(&t("t1"), 6500).await.unwrap();
+    proved.sort();
+    assert_eq!(proved, ["k1", "k2"]);
+    assert!(a.keys_with_traffic(&t("t1"), 7150).await.unwrap().is_empty());
 }

@@ -26,6 +26,7 @@ use tower::ServiceExt as _;
 mod edge;
 mod events;
 mod keychange;
+mod monitor;
 mod openapi;
 mod promises;
 
