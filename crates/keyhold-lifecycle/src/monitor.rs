@@ -341,7 +341,7 @@ impl Lifecycle {
     /// Claims the tenants whose probe is due (cluster-wide, see [`spawn`]) and probes them
     /// concurrently; returns how many were claimed.
     pub async fn run_due_probes(&self, interval: Duration) -> usize {
-        let now = self.now_ms();
+        let now = wall_ms();
         let interval_ms = ms(interval);
         let lease = interval_ms.max(30_000);
         let claimed = match self.registry.claim_probes(now, lease, PROBE_CONCURRENCY).await {
@@ -366,14 +366,16 @@ impl Lifecycle {
     /// for an active tenant) and schedules its next probe: one interval after this one was
     /// due when it is active, a quarter of it when degraded or suspended.
     async fn run_probe(&self, c: keyhold_registry::ClaimedProbe, interval_ms: u64) {
-        let now = self.now_ms();
+        let now = wall_ms();
         if let Some(last) = c.last_ms {
             self.metrics.monitor_gap(now.saturating_sub(last));
         }
         let state = match self.tenant(&c.tenant).await {
             Ok(t) if matches!(t.state, TenantState::Active | TenantState::Degraded | TenantState::Suspended) => {
                 let skip = if t.state == TenantState::Active {
-                    self.registry.keys_with_traffic(&t.id, now.saturating_sub(interval_ms)).await.unwrap_or_default()
+                    // Traffic is recorded on the lifecycle's clock.
+                    let since = self.now_ms().saturating_sub(interval_ms);
+                    self.registry.keys_with_traffic(&t.id, since).await.unwrap_or_default()
                 } else {
                     Vec::new()
                 };
@@ -383,8 +385,9 @@ impl Lifecycle {
         };
         let period = if state == Some(TenantState::Active) { interval_ms } else { (interval_ms / 4).max(1) };
         let mut next = c.due_ms.saturating_add(period);
-        if next <= now {
-            next = now.saturating_add(period);
+        let done = wall_ms();
+        if next <= done {
+            next = done.saturating_add(period);
         }
         if let Err(e) = self.registry.probed(&c.tenant, now, next).await {
             tracing::warn!(tenant = %c.tenant, error = %e, "probe not recorded; it runs again after its lease");
@@ -403,6 +406,14 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The schedule runs on the system clock (ms since the Unix epoch): its times are shared
+/// by every instance, and a probe interval is real time.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Runs the cluster-wide schedule until dropped: every watched tenant (active, degraded,
 /// suspended) is in the registry's schedule at an offset spread over `interval`; due
 /// tenants are claimed with a lease (one instance probes each), probed up to
@@ -414,7 +425,7 @@ pub fn spawn(lifecycle: Arc<Lifecycle>, interval: Duration) -> tokio::task::Join
         let mut synced: Option<Instant> = None;
         loop {
             if synced.is_none_or(|s| s.elapsed() >= SYNC_EVERY.min(interval)) {
-                let now = lifecycle.now_ms();
+                let now = wall_ms();
                 let r = lifecycle.registry.sync_probe_schedule(|id| now + spread(id, interval_ms)).await;
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "the probe schedule could not be updated");
@@ -422,7 +433,7 @@ pub fn spawn(lifecycle: Arc<Lifecycle>, interval: Duration) -> tokio::task::Join
                 synced = Some(Instant::now());
             }
             if lifecycle.run_due_probes(interval).await == 0 {
-                let now = lifecycle.now_ms();
+                let now = wall_ms();
                 let wait = match lifecycle.registry.next_probe_due().await {
                     Ok(Some(due)) => due.saturating_sub(now).clamp(20, 1000),
                     _ => 1000,
