@@ -13,7 +13,8 @@
 //! Once every running instance (one whose ledger flushed within [`ALIVE_MS`]) has a
 //! receipt, one `tenant.revocation_confirmed` event says since when no instance can use
 //! the tenant's keys. The sweep runs with every flush, so an instance that missed the
-//! notification confirms within a flush interval.
+//! notification confirms within a flush interval, and a confirmation held back by an
+//! instance that died is given once that instance no longer counts as running.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,16 @@ impl Lifecycle {
             Ok(list) => {
                 for (id, version) in list {
                     self.revoked(&id, version).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the revocation sweep could not read the registry"),
+        }
+        // Confirmations still missing (an instance that died unconfirmed has aged out of
+        // the running set since): looked at again until given.
+        match self.registry.unconfirmed_confirmations(since).await {
+            Ok(list) => {
+                for (id, version) in list {
+                    self.confirm(&id, version).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "the revocation sweep could not read the registry"),

@@ -48,7 +48,7 @@ pub use types::{
     AuditHead, AuditRow, Cause, KeyCheck, KeyStatus, Purposes, ServiceIdentity, ServiceKey, Tenant, TenantKey,
     TenantMode, TenantState,
 };
-pub use webhooks::{AttemptOutcome, AttemptRow, ClaimedDelivery, DeliveryRow, WebhookEndpoint};
+pub use webhooks::{AttemptOutcome, AttemptRow, ClaimedDelivery, DeliveryRow, TestQueued, WebhookEndpoint};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

@@ -120,3 +120,27 @@ impl Registry {
             .collect()
     }
 }
+
+impl Registry {
+    /// Suspended or deleted tenants changed since `since_ms` whose revocation at their
+    /// current version has no confirmation event yet: (tenant, version).
+    pub async fn unconfirmed_confirmations(&self, since_ms: u64) -> Result<Vec<(TenantId, u64)>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.version FROM tenants t WHERE t.state IN ($1, $2) AND t.updated_ms >= $3 AND NOT EXISTS \
+             (SELECT 1 FROM events e WHERE e.dedupe = t.id || ':revocation:' || t.version)",
+        )
+        .bind(TenantState::Suspended.as_str())
+        .bind(TenantState::Deleted.as_str())
+        .bind(ms(since_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let id: String = r.try_get(0).ok()?;
+                let v: i64 = r.try_get(1).ok()?;
+                TenantId::parse(&id).ok().map(|t| (t, unms(v)))
+            })
+            .collect())
+    }
+}

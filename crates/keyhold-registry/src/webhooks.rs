@@ -12,7 +12,7 @@ use keyhold_core::TenantId;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Backend, NewEvent, Registry, RegistryError, Result, StoredEvent, ms, unms};
+use crate::{NewEvent, Registry, RegistryError, Result, StoredEvent, ms, unms};
 
 /// A webhook endpoint.
 #[derive(Clone, PartialEq, Eq)]
@@ -60,6 +60,19 @@ pub struct ClaimedDelivery {
     pub event: StoredEvent,
     /// Attempts made before this one.
     pub attempts: u32,
+}
+
+/// What a test send came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestQueued {
+    /// Queued: the test event's id.
+    Queued(u64),
+    /// No such endpoint.
+    NoEndpoint,
+    /// The endpoint is disabled (it answered 410).
+    Disabled,
+    /// A test of it is still pending.
+    Pending,
 }
 
 /// What an attempt came to.
@@ -151,9 +164,32 @@ fn status_of(v: Option<i64>) -> Option<u16> {
 }
 
 impl Registry {
-    /// Registers an endpoint.
-    pub async fn add_webhook(&self, e: &WebhookEndpoint) -> Result<()> {
+    /// Registers an endpoint unless its owner (its tenant, or the platform) has `max`
+    /// already; returns whether it was. Counted and inserted in one transaction under a
+    /// lock per owner, so concurrent registrations never pass the limit.
+    pub async fn add_webhook(&self, e: &WebhookEndpoint, max: usize) -> Result<bool> {
         let types = e.types.as_ref().map(|t| format!(",{},", t.join(",")));
+        let owner = e.tenant.as_ref().map_or("(platform)", TenantId::as_str);
+        let mut tx = self.begin_write().await?;
+        if self.backend == crate::Backend::Postgres {
+            let key =
+                owner.bytes().fold(0x5745_4248_4f4f_4b53_i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)));
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(&mut *tx).await?;
+        }
+        let count: i64 = match &e.tenant {
+            Some(t) => sqlx::query("SELECT COUNT(*) FROM webhook_endpoints WHERE tenant_id = $1")
+                .bind(t.as_str())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?,
+            None => sqlx::query("SELECT COUNT(*) FROM webhook_endpoints WHERE tenant_id IS NULL")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?,
+        };
+        if usize::try_from(count).unwrap_or(usize::MAX) >= max {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, tenant_id, url, types, secret, created_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -163,9 +199,10 @@ impl Registry {
         .bind(types)
         .bind(&e.secret)
         .bind(ms(e.created_ms))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// A tenant's endpoints (`Some`), or the platform-wide ones (`None`).
@@ -222,14 +259,30 @@ impl Registry {
         Ok(r.rows_affected() > 0)
     }
 
-    /// Stores `event` (a test) and queues it for endpoint `id` alone, in one transaction;
-    /// the event's id, or `None` when the endpoint does not exist.
-    pub async fn webhook_test(&self, id: &str, event: &NewEvent, now_ms: u64) -> Result<Option<u64>> {
+    /// Stores `event` (a test) and queues it for endpoint `id` alone, in one transaction.
+    /// Refused for a disabled endpoint, and while a test of it is still pending (one test
+    /// at a time: a test send cannot be used to flood an endpoint or the queue).
+    pub async fn webhook_test(&self, id: &str, event: &NewEvent, now_ms: u64) -> Result<TestQueued> {
         let mut tx = self.begin_write().await?;
-        let exists =
-            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
-        if exists.is_none() {
-            return Ok(None);
+        let row = sqlx::query("SELECT disabled_ms FROM webhook_endpoints WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(TestQueued::NoEndpoint) };
+        let disabled: Option<i64> = row.try_get(0)?;
+        if disabled.is_some() {
+            return Ok(TestQueued::Disabled);
+        }
+        let pending = sqlx::query(
+            "SELECT 1 FROM webhook_deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE d.endpoint_id = $1 AND d.state = 'pending' AND e.kind = $2",
+        )
+        .bind(id)
+        .bind(event.kind)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if pending.is_some() {
+            return Ok(TestQueued::Pending);
         }
         let event_id = self
             .insert_event_row(&mut tx, event, now_ms)
@@ -245,23 +298,26 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(event_id))
+        Ok(TestQueued::Queued(event_id))
     }
 
     /// Claims up to `limit` due deliveries for `lease_ms`: no other claimer gets them
-    /// until the lease runs out or they are finished.
+    /// until the lease runs out or they are finished. At most one delivery per endpoint is
+    /// out at a time (the endpoint's earliest due), so a slow or flooded endpoint holds one
+    /// sender, never the queue.
     pub async fn claim_deliveries(&self, now_ms: u64, lease_ms: u64, limit: u32) -> Result<Vec<ClaimedDelivery>> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
         let mut tx = self.begin_write().await?;
-        let ids: Vec<i64> = sqlx::query(&format!(
-            "UPDATE webhook_deliveries SET lease_until_ms = $1 WHERE id IN (SELECT id FROM webhook_deliveries \
-             WHERE state = 'pending' AND next_ms <= $2 AND (lease_until_ms IS NULL OR lease_until_ms <= $2) \
-             ORDER BY next_ms LIMIT $3{lock}) RETURNING id"
-        ))
-        .bind(ms(now_ms.saturating_add(lease_ms)))
+        // Candidates first (window functions rule out FOR UPDATE); the update claims each
+        // only if it is still unleased when its row is locked, so two claimers never get
+        // the same delivery.
+        let candidates: Vec<i64> = sqlx::query(
+            "SELECT id FROM (SELECT d.id, d.next_ms, ROW_NUMBER() OVER (PARTITION BY d.endpoint_id \
+             ORDER BY d.next_ms, d.id) AS rn FROM webhook_deliveries d \
+             WHERE d.state = 'pending' AND d.next_ms <= $1 AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= $1) \
+             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.endpoint_id = d.endpoint_id \
+             AND b.state = 'pending' AND b.lease_until_ms > $1)) x \
+             WHERE rn = 1 ORDER BY next_ms, id LIMIT $2",
+        )
         .bind(ms(now_ms))
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
@@ -269,6 +325,21 @@ impl Registry {
         .iter()
         .map(|r| r.try_get(0))
         .collect::<std::result::Result<_, _>>()?;
+        let mut ids = Vec::with_capacity(candidates.len());
+        for id in candidates {
+            let r = sqlx::query(
+                "UPDATE webhook_deliveries SET lease_until_ms = $1 WHERE id = $2 AND state = 'pending' \
+                 AND (lease_until_ms IS NULL OR lease_until_ms <= $3)",
+            )
+            .bind(ms(now_ms.saturating_add(lease_ms)))
+            .bind(id)
+            .bind(ms(now_ms))
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() > 0 {
+                ids.push(id);
+            }
+        }
         tx.commit().await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {

@@ -537,9 +537,31 @@ async fn deliveries_are_queued_with_their_event_and_claimed_once(backend: Backen
         created_ms: 1,
         disabled: None,
     };
-    a.add_webhook(&endpoint("wh_acme", Some("acme"), None)).await.unwrap();
-    a.add_webhook(&endpoint("wh_globex", Some("globex"), None)).await.unwrap();
-    a.add_webhook(&endpoint("wh_platform", None, Some(vec!["key_change.progress"]))).await.unwrap();
+    assert!(a.add_webhook(&endpoint("wh_acme", Some("acme"), None), 10).await.unwrap());
+    assert!(a.add_webhook(&endpoint("wh_globex", Some("globex"), None), 10).await.unwrap());
+    assert!(a.add_webhook(&endpoint("wh_platform", None, Some(vec!["key_change.progress"])), 10).await.unwrap());
+    // The per-owner limit holds under concurrent registrations on two instances.
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let reg = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let e = endpoint(&format!("wh_race{i}"), Some("initech"), None);
+            tokio::spawn(async move {
+                loop {
+                    match reg.add_webhook(&e, 10).await {
+                        Ok(added) => return added,
+                        // SQLite's busy timeout under this contention: try again.
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut added = 0;
+    for t in tasks {
+        added += usize::from(t.await.unwrap());
+    }
+    assert_eq!(added, 10);
+    assert_eq!(a.webhooks(Some(&t("initech"))).await.unwrap().len(), 10);
     for i in 0..60 {
         let kind = if i % 3 == 0 { "key_change.progress" } else { "tenant.resumed" };
         a.add_event(&ev("acme", kind, i), 100).await.unwrap();
@@ -548,54 +570,50 @@ async fn deliveries_are_queued_with_their_event_and_claimed_once(backend: Backen
     a.add_event(&NewEvent { tenant: None, kind: "key_change_progress", data: "{}".into(), dedupe: None }, 100)
         .await
         .unwrap();
-    let claim_all = |reg: Registry| async move {
-        let mut mine = Vec::new();
-        loop {
-            let got = reg.claim_deliveries(200, 60_000, 7).await.unwrap();
-            if got.is_empty() {
-                return mine;
-            }
-            mine.extend(got);
-        }
-    };
-    let (x, y) = tokio::join!(claim_all(a.clone()), claim_all(b.clone()));
-    let mut ids: Vec<u64> = x.iter().chain(&y).map(|d| d.id).collect();
-    ids.sort_unstable();
-    let n = ids.len();
-    ids.dedup();
-    assert_eq!(ids.len(), n, "a delivery was claimed twice");
-    // acme's endpoint gets all 60; the platform one the 20 progress events; globex none.
-    assert_eq!(n, 80);
-    let all: Vec<_> = x.into_iter().chain(y).collect();
-    assert_eq!(all.iter().filter(|d| d.endpoint.id == "wh_platform").count(), 20);
-    assert!(all.iter().all(|d| d.endpoint.id != "wh_globex"));
-    // Leased: nothing more to claim now. Finish some.
-    assert!(a.claim_deliveries(300, 60_000, 100).await.unwrap().is_empty());
-    let d0 = all.iter().find(|d| d.endpoint.id == "wh_acme").unwrap();
-    a.finish_delivery(d0, &AttemptOutcome::Delivered { status: 200 }, 5, 400).await.unwrap();
-    let d1 = all.iter().find(|d| d.endpoint.id == "wh_platform").unwrap();
+    // Queued per endpoint: acme's gets all 60, the platform's the 20 progress events
+    // (not the look-alike type), globex's none.
+    assert_eq!(a.webhook_deliveries("wh_acme", 1000).await.unwrap().len(), 60);
+    assert_eq!(a.webhook_deliveries("wh_platform", 1000).await.unwrap().len(), 20);
+    assert!(a.webhook_deliveries("wh_globex", 1000).await.unwrap().is_empty());
+    // Two instances claiming at once: one delivery per endpoint is out at a time, never
+    // the same one twice, each endpoint's earliest first.
+    let (x, y) = tokio::join!(a.claim_deliveries(200, 60_000, 7), b.claim_deliveries(200, 60_000, 7));
+    let out: Vec<_> = x.unwrap().into_iter().chain(y.unwrap()).collect();
+    let mut endpoints: Vec<&str> = out.iter().map(|d| d.endpoint.id.as_str()).collect();
+    endpoints.sort_unstable();
+    assert_eq!(endpoints, ["wh_acme", "wh_platform"], "one per endpoint");
+    assert!(a.claim_deliveries(300, 60_000, 100).await.unwrap().is_empty(), "both endpoints are busy");
+    let d0 = out.iter().find(|d| d.endpoint.id == "wh_acme").unwrap().clone();
+    let d1 = out.iter().find(|d| d.endpoint.id == "wh_platform").unwrap().clone();
+    // Delivered: the endpoint's next one is handed out, in order.
+    a.finish_delivery(&d0, &AttemptOutcome::Delivered { status: 200 }, 5, 400).await.unwrap();
+    let next = b.claim_deliveries(400, 60_000, 100).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].endpoint.id, "wh_acme");
+    assert!(next[0].event.id > d0.event.id);
+    // Failed, due again at 1000: the platform endpoint's next one goes meanwhile.
     let failed = AttemptOutcome::Failed { status: Some(500), error: "HTTP 500".into(), next_ms: Some(1000) };
-    a.finish_delivery(d1, &failed, 5, 400).await.unwrap();
-    assert!(a.claim_deliveries(999, 60_000, 100).await.unwrap().is_empty());
-    let again = a.claim_deliveries(1000, 60_000, 100).await.unwrap();
-    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [d1.id]);
-    assert_eq!(again[0].attempts, 1);
-    // 410: the endpoint is disabled and its other deliveries cancelled.
-    a.finish_delivery(&again[0], &AttemptOutcome::Gone, 5, 1100).await.unwrap();
+    a.finish_delivery(&d1, &failed, 5, 400).await.unwrap();
+    let p2 = a.claim_deliveries(500, 60_000, 100).await.unwrap();
+    assert_eq!(p2.len(), 1);
+    assert_eq!(p2[0].endpoint.id, "wh_platform");
+    assert_ne!(p2[0].id, d1.id);
+    // 410: the endpoint is disabled and its other pending deliveries cancelled.
+    a.finish_delivery(&p2[0], &AttemptOutcome::Gone, 5, 600).await.unwrap();
     let p = a.webhook("wh_platform").await.unwrap().unwrap();
     assert!(p.disabled.is_some());
     let log = a.webhook_deliveries("wh_platform", 100).await.unwrap();
-    assert_eq!(log.iter().filter(|d| d.state == "cancelled").count(), 19);
+    assert_eq!(log.iter().filter(|d| d.state == "cancelled").count(), 19, "the other 18 and the failed one");
     assert_eq!(a.webhook_attempts("wh_platform", 100).await.unwrap().len(), 2);
-    // Leases run out: acme's unfinished 59 are claimable again, nothing of the platform's.
-    let later = b.claim_deliveries(70_000, 60_000, 100).await.unwrap();
-    assert_eq!(later.len(), 59);
-    assert!(later.iter().all(|d| d.endpoint.id == "wh_acme"));
+    assert!(a.claim_deliveries(5000, 60_000, 100).await.unwrap().iter().all(|d| d.endpoint.id == "wh_acme"));
+    // An unfinished claim's lease runs out: claimable again, with the same delivery.
+    let later = b.claim_deliveries(200_000, 60_000, 100).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].endpoint.id, "wh_acme");
     // New events do not reach a disabled endpoint.
     a.add_event(&ev("acme", "key_change.progress", 99), 80_000).await.unwrap();
-    let fresh = a.claim_deliveries(90_000, 60_000, 100).await.unwrap();
-    assert_eq!(fresh.len(), 1);
-    assert_eq!(fresh[0].endpoint.id, "wh_acme");
+    assert_eq!(a.webhook_deliveries("wh_platform", 1000).await.unwrap().len(), 20);
+    assert_eq!(a.webhook_deliveries("wh_acme", 1000).await.unwrap().len(), 61);
 }
 
 /// The probe schedule takes in watched tenants (not pending or deleted ones), and two

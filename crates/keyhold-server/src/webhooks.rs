@@ -6,8 +6,10 @@
 //!
 //! The queue is the registry's (deliveries are queued with their event, in its
 //! transaction). Every instance runs a [`Dispatcher`]: it claims due deliveries with a
-//! lease, sends them concurrently (up to [`WebhookConfig::concurrency`]), and records
-//! each attempt. A 2xx delivers; `410 Gone` disables the endpoint; anything else (other
+//! lease (at most one per endpoint at a time, so endpoints are served fairly and in order),
+//! sends them concurrently (up to [`WebhookConfig::concurrency`], a slot refilled as soon
+//! as it frees), and records each attempt; the delivery log shows a coarse error (the
+//! details of a failed connection go to keyhold's log, not to the tenant). A 2xx delivers; `410 Gone` disables the endpoint; anything else (other
 //! statuses, timeouts, refused connections) is retried on [`SCHEDULE`] with ±20% jitter,
 //! about three days in all, then given up.
 //!
@@ -106,31 +108,45 @@ pub fn sign(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> Option<Strin
     Some(format!("v1,{}", B64.encode(ctx.sign().as_ref())))
 }
 
-/// Whether keyhold may send to `ip` without [`WebhookConfig::allow_private`].
+/// Whether keyhold may send to `ip` without [`WebhookConfig::allow_private`]: globally
+/// routable addresses only. IPv4 excludes this network, private, CGNAT, loopback,
+/// link-local, the IETF protocol block, the documentation and benchmarking ranges,
+/// multicast and the reserved block; IPv6 allows global unicast (`2000::/3`) only,
+/// without documentation (`2001:db8::/32`), Teredo (`2001::/32`) or 6to4 (`2002::/16`),
+/// which embed other addresses, and judges IPv4-mapped addresses as IPv4.
 pub fn public_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || o[0] >= 240)
+            let in_net = |net: [u8; 4], bits: u32| {
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                (u32::from_be_bytes(o) & mask) == (u32::from_be_bytes(net) & mask)
+            };
+            let special: [([u8; 4], u32); 14] = [
+                ([0, 0, 0, 0], 8),
+                ([10, 0, 0, 0], 8),
+                ([100, 64, 0, 0], 10),
+                ([127, 0, 0, 0], 8),
+                ([169, 254, 0, 0], 16),
+                ([172, 16, 0, 0], 12),
+                ([192, 0, 0, 0], 24),
+                ([192, 0, 2, 0], 24),
+                ([192, 88, 99, 0], 24),
+                ([192, 168, 0, 0], 16),
+                ([198, 18, 0, 0], 15),
+                ([198, 51, 100, 0], 24),
+                ([203, 0, 113, 0], 24),
+                ([224, 0, 0, 0], 3),
+            ];
+            !special.iter().any(|(net, bits)| in_net(*net, *bits))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => public_address(IpAddr::V4(v4)),
-            None => {
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local())
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return public_address(IpAddr::V4(v4));
             }
-        },
+            let s = v6.segments();
+            (s[0] & 0xe000) == 0x2000 && !(s[0] == 0x2001 && (s[1] == 0x0db8 || s[1] == 0)) && s[0] != 0x2002
+        }
     }
 }
 
@@ -151,6 +167,16 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
     let auth = uri.authority().ok_or("the URL has no host")?;
     if auth.as_str().contains('@') {
         return Err("the URL must not carry credentials".into());
+    }
+    if let Some(port) = auth.port() {
+        if port.as_u16() == 0 {
+            return Err("the URL's port must be 1 to 65535".into());
+        }
+    } else if auth.as_str().ends_with(':') {
+        return Err("the URL's port is empty".into());
+    }
+    if url.contains('#') {
+        return Err("the URL must not carry a fragment".into());
     }
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -235,25 +261,17 @@ impl Dispatcher {
         Self { registry, config, client, clock }
     }
 
-    /// Claims and sends what is due once; returns how many were claimed.
-    pub async fn run_once(self: &Arc<Self>) -> usize {
+    /// Claims up to `n` due deliveries (at most one per endpoint at a time).
+    async fn claim(&self, n: usize) -> Vec<ClaimedDelivery> {
         let now = self.clock.now_millis();
-        let limit = u32::try_from(self.config.concurrency.max(1)).unwrap_or(16);
-        let claimed = match self.registry.claim_deliveries(now, ms(LEASE), limit).await {
+        let limit = u32::try_from(n.max(1)).unwrap_or(16);
+        match self.registry.claim_deliveries(now, ms(LEASE), limit).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook deliveries could not be claimed; retrying");
-                return 0;
+                Vec::new()
             }
-        };
-        let n = claimed.len();
-        let mut tasks = tokio::task::JoinSet::new();
-        for d in claimed {
-            let me = self.clone();
-            tasks.spawn(async move { me.deliver(d).await });
         }
-        while tasks.join_next().await.is_some() {}
-        n
     }
 
     async fn deliver(&self, d: ClaimedDelivery) {
@@ -324,7 +342,12 @@ impl Dispatcher {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("the request could not be built: {e}"))?;
         let send = async {
-            let resp = self.client.request(req).await.map_err(|e| format!("sending failed: {}", chain(&e)))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                // The details go to the log only: a tenant's delivery log must not map the
+                // network behind keyhold (which ports answer, which certificates they show).
+                tracing::info!(endpoint = %d.endpoint.id, error = %chain(&e), "webhook connection failed");
+                "the endpoint could not be reached (connection or TLS failed)".to_owned()
+            })?;
             let status = resp.status().as_u16();
             // Read (and drop) at most 64 KiB of the answer, so the connection can be reused.
             let mut body = resp.into_body();
@@ -358,13 +381,36 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs `dispatcher` until dropped: at once when deliveries were due, else every
-/// [`WebhookConfig::poll`].
+/// Runs `dispatcher` until dropped: up to [`WebhookConfig::concurrency`] deliveries in
+/// flight, a new one claimed as soon as a slot frees (a slow endpoint holds one slot, not
+/// the queue); every [`WebhookConfig::poll`] when nothing was due. The registry hands out
+/// at most one delivery per endpoint at a time, so one tenant's slow or flooded endpoint
+/// cannot hold back the others'.
 pub fn spawn(dispatcher: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(dispatcher.config.concurrency.max(1)));
         loop {
-            if dispatcher.run_once().await == 0 {
+            let Ok(first) = slots.clone().acquire_owned().await else { return };
+            let claimed = dispatcher.claim(slots.available_permits() + 1).await;
+            if claimed.is_empty() {
+                drop(first);
                 tokio::time::sleep(dispatcher.config.poll).await;
+                continue;
+            }
+            let mut permit = Some(first);
+            for d in claimed {
+                let p = match permit.take() {
+                    Some(p) => p,
+                    None => match slots.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                let me = dispatcher.clone();
+                tokio::spawn(async move {
+                    me.deliver(d).await;
+                    drop(p);
+                });
             }
         }
     })

@@ -293,6 +293,12 @@ async fn webhook_endpoints_belong_to_their_owner() {
     let (_, log) = f.call(Method::GET, &format!("/v1/tenants/acme/webhooks/{id}/deliveries"), Some(&acme), None).await;
     assert_eq!(log["deliveries"][0]["event_id"], t["event_id"], "{log}");
     assert_eq!(log["deliveries"][0]["state"], "pending");
+    // One test at a time per endpoint: a test send cannot flood it or the queue.
+    let (s, e) = f.call(Method::POST, &format!("/v1/tenants/acme/webhooks/{id}/test"), Some(&acme), None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("test_pending")), "{e}");
+    // A malformed endpoint id is a client error.
+    let (s, e) = f.call(Method::GET, "/v1/tenants/acme/webhooks/wh_zz", Some(&acme), None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{e}");
     // At most ten per tenant.
     for i in 1..10 {
         let (s, _) =
@@ -351,4 +357,28 @@ async fn a_suspension_reaches_every_instance_within_a_second_on_postgres() {
     for l in listeners {
         l.abort();
     }
+}
+
+/// A confirmation held back by an instance that stopped before confirming is given once
+/// that instance no longer counts as running (the sweep looks again), never before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instance_delays_the_revocation_confirmation_only_while_it_counts_as_running() {
+    let url = fresh_postgres("keyhold_receipts").await;
+    let a = fixture_on(Some(url.clone())).await;
+    let keys = a.active_tenant("acme").await;
+    let b = second_instance(&a, url).await;
+    // Both running (their ledgers flushed); b then stops without ever confirming.
+    a.state.lifecycle.flush(false).await;
+    b.state.lifecycle.flush(false).await;
+    a.local().disable_key(&KeyRef::parse(&keys[0]).unwrap()).unwrap();
+    a.state.lifecycle.probe_all().await;
+    a.state.lifecycle.flush(false).await;
+    let confirmed =
+        || async { feed(&a, "/v1/tenants/acme/events?type=tenant.revocation_confirmed", &a.admin_token()).await };
+    assert!(confirmed().await.is_empty(), "confirmed while b could still use the keys");
+    a.clock.advance(std::time::Duration::from_millis(keyhold_lifecycle::propagation::ALIVE_MS + 1));
+    a.state.lifecycle.flush(false).await;
+    let c = confirmed().await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    drop(b);
 }

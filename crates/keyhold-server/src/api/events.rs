@@ -83,7 +83,7 @@ fn page(q: &EventsQuery) -> Result<(u64, u32, Vec<String>), ApiError> {
         return Err(ApiError::invalid(format!("limit must be 1 to {}, not {limit}", schema::AUDIT_PAGE)));
     }
     let mut kinds = Vec::new();
-    if q.kinds.as_deref().is_some_and(|k| k.trim().is_empty()) {
+    if q.kinds.as_deref().is_some_and(|k| k.split(',').all(|t| t.trim().is_empty())) {
         return Err(ApiError::invalid("type must name at least one event type (omit it for every type)"));
     }
     for k in q.kinds.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|k| !k.is_empty()) {

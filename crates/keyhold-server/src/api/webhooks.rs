@@ -174,7 +174,7 @@ fn not_found(wid: &str) -> ApiError {
 
 /// The endpoint `wid` if it is `owner`'s (a tenant's, or the platform's for `None`).
 async fn owned(state: &AppState, owner: Option<&TenantId>, wid: &str) -> Result<WebhookEndpoint, ApiError> {
-    match state.lifecycle.registry().webhook(wid).await? {
+    match state.lifecycle.registry().webhook(webhook_id(wid)?).await? {
         Some(e) if e.tenant.as_ref() == owner => Ok(e),
         _ => Err(not_found(wid)),
     }
@@ -202,17 +202,7 @@ async fn create(state: &AppState, owner: Option<TenantId>, body: CreateWebhook) 
         }
     };
     let registry = state.lifecycle.registry();
-    let (existing, max) = match &owner {
-        Some(t) => (registry.webhooks(Some(t)).await?.len(), MAX_TENANT_ENDPOINTS),
-        None => (registry.webhooks(None).await?.len(), MAX_PLATFORM_ENDPOINTS),
-    };
-    if existing >= max {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "too_many_webhooks",
-            format!("at most {max} webhook endpoints here; delete one first"),
-        ));
-    }
+    let max = if owner.is_some() { MAX_TENANT_ENDPOINTS } else { MAX_PLATFORM_ENDPOINTS };
     let now = state.now_ms();
     let e = WebhookEndpoint {
         id: crate::webhooks::new_id().map_err(|_| ApiError::internal())?,
@@ -224,7 +214,13 @@ async fn create(state: &AppState, owner: Option<TenantId>, body: CreateWebhook) 
         created_ms: now,
         disabled: None,
     };
-    registry.add_webhook(&e).await?;
+    if !registry.add_webhook(&e, max).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_webhooks",
+            format!("at most {max} webhook endpoints here; delete one first"),
+        ));
+    }
     Ok(out(e, true, now))
 }
 
@@ -251,9 +247,20 @@ async fn test_send(state: &AppState, e: &WebhookEndpoint) -> Result<TestSent, Ap
         "endpoint": e.id,
     });
     let event = keyhold_registry::NewEvent { tenant, kind: WEBHOOK_TEST, data: data.to_string(), dedupe: None };
+    use keyhold_registry::TestQueued as Q;
     match state.lifecycle.registry().webhook_test(&e.id, &event, now).await? {
-        Some(event_id) => Ok(TestSent { event_id }),
-        None => Err(not_found(&e.id)),
+        Q::Queued(event_id) => Ok(TestSent { event_id }),
+        Q::NoEndpoint => Err(not_found(&e.id)),
+        Q::Disabled => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "webhook_disabled",
+            "the endpoint is disabled (it answered 410 Gone); register it again to use it",
+        )),
+        Q::Pending => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "test_pending",
+            "a test of this endpoint is still being delivered; see its delivery log",
+        )),
     }
 }
 
@@ -288,11 +295,25 @@ async fn log(state: &AppState, e: &WebhookEndpoint) -> Result<DeliveryLog, ApiEr
     Ok(DeliveryLog { deliveries, attempts })
 }
 
-async fn tenant_owner(state: &AppState, p: &Principal, id: &str) -> Result<TenantId, ApiError> {
+/// The tenant `id` if the caller manages it; a deleted tenant's endpoints can still be
+/// listed and deleted (not created, rotated or tested).
+async fn tenant_owner(state: &AppState, p: &Principal, id: &str, live: bool) -> Result<TenantId, ApiError> {
     let id = tenant_id(id)?;
     manages(p, &id)?;
-    state.lifecycle.live_tenant(&id).await?;
+    if live {
+        state.lifecycle.live_tenant(&id).await?;
+    } else {
+        state.lifecycle.tenant(&id).await?;
+    }
     Ok(id)
+}
+
+/// An endpoint id from the path (`wh_` and 32 hex digits).
+fn webhook_id(wid: &str) -> Result<&str, ApiError> {
+    let ok = wid
+        .strip_prefix("wh_")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    if ok { Ok(wid) } else { Err(ApiError::invalid("invalid webhook id: `wh_` and 32 lowercase hex digits")) }
 }
 
 /// Registers a webhook endpoint for the tenant's events; answers its `whsec_` secret
@@ -314,7 +335,7 @@ pub async fn create_tenant_webhook(
     ApiPath(TenantPath { id }): ApiPath<TenantPath>,
     ApiJson(body): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
-    let id = tenant_owner(&state, &p, &id).await?;
+    let id = tenant_owner(&state, &p, &id, true).await?;
     Ok((StatusCode::CREATED, Json(create(&state, Some(id), body).await?)))
 }
 
@@ -334,7 +355,7 @@ pub async fn list_tenant_webhooks(
     State(state): Shared,
     ApiPath(TenantPath { id }): ApiPath<TenantPath>,
 ) -> Result<Json<WebhookList>, ApiError> {
-    let id = tenant_owner(&state, &p, &id).await?;
+    let id = tenant_owner(&state, &p, &id, false).await?;
     let now = state.now_ms();
     let list = state.lifecycle.registry().webhooks(Some(&id)).await?;
     Ok(Json(WebhookList { webhooks: list.into_iter().map(|e| out(e, false, now)).collect() }))
@@ -356,7 +377,7 @@ pub async fn get_tenant_webhook(
     State(state): Shared,
     ApiPath(TenantWebhookPath { id, wid }): ApiPath<TenantWebhookPath>,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    let id = tenant_owner(&state, &p, &id).await?;
+    let id = tenant_owner(&state, &p, &id, false).await?;
     Ok(Json(out(owned(&state, Some(&id), &wid).await?, false, state.now_ms())))
 }
 
@@ -376,7 +397,7 @@ pub async fn delete_tenant_webhook(
     State(state): Shared,
     ApiPath(TenantWebhookPath { id, wid }): ApiPath<TenantWebhookPath>,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    let id = tenant_owner(&state, &p, &id).await?;
+    let id = tenant_owner(&state, &p, &id, false).await?;
     let e = owned(&state, Some(&id), &wid).await?;
     if !state.lifecycle.registry().remove_webhook(&e.id, state.now_ms()).await? {
         return Err(not_found(&wid));
@@ -401,7 +422,7 @@ pub async fn rotate_tenant_webhook(
     State(state): Shared,
     ApiPath(TenantWebhookPath { id, wid }): ApiPath<TenantWebhookPath>,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    let id = tenant_owner(&state, &p, &id).await?;
+    let id = tenant_owner(&state, &p, &id, true).await?;
     let e = owned(&state, Some(&id), &wid).await?;
     Ok(Json(rotate(&state, e).await?))
 }
@@ -422,7 +443,7 @@ pub async fn test_tenant_webhook(
     State(state): Shared,
     ApiPath(TenantWebhookPath { id, wid }): ApiPath<TenantWebhookPath>,
 ) -> Result<(StatusCode, Json<TestSent>), ApiError> {
-    let id = tenant_owner(&state, &p, &id).await?;
+    let id = tenant_owner(&state, &p, &id, true).await?;
     let e = owned(&state, Some(&id), &wid).await?;
     Ok((StatusCode::ACCEPTED, Json(test_send(&state, &e).await?)))
 }
@@ -443,7 +464,7 @@ pub async fn tenant_webhook_deliveries(
     State(state): Shared,
     ApiPath(TenantWebhookPath { id, wid }): ApiPath<TenantWebhookPath>,
 ) -> Result<Json<DeliveryLog>, ApiError> {
-    let id = tenant_owner(&state, &p, &id).await?;
+    let id = tenant_owner(&state, &p, &id, false).await?;
     let e = owned(&state, Some(&id), &wid).await?;
     Ok(Json(log(&state, &e).await?))
 }
