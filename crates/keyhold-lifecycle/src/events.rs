@@ -38,6 +38,10 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("key_change.completed", "every message under the replaced keys was re-encrypted"),
     ("data_keys.rotated", "the tenant's data keys were rotated by force: no instance uses the old ones"),
     ("webhook.test", "a test event, sent on request to one webhook endpoint"),
+    (
+        "audit.unavailable",
+        "the tenant's audit trail could not be written for a while: its requests were refused meanwhile",
+    ),
 ];
 
 /// Where and why, for an event about a key.
@@ -201,6 +205,26 @@ pub(crate) fn revocation_confirmed(tenant: &TenantId, version: u64, last_ms: u64
     let extra = json!({"version": version, "confirmed_ms": last_ms});
     let mut e = event(tenant, "tenant.revocation_confirmed", body(tenant, &message, &Detail::default(), extra));
     e.dedupe = Some(format!("{tenant}:revocation:{version}"));
+    e
+}
+
+/// The event of an audit outage of `tenant` from `from_ms` to `to_ms` (stored once the
+/// trail is writable again).
+pub(crate) fn audit_unavailable(tenant: &TenantId, from_ms: u64, to_ms: u64) -> NewEvent {
+    let fmt = |ms: u64| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    let message = format!(
+        "keyhold could not write the tenant's audit trail from {} to {}: every request was refused meanwhile, so no \
+         key use went unrecorded",
+        fmt(from_ms),
+        fmt(to_ms)
+    );
+    let detail = Detail { code: Some("audit_unavailable".into()), ..Detail::default() };
+    let mut e = event(
+        tenant,
+        "audit.unavailable",
+        body(tenant, &message, &detail, json!({"from_ms": from_ms, "to_ms": to_ms})),
+    );
+    e.dedupe = Some(format!("{tenant}:audit:{from_ms}"));
     e
 }
 

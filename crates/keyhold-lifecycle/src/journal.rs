@@ -61,6 +61,10 @@ pub struct Journal {
     /// Tenants whose records are not all durable: their requests are refused.
     behind: Mutex<HashSet<TenantId>>,
     any_behind: AtomicBool,
+    /// Since when each tenant behind has been (the start of its audit outage).
+    outages: Mutex<HashMap<TenantId, u64>>,
+    /// Outages that ended, (tenant, from, to), for their `audit.unavailable` event.
+    ended: Mutex<Vec<(TenantId, u64, u64)>>,
     /// One flush at a time, so what is left unwritten is known exactly.
     flushing: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -77,6 +81,8 @@ impl Journal {
             pending: Mutex::new(Vec::new()),
             behind: Mutex::new(HashSet::new()),
             any_behind: AtomicBool::new(false),
+            outages: Mutex::new(HashMap::new()),
+            ended: Mutex::new(Vec::new()),
             flushing: tokio::sync::Mutex::new(()),
             metrics,
             clock,
@@ -108,6 +114,17 @@ impl Journal {
     fn mark_behind(&self, tenant: &TenantId) {
         lock(&self.behind).insert(tenant.clone());
         self.any_behind.store(true, Ordering::Relaxed);
+        lock(&self.outages).entry(tenant.clone()).or_insert_with(|| self.clock.now_millis());
+    }
+
+    /// Audit outages that ended since the last call: (tenant, from, to) ms.
+    pub fn ended_outages(&self) -> Vec<(TenantId, u64, u64)> {
+        std::mem::take(&mut *lock(&self.ended))
+    }
+
+    /// Gives back outages whose event could not be stored, for the next flush.
+    pub fn restore_outages(&self, outages: Vec<(TenantId, u64, u64)>) {
+        lock(&self.ended).extend(outages);
     }
 
     /// Appends `event` to `tenant`'s trail; returns once it is durable.
@@ -258,6 +275,20 @@ impl Journal {
             behind.insert(t.clone());
         }
         self.any_behind.store(!behind.is_empty(), Ordering::Relaxed);
+        {
+            // Outages start when a tenant first falls behind and end when a flush clears it.
+            let mut outages = lock(&self.outages);
+            for t in &behind {
+                outages.entry(t.clone()).or_insert(now);
+            }
+            let over: Vec<TenantId> = outages.keys().filter(|t| !behind.contains(*t)).cloned().collect();
+            let mut ended = lock(&self.ended);
+            for t in over {
+                if let Some(from) = outages.remove(&t) {
+                    ended.push((t, from, now));
+                }
+            }
+        }
         *lock(&self.behind) = behind;
     }
 }

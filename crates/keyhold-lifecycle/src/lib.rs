@@ -528,11 +528,28 @@ impl Lifecycle {
         // In a task of its own: a cancelled caller must not drop what the flush holds.
         let _ = tokio::spawn(async move { journal.flush(all).await }).await;
         self.flush_ledger().await;
+        self.report_audit_outages().await;
         self.sweep_revocations().await;
         let seen = self.traffic.take();
         if let Err(e) = self.registry.record_key_traffic(&seen).await {
             // Lost: those keys are probed as if no traffic had proved them.
             tracing::debug!(error = %e, "key traffic not recorded");
+        }
+    }
+
+    /// Stores an `audit.unavailable` event for each audit outage that ended (the trail is
+    /// writable again, so the event can be stored); kept for the next flush otherwise.
+    async fn report_audit_outages(&self) {
+        let ended = self.journal.ended_outages();
+        let mut failed = Vec::new();
+        for (tenant, from, to) in ended {
+            let event = events::audit_unavailable(&tenant, from, to);
+            if self.registry.add_event(&event, self.now_ms()).await.is_err() {
+                failed.push((tenant, from, to));
+            }
+        }
+        if !failed.is_empty() {
+            self.journal.restore_outages(failed);
         }
     }
 

@@ -328,6 +328,12 @@ async fn a_request_that_cannot_be_audited_is_refused() {
     f.state.lifecycle.flush(false).await;
     let (s, _) = f.decrypt("acme", &e["ciphertext"]).await;
     assert_eq!(s, StatusCode::OK);
+    // The outage is in the tenant's event feed, stored once the trail was writable again.
+    let (_, feed) =
+        f.call(Method::GET, "/v1/tenants/acme/events?type=audit.unavailable", Some(&f.admin_token()), None).await;
+    let outage = &feed["events"][0]["data"];
+    assert!(outage["from_ms"].as_u64().unwrap() <= outage["to_ms"].as_u64().unwrap(), "{feed}");
+    assert!(outage["message"].as_str().unwrap().contains("every request was refused"), "{feed}");
     // Every key use that was answered is in the trail; the usage counted while failing
     // was kept and written afterwards.
     let events = trail(&f, "acme").await;
