@@ -156,6 +156,15 @@ pub(crate) fn key_check(tenant: &TenantId, check: KeyCheck, detail: &Detail) -> 
     event(tenant, kind, body(tenant, &message, detail, json!({"check": check.as_str()})))
 }
 
+/// A warning validation found on a key that still works (rotation turned off, a policy
+/// statement broader than needed, ...): `key.misconfigured` with severity `warning`.
+pub(crate) fn key_warning(tenant: &TenantId, what: &str, detail: &Detail) -> NewEvent {
+    let key = detail.key.as_deref().unwrap_or("?");
+    let region = detail.region.as_deref().unwrap_or("its region");
+    let message = format!("key {key} in {region}: {what}");
+    event(tenant, "key.misconfigured", body(tenant, &message, detail, json!({"severity": "warning"})))
+}
+
 /// A progress event of the tenant's key change, once per tenth (and at completion) for
 /// the set of replaced keys `keys`: stored once however many instances report it.
 pub(crate) fn progress(tenant: &TenantId, keys: &[String], totals: &keyhold_registry::Totals) -> Option<NewEvent> {

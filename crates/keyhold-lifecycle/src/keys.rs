@@ -315,8 +315,33 @@ impl Lifecycle {
     /// Records each key's findings (for keys in the history) and one key-state event each.
     async fn record_report(&self, id: &TenantId, report: &Report) -> Result<(), LifecycleError> {
         let now = self.now_ms();
+        // The findings recorded before, to tell new warnings (rotation turned off, ...).
+        let before: Vec<(String, String)> =
+            self.registry.keys(id).await?.into_iter().map(|k| (k.key, k.findings)).collect();
         for k in &report.keys {
+            let known = before.iter().find(|(key, _)| *key == k.key).map_or("", |(_, f)| f.as_str());
+            for f in k.findings.iter().filter(|f| f.severity == Severity::Warning) {
+                // A warning new to this key: a health finding of its own, once.
+                if known.contains(&format!("\"code\":\"{}\"", f.code)) {
+                    continue;
+                }
+                let detail = Detail {
+                    region: f.region.clone().or_else(|| Some(k.region.clone())),
+                    key: Some(k.key.clone()),
+                    code: Some(f.code.to_owned()),
+                    fix: Some(f.fix.clone()),
+                };
+                let event = crate::events::key_warning(id, &f.message, &detail);
+                if let Err(e) = self.registry.add_event(&event, now).await {
+                    tracing::warn!(tenant = %id, error = %e, "a key warning's event was not stored");
+                }
+            }
             let errors = report_errors(report, &k.key);
+            // A transient failure (the key service did not answer) says nothing about the
+            // key: its recorded check and findings stay as they were, and no event is made.
+            if !errors.is_empty() && errors.iter().all(|c| TRANSIENT_FINDINGS.contains(c)) {
+                continue;
+            }
             // A key that refuses keyhold is revoked, as a probe would find it; other
             // errors say it is reachable but wrong.
             let check = if errors.is_empty() {
@@ -346,6 +371,9 @@ impl Lifecycle {
     }
 }
 
+/// Validation findings that say the key service failed for a moment, not the key.
+const TRANSIENT_FINDINGS: [&str; 2] = ["kms_unavailable", "provider_error"];
+
 /// Validation findings that mean the key refuses keyhold (a revocation), not that it is
 /// misconfigured.
 const REVOKED_FINDINGS: [&str; 4] = ["key_disabled", "key_pending_deletion", "key_not_found", "access_denied"];
@@ -353,9 +381,7 @@ const REVOKED_FINDINGS: [&str; 4] = ["key_disabled", "key_pending_deletion", "ke
 /// Whether a report's errors say something about the keys, not only that the key service
 /// or the audit trail failed for a moment (which suspends no one).
 fn definitive(report: &Report) -> bool {
-    report
-        .all_findings()
-        .any(|f| f.severity == Severity::Error && !matches!(f.code, "kms_unavailable" | "provider_error"))
+    report.all_findings().any(|f| f.severity == Severity::Error && !TRANSIENT_FINDINGS.contains(&f.code))
 }
 
 /// The error codes validation found for `key`.

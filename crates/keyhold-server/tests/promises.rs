@@ -527,4 +527,20 @@ async fn a_validation_during_a_kms_outage_suspends_no_one() {
     assert_eq!(r["usable"], false, "{r}");
     assert!(r.to_string().contains("kms_unavailable"), "{r}");
     assert_eq!(state_of(&f, "acme").await, "active");
+
+    // Rotation turned off: the key still works (a warning), and the finding is a
+    // `key.misconfigured` event with its fix, once however often validation runs.
+    proxy.clear();
+    kms.disable_key_rotation().key_id(key.rsplit('/').next().unwrap()).send().await.unwrap();
+    for _ in 0..2 {
+        let (s, r) = f.call(Method::POST, "/v1/tenants/acme/validate", Some(&admin), None).await;
+        assert_eq!((s, r["usable"].as_bool()), (StatusCode::OK, Some(true)), "{r}");
+    }
+    let (_, feed) = f.call(Method::GET, "/v1/tenants/acme/events?type=key.misconfigured", Some(&admin), None).await;
+    let events = feed["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{feed}");
+    let d = &events[0]["data"];
+    assert_eq!((d["code"].as_str(), d["severity"].as_str()), (Some("key_rotation_off"), Some("warning")), "{d}");
+    assert!(d["fix"].as_str().unwrap().contains("enable-key-rotation"), "{d}");
+    assert_eq!(state_of(&f, "acme").await, "active");
 }
