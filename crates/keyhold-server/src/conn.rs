@@ -29,6 +29,12 @@
 //! bounded. Requests in flight are bounded by [`Limits::max_in_flight`] in the router (see
 //! [`crate::router`]).
 //!
+//! hyper answers a request it cannot parse (a malformed request line or header, a URI
+//! or a head over its buffer) itself, with an empty body; that answer is rewritten on its
+//! way out into keyhold's `{"error":{"code","message"}}` with the same status, so every
+//! error body has one shape. A head that hyper's buffer let through but is over
+//! [`MAX_HEAD_BYTES`] is refused by the edge (`431 headers_too_large`).
+//!
 //! Shutdown: the accept loop stops, every connection finishes the request it is serving
 //! (hyper's graceful shutdown), and the loop waits for them up to [`DRAIN_TIMEOUT`].
 
@@ -390,6 +396,9 @@ impl Drop for Served {
 struct Watched<I> {
     inner: I,
     activity: Arc<Activity>,
+    /// hyper's own answer to a request it could not parse, rewritten as keyhold's JSON
+    /// error and being written (with how much of it was written).
+    rewritten: Option<(Vec<u8>, usize)>,
 }
 
 impl<I> Watched<I> {
@@ -404,8 +413,43 @@ impl<I> Watched<I> {
             head_ms: AtomicU64::new(0),
             phase: AtomicU8::new(Phase::Waiting as u8),
         };
-        Self { inner, activity: Arc::new(activity) }
+        Self { inner, activity: Arc::new(activity), rewritten: None }
     }
+}
+
+/// keyhold's JSON answer in place of hyper's own empty one, when hyper answers a request
+/// it could not parse (a malformed request line or header, a URI or head over the
+/// limits) before any handler saw it: `None` for anything else.
+fn rewrite_parse_error(written: &[u8]) -> Option<Vec<u8>> {
+    let head = written.strip_prefix(b"HTTP/1.1 ")?;
+    let status = std::str::from_utf8(head.get(..3)?).ok()?.parse::<u16>().ok()?;
+    let has = |needle: &[u8]| written.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    // hyper's own refusals: no body, and the connection closed after them.
+    if status < 400 || !has(b"\r\ncontent-length: 0\r") || !has(b"\r\nconnection: close\r") {
+        return None;
+    }
+    let (reason, code, message) = match status {
+        414 => ("URI Too Long", "uri_too_long", format!("the request line is over {MAX_HEAD_BYTES} bytes")),
+        431 => (
+            "Request Header Fields Too Large",
+            "headers_too_large",
+            format!("a request head holds at most {MAX_HEAD_BYTES} bytes and {MAX_HEADERS} headers"),
+        ),
+        _ => (
+            "Bad Request",
+            "invalid_request",
+            "the request is not valid HTTP/1.1: check its request line, headers and Content-Length".to_owned(),
+        ),
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let status = if matches!(status, 414 | 431) { status } else { 400 };
+    Some(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -419,8 +463,41 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> Watched<I> {
+    /// Writes what remains of a rewritten answer; ready once all of it is written.
+    fn drain_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, at)) = &mut self.rewritten {
+            if *at >= bytes.len() {
+                return Poll::Ready(Ok(()));
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, bytes.get(*at..).unwrap_or_default()))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *at += n;
+            self.activity.touch(false);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        // No handler is serving a request: what hyper writes now is its own answer to a
+        // request it could not parse, sent instead in keyhold's error format.
+        let serving = matches!(self.activity.phase.load(Ordering::Relaxed), p if p == Phase::Busy as u8 || p == Phase::Sending as u8);
+        if self.rewritten.is_none()
+            && !serving
+            && let Some(answer) = rewrite_parse_error(buf)
+        {
+            self.rewritten = Some((answer, 0));
+        }
+        if self.rewritten.is_some() {
+            // The replacement stands for everything hyper writes on this connection (it
+            // closes it after such an answer).
+            std::task::ready!(self.drain_rewritten(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch(false);
@@ -433,6 +510,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let serving = matches!(self.activity.phase.load(Ordering::Relaxed), p if p == Phase::Busy as u8 || p == Phase::Sending as u8);
+        if !serving || self.rewritten.is_some() {
+            // Outside a request, one slice at a time, so an answer hyper makes itself is
+            // seen whole by `poll_write`.
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch(false);
@@ -445,10 +529,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.drain_rewritten(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.drain_rewritten(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

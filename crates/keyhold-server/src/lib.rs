@@ -123,6 +123,22 @@ async fn edge(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let id = request_id(req.headers().get(&REQUEST_ID));
     let method = req.method().clone();
+    // hyper bounds its read buffer, not a head's size: a head over the limit is refused
+    // here, in keyhold's error format.
+    let head = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    if head > conn::MAX_HEAD_BYTES {
+        let mut resp = error::ApiError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("a request head holds at most {} bytes; this one has {head}", conn::MAX_HEAD_BYTES),
+        )
+        .into_response();
+        // A client sending such heads gets no further requests on this connection.
+        resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+        finish(&state, &method, route, started, &mut resp, id, &reqlog::Fields::default());
+        return resp;
+    }
     let permit = if EXEMPT_ROUTES.contains(&route) {
         None
     } else {

@@ -12,7 +12,9 @@
 //! - 408 `request_timeout`, 413 `payload_too_large`, 415 `unsupported_media_type` on every
 //!   operation with a JSON body;
 //! - 503 `overloaded`, with `Retry-After`, on every operation but `/healthz` and
-//!   `/metrics`, which answer even under load.
+//!   `/metrics`, which answer even under load;
+//! - 431 `headers_too_large` on every operation (a request head over 64 KiB); a request
+//!   hyper cannot parse at all gets keyhold's error body too (`conn.rs`).
 //!
 //! Request schemas carry what the server enforces ([`crate::api::schema`]); realms and
 //! regions are enums of the catalog the server runs with, filled in by [`document`].
@@ -134,6 +136,7 @@ impl Modify for Common {
                     add_error(op, 413, &format!("`payload_too_large`: the body is over {} MiB", crate::MAX_BODY >> 20));
                     add_error(op, 415, "`unsupported_media_type`: the body must be sent as `application/json`");
                 }
+                add_error(op, 431, "`headers_too_large`: the request head (request line and headers) is over 64 KiB");
                 if !NOT_SHED.contains(&path.as_str()) {
                     add_error(op, 503, "`overloaded`: too many requests in flight, retry after `Retry-After` seconds");
                     if let Some(RefOr::T(resp)) = op.responses.responses.get_mut("503") {

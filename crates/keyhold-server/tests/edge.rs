@@ -572,3 +572,39 @@ async fn a_tenant_over_its_limits_is_refused_and_the_others_are_not() {
     let (_, t) = f.call(Method::GET, "/v1/tenants/acme", Some(&f.admin_token()), None).await;
     assert_eq!(t["state"], "active", "{t}");
 }
+
+/// What hyper refuses itself (a malformed request, a URI or a head over the limits) and a
+/// head over 64 KiB that hyper's buffer let through all get keyhold's JSON error, on a
+/// closed connection; the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_hyper_cannot_parse_get_json_errors_too() {
+    let served = Served::start(short(Limits::default()), None).await;
+    let cases: [(Vec<u8>, &str, &str); 5] = [
+        (b"GARBAGE\r\n\r\n".to_vec(), "400", "invalid_request"),
+        (b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), "400", "invalid_request"),
+        ([&b"GET /healthz?x="[..], &[b'a'; 70_000], b" HTTP/1.1\r\nHost: x\r\n\r\n"].concat(), "414", "uri_too_long"),
+        (
+            [&b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "[..], &[b'a'; 200_000], b"\r\n\r\n"].concat(),
+            "431",
+            "headers_too_large",
+        ),
+        (
+            [&b"GET /v1/tenants HTTP/1.1\r\nHost: x\r\nX-Big: "[..], &[b'a'; 66_000], b"\r\n\r\n"].concat(),
+            "431",
+            "headers_too_large",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let mut s = TcpStream::connect(served.addr).await.unwrap();
+        let _ = s.write_all(&request).await;
+        let got = closed_within(&mut s, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["error"]["code"], code, "{text}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert!(get(served.addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+    served.shutdown().await;
+}
