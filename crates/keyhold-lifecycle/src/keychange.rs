@@ -126,9 +126,9 @@ impl Lifecycle {
     }
 
     /// Checks the tenant's key-change progress in the background and stores an event for
-    /// each tenth passed (once across instances). Checks of one tenant never overlap, and
-    /// one asked for during a check runs after it, so the last re-encryption is always
-    /// followed by a check.
+    /// each tenth passed (once across instances). Checks of one tenant never overlap and
+    /// run at most once a second; one asked for during a check runs after it, so the last
+    /// re-encryption is always followed by a check.
     pub(crate) fn note_progress(&self, tenant: &TenantId) {
         {
             let mut running = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -146,6 +146,7 @@ impl Lifecycle {
             // never settles, and then no completion is reported).
             let mut settle_checks = 0;
             loop {
+                let started = std::time::Instant::now();
                 let waiting = match me.store_progress(&tenant).await {
                     Ok(t) => t.remaining == 0 && t.unsettled > 0 && t.messages > 0,
                     Err(e) => {
@@ -165,7 +166,11 @@ impl Lifecycle {
                         return;
                     }
                 };
-                if !again {
+                if again {
+                    // At most one check a second per tenant: re-encryption at full speed
+                    // does not turn into a registry query per batch.
+                    tokio::time::sleep(std::time::Duration::from_secs(1).saturating_sub(started.elapsed())).await;
+                } else {
                     settle_checks += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(SETTLE_MS)).await;
                 }
