@@ -533,7 +533,8 @@ pub fn remote_decrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
 /// standard error) without uploading the rest.
 pub fn remote_reencrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
     let mut stdin = std::io::stdin();
-    let head = read_message_header(&mut stdin)?;
+    let (_, head) = keyhold_envelope::stream::read_header_bytes_from(&mut stdin, &Default::default())
+        .context("the input is not a keyhold message")?;
     let path = format!("/v1/reencrypt/stream?tenant={}", percent_encode(tenant));
     rt()?.block_on(async {
         let client = Client::new(client)?;
@@ -554,29 +555,6 @@ pub fn remote_reencrypt(client: &ClientArgs, tenant: &str) -> Result<()> {
             Ok(())
         }
     })
-}
-
-/// Reads `input` until a message header parses; returns the bytes read (the header, and
-/// perhaps the start of the body).
-fn read_message_header(input: &mut impl std::io::Read) -> Result<Vec<u8>> {
-    use keyhold_envelope::{DecryptConfig, Header, HeaderParse};
-    const MAX_HEADER: usize = 1 << 20;
-    let config = DecryptConfig::default();
-    let mut buf = Vec::new();
-    loop {
-        match Header::parse(&buf, &config).context("the input is not a keyhold message")? {
-            HeaderParse::Complete(_) => return Ok(buf),
-            HeaderParse::Incomplete(_) if buf.len() < MAX_HEADER => {}
-            HeaderParse::Incomplete(_) => bail!("the message header is over 1 MiB; keyhold did not write it"),
-        }
-        let mut chunk = [0u8; 4096];
-        match input.read(&mut chunk) {
-            Ok(0) => bail!("the input ended inside the message header"),
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("reading the message"),
-        }
-    }
 }
 
 async fn registry(data_dir: &Path, url: Option<&str>) -> Result<keyhold_registry::Registry> {

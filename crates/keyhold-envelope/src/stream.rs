@@ -69,14 +69,22 @@ where
 
 /// Reads a message header from `reader`. Returns it with the bytes read past its end,
 /// which belong to the body.
-pub fn read_header_from<R: Read>(mut reader: R, config: &DecryptConfig) -> Result<(Header, Vec<u8>), StreamError> {
+pub fn read_header_from<R: Read>(reader: R, config: &DecryptConfig) -> Result<(Header, Vec<u8>), StreamError> {
+    let (header, mut read) = read_header_bytes_from(reader, config)?;
+    let rest = read.split_off(header.len());
+    Ok((header, rest))
+}
+
+/// As [`read_header_from`], returning every byte read: the header's own, then those past
+/// its end (for a caller that passes the message on unchanged).
+pub fn read_header_bytes_from<R: Read>(
+    mut reader: R,
+    config: &DecryptConfig,
+) -> Result<(Header, Vec<u8>), StreamError> {
     let mut buf = Vec::new();
     loop {
         let field = match Header::parse(&buf, config)? {
-            HeaderParse::Complete(h) => {
-                let rest = buf.split_off(h.len());
-                return Ok((*h, rest));
-            }
+            HeaderParse::Complete(h) => return Ok((*h, buf)),
             HeaderParse::Incomplete(field) => field,
         };
         let len = buf.len();

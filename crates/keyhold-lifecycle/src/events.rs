@@ -189,7 +189,7 @@ pub(crate) fn progress(tenant: &TenantId, keys: &[String], totals: &keyhold_regi
             h.update(&[0]);
         }
         let d = h.finish();
-        d.as_ref().iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()
+        crate::keychange::hex(d.as_ref().get(..12).unwrap_or_default())
     };
     let percent = tenth * 10;
     let message = if complete {

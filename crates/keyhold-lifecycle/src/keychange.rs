@@ -378,6 +378,7 @@ fn same_keys(a: &[KeyRef], b: &[KeyRef]) -> bool {
     a.iter().all(|k| b.contains(k)) && b.iter().all(|k| a.contains(k))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

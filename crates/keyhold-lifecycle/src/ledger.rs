@@ -42,7 +42,7 @@ impl RegistryLedger {
         let mut b = [0u8; 16];
         // Without randomness the id is the start time and the process id: still unique.
         let instance = if aws_lc_rs::rand::fill(&mut b).is_ok() {
-            b.iter().map(|x| format!("{x:02x}")).collect()
+            crate::keychange::hex(&b)
         } else {
             format!("{}-{}", clock.now_millis(), std::process::id())
         };

@@ -61,7 +61,11 @@ impl Buckets {
             let (rate, burst) = (self.rate, self.burst);
             map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
         }
-        let b = map.entry(name.to_owned()).or_insert(Bucket { tokens: self.burst, at: now });
+        // A name seen before costs no allocation.
+        if !map.contains_key(name) {
+            map.insert(name.to_owned(), Bucket { tokens: self.burst, at: now });
+        }
+        let Some(b) = map.get_mut(name) else { return Ok(()) };
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {

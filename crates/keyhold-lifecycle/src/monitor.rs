@@ -409,9 +409,7 @@ fn ms(d: Duration) -> u64 {
 /// The schedule runs on the system clock (ms since the Unix epoch): its times are shared
 /// by every instance, and a probe interval is real time.
 fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    keyhold_core::Clock::now_millis(&keyhold_core::SystemClock)
 }
 
 /// Runs the cluster-wide schedule until dropped: every watched tenant (active, degraded,
