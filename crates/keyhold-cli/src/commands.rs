@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => crate::server_cmds::serve(&cli.data_dir, args)?,
         Command::Token(args) => crate::server_cmds::token(&cli.data_dir, args)?,
         Command::Tenant(cmd) => crate::server_cmds::tenant(cmd)?,
+        Command::ConsoleLink { tenant, client } => crate::server_cmds::console_link(tenant, &client)?,
         Command::Key(cmd) => return crate::server_cmds::key(cmd),
         Command::Audit(cmd) => return crate::server_cmds::audit(&cli.data_dir, cmd),
         Command::Service(cmd) => crate::server_cmds::service(&cli.data_dir, cmd)?,

@@ -44,6 +44,17 @@ pub enum Command {
     /// Manage tenants through a running server.
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Print a one-time console sign-in link (valid 15 minutes, usable once) for a
+    /// tenant's administrator (--tenant), or for the admin; needs an admin token.
+    #[command(name = "console-link")]
+    ConsoleLink {
+        /// The tenant whose administrator signs in; without it, the admin.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Attach and validate tenant keys through a running server.
     #[command(subcommand)]
     Key(KeyCmd),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use hyper::Method;
 use keyhold_core::{Region, SystemClock};
@@ -310,6 +310,23 @@ fn percent_encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `console-link`: asks the server for a link and prints it under the URL the server was
+/// reached at.
+pub fn console_link(tenant: Option<String>, client: &ClientArgs) -> Result<()> {
+    rt()?.block_on(async {
+        let body = match &tenant {
+            Some(t) => json!({ "tenant": t }),
+            None => json!({}),
+        };
+        let link = Client::new(client)?.call(Method::POST, "/v1/console/links", Some(&body)).await?;
+        let path =
+            link.get("path").and_then(Value::as_str).ok_or_else(|| anyhow!("the server's answer has no path"))?;
+        let base = client.url.as_deref().unwrap_or_default().trim_end_matches('/');
+        println!("{base}{path}");
+        Ok(())
+    })
 }
 
 pub fn tenant(cmd: TenantCmd) -> Result<()> {

@@ -49,6 +49,9 @@ pub struct EventFilter<'a> {
     pub after: u64,
     /// At most this many.
     pub limit: u32,
+    /// Newest first, only events before this id (`u64::MAX`: the latest): when set,
+    /// `after` still bounds the page from below.
+    pub before: Option<u64>,
 }
 
 impl Registry {
@@ -133,7 +136,7 @@ impl Registry {
         Ok(n > 0)
     }
 
-    /// Events in id order, as `filter` says.
+    /// Events in id order (newest first with [`EventFilter::before`]), as `filter` says.
     pub async fn events(&self, filter: &EventFilter<'_>) -> Result<Vec<StoredEvent>> {
         let mut sql = String::from("SELECT id, tenant_id, kind, at_ms, data FROM events WHERE id > $1");
         let mut n = 1;
@@ -146,13 +149,22 @@ impl Registry {
             n += filter.kinds.len();
             sql.push_str(&format!(" AND kind IN ({})", marks.join(", ")));
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));
+        if filter.before.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND id < ${n} ORDER BY id DESC"));
+        } else {
+            sql.push_str(" ORDER BY id");
+        }
+        sql.push_str(&format!(" LIMIT ${}", n + 1));
         let mut q = sqlx::query(&sql).bind(ms(filter.after));
         if let Some(t) = filter.tenant {
             q = q.bind(t.as_str());
         }
         for k in filter.kinds {
             q = q.bind(k.as_str());
+        }
+        if let Some(before) = filter.before {
+            q = q.bind(ms(before));
         }
         let rows = q.bind(i64::from(filter.limit)).fetch_all(&self.pool).await?;
         rows.iter()

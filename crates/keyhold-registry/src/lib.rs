@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+mod console;
 mod events;
 mod ledger;
 mod notify;
@@ -40,6 +41,7 @@ use keyhold_core::{Purpose, RealmId, Region, TenantId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use console::{ConsoleSession, ConsoleUser};
 pub use events::{EventFilter, NewEvent, StoredEvent};
 pub use ledger::{DataKeyUses, KeyProtects, Reencrypted, Totals};
 pub use notify::{CHANNEL, TenantChanges};

@@ -402,7 +402,7 @@ fn ev(tenant: &str, kind: &'static str, n: u64) -> NewEvent {
 }
 
 async fn all_events(reg: &Registry, tenant: Option<&TenantId>) -> Vec<keyhold_registry::StoredEvent> {
-    reg.events(&EventFilter { tenant, kinds: &[], after: 0, limit: 100_000 }).await.unwrap()
+    reg.events(&EventFilter { tenant, kinds: &[], after: 0, limit: 100_000, before: None }).await.unwrap()
 }
 
 /// A change and its event are stored together: a transition that loses its
@@ -452,10 +452,13 @@ async fn events_are_stored_with_their_change_or_not_at_all(backend: Backend) {
     assert_eq!(all_events(&reg, Some(&t("globex"))).await.len(), 1);
     // Filters and paging.
     let kinds = ["key.revoked".to_owned(), "tenant.activated".to_owned()];
-    let only = reg.events(&EventFilter { tenant: None, kinds: &kinds, after: 0, limit: 10 }).await.unwrap();
+    let only =
+        reg.events(&EventFilter { tenant: None, kinds: &kinds, after: 0, limit: 10, before: None }).await.unwrap();
     assert_eq!(only.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["tenant.activated", "key.revoked"]);
-    let page =
-        reg.events(&EventFilter { tenant: Some(&t("acme")), kinds: &[], after: events[0].id, limit: 1 }).await.unwrap();
+    let page = reg
+        .events(&EventFilter { tenant: Some(&t("acme")), kinds: &[], after: events[0].id, limit: 1, before: None })
+        .await
+        .unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].id, events[1].id);
     assert_eq!(page[0].at_ms, 4);
@@ -497,7 +500,8 @@ async fn a_reader_paging_events_never_skips_one(backend: Backend) {
         let mut after = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while (seen.len() as u64) < WRITERS * EACH && std::time::Instant::now() < deadline {
-            let page = reader.events(&EventFilter { tenant: None, kinds: &[], after, limit: 7 }).await.unwrap();
+            let page =
+                reader.events(&EventFilter { tenant: None, kinds: &[], after, limit: 7, before: None }).await.unwrap();
             for e in page {
                 assert!(e.id > after, "ids go up");
                 after = e.id;

@@ -3,6 +3,8 @@
 //!
 //! - [`api`]: the handlers; [`router`] wires them with the edge middleware (request id,
 //!   in-flight limit, one log line and metrics per request) and JSON 404s and 405s.
+//! - [`console`]: the tenant-admin console and operators' view at `/console/`, server
+//!   rendered, every asset embedded, signed in with one-time links.
 //! - [`conn`]: the accept loop, TLS handshakes, timeouts and connection limits.
 //! - [`auth`]: Ed25519 JWTs for services (verified against each service's registered key)
 //!   and for the admin and tenant admins (verified against the admin key).
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod conn;
+pub mod console;
 pub mod devcreds;
 pub mod error;
 pub mod openapi;
@@ -99,6 +102,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::serve))
+        .route("/v1/console/links", post(api::create_console_link))
+        .merge(console::routes(state.clone()))
         .method_not_allowed_fallback(api::extract::method_not_allowed)
         .fallback(|| async { error::ApiError::no_route() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))

@@ -246,6 +246,8 @@ pub async fn build(
     });
     let mut state = AppState::new(lifecycle, admin_public_key, config.limits);
     state.webhooks = config.webhooks;
+    state.console =
+        crate::console::ConsoleConfig { secure_cookies: config.tls.is_some(), probe_interval: config.probe_interval };
     Ok((Arc::new(state), created))
 }
 

@@ -44,6 +44,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Webhook delivery settings (which URLs endpoints may have).
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// What the console needs of the configuration.
+    pub console: crate::console::ConsoleConfig,
     /// Requests in flight ([`Limits::max_in_flight`] at most).
     in_flight: std::sync::atomic::AtomicUsize,
     services: RwLock<Arc<Directory>>,
@@ -124,6 +126,7 @@ impl AppState {
             admin_public_key,
             limits,
             webhooks: crate::webhooks::WebhookConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
             in_flight,
             services: RwLock::new(Arc::new(Directory::default())),
             services_reload: tokio::sync::Mutex::new(()),

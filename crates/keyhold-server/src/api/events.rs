@@ -125,7 +125,7 @@ pub async fn tenant_events(
     manages(&p, &id)?;
     let (after, limit, kinds) = page(&q)?;
     state.lifecycle.tenant(&id).await?;
-    let filter = EventFilter { tenant: Some(&id), kinds: &kinds, after, limit };
+    let filter = EventFilter { tenant: Some(&id), kinds: &kinds, after, limit, before: None };
     answer(state.lifecycle.registry().events(&filter).await?, after)
 }
 
@@ -146,6 +146,6 @@ pub async fn events(
 ) -> Result<Json<EventPage>, ApiError> {
     admin_only(&p)?;
     let (after, limit, kinds) = page(&q)?;
-    let filter = EventFilter { tenant: None, kinds: &kinds, after, limit };
+    let filter = EventFilter { tenant: None, kinds: &kinds, after, limit, before: None };
     answer(state.lifecycle.registry().events(&filter).await?, after)
 }

@@ -10,6 +10,7 @@
 //! - [`audit`]: the trail, its verification, signed checkpoints.
 //! - [`events`]: lifecycle events, per tenant and platform-wide.
 //! - [`webhooks`]: webhook endpoints, per tenant and platform-wide.
+//! - [`console`]: one-time sign-in links to the console.
 //! - [`services`]: service identities: register, list, purposes, key rotation, removal.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`extract`]: path and query extractors answering in keyhold's error format, the
@@ -17,6 +18,7 @@
 //! - [`schema`]: the constraints the server enforces, as JSON Schema for the document.
 
 pub mod audit;
+pub mod console;
 pub mod crypto;
 pub mod events;
 pub mod extract;
@@ -41,6 +43,7 @@ use crate::error::ApiError;
 use crate::state::{AppState, Proven};
 
 pub use audit::*;
+pub use console::*;
 pub use crypto::*;
 pub use events::*;
 pub use keychange::*;
