@@ -23,6 +23,7 @@ use keyhold_server::{AppState, router};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
+mod console;
 mod edge;
 mod events;
 mod keychange;

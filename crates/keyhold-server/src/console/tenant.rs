@@ -132,7 +132,7 @@ pub async fn health(
     let Json(t) =
         api::get_tenant(s.principal.clone(), State(state.clone()), ApiPath(TenantPath { id: id.to_string() })).await?;
     let history = state.lifecycle.key_history(&id).await?;
-    let mut body = format!(r#"<div id="health" data-refresh="5">"#);
+    let mut body = r#"<div id="health" data-refresh="5">"#.to_owned();
     body.push_str(&state_banner(&state, &s, &t, &id).await);
     let _ = write!(
         body,
@@ -276,7 +276,7 @@ async fn setup_page(
         esc(&t.realm),
         esc(&home),
         if t.regions.len() > 1 {
-            format!(", and {} hold copies", esc(&t.regions[1..].join(", ")))
+            format!(", and {} hold copies", esc(&t.regions.get(1..).unwrap_or_default().join(", ")))
         } else {
             String::new()
         }
@@ -1243,7 +1243,7 @@ pub async fn usage(
     }
     for (purpose, by_day) in &per {
         let series: Vec<(String, Day)> = (first..=today)
-            .map(|d| (time(d * DAY)[..10].to_owned(), by_day.get(&d).copied().unwrap_or_default()))
+            .map(|d| (time(d * DAY).get(..10).unwrap_or_default().to_owned(), by_day.get(&d).copied().unwrap_or_default()))
             .collect();
         let _ = write!(
             body,
@@ -1304,14 +1304,14 @@ fn chart(title: &str, points: &[(String, [u64; 2])], names: [&str; 2]) -> String
     );
     for (i, (day, v)) in points.iter().enumerate() {
         let x = pad + i as u64 * slot;
-        for (j, value) in v.iter().enumerate() {
+        for (j, (value, name)) in v.iter().zip(names).enumerate() {
             let bh = value * h / max;
             let _ = write!(
                 svg,
                 r#"<rect class="s{j}" x="{}" y="{}" width="{bar}" height="{bh}"><title>{day}: {value} {}</title></rect>"#,
                 x + j as u64 * bar,
                 h - bh,
-                esc(names[j])
+                esc(name)
             );
         }
         if points.len() <= 16 || i % 7 == 0 {
