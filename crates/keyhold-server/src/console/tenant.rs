@@ -1243,7 +1243,9 @@ pub async fn usage(
     }
     for (purpose, by_day) in &per {
         let series: Vec<(String, Day)> = (first..=today)
-            .map(|d| (time(d * DAY).get(..10).unwrap_or_default().to_owned(), by_day.get(&d).copied().unwrap_or_default()))
+            .map(|d| {
+                (time(d * DAY).get(..10).unwrap_or_default().to_owned(), by_day.get(&d).copied().unwrap_or_default())
+            })
             .collect();
         let _ = write!(
             body,

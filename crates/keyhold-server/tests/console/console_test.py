@@ -94,8 +94,8 @@ def test_axe_finds_violations(browser, fx, ctx):
     context.close()
 
 
-def shot(page, name):
-    page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
+def shot(page, name, full=True):
+    page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=full)
 
 
 def tenant_state(tenant):
@@ -298,7 +298,7 @@ def test_audit_usage_export(browser, fx, ctx):
     page.goto(f"{URL}/console/t/acme/audit")
     expect(page.locator("#audit-badge")).to_contain_text("intact")
     axe(page, "audit")
-    shot(page, "audit")
+    shot(page, "audit", full=False)
     # Filters: only Decrypt calls, outcome ok.
     page.get_by_label("Operation").fill("Decrypt")
     page.get_by_label("Outcome").select_option("ok")
@@ -433,7 +433,7 @@ def test_keyboard_and_narrow_window(browser, fx, ctx):
         assert overflow <= 1, (path, overflow)
     page.goto(f"{URL}/console/t/acme/")
     shot(page, "narrow-key-health")
-    page.set_viewport_size({"width": 1280, "height": 900})
+    page.set_viewport_size({"width": 1280, "height": 1000})
 
 
 def test_audit_badge_breaks_when_tampered(browser, fx, ctx):
@@ -491,8 +491,9 @@ def main():
     failed = 0
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        acme = browser.new_context(bypass_csp=True, accept_downloads=True)
-        admin = browser.new_context(bypass_csp=True, accept_downloads=True)
+        viewport = {"width": 1280, "height": 1000}
+        acme = browser.new_context(bypass_csp=True, accept_downloads=True, viewport=viewport)
+        admin = browser.new_context(bypass_csp=True, accept_downloads=True, viewport=viewport)
         ctx = {"acme_context": acme, "acme": acme.new_page(), "admin": admin.new_page()}
         for t in (5_000,):
             ctx["acme"].set_default_timeout(t * 2)
