@@ -67,7 +67,7 @@ pub async fn audit(
     Ok(Json(AuditPage { events }))
 }
 
-fn audit_error(e: keyhold_audit::AuditError) -> ApiError {
+pub(crate) fn audit_error(e: keyhold_audit::AuditError) -> ApiError {
     match e {
         keyhold_audit::AuditError::Registry(r) => r.into(),
         _ => ApiError::internal(),

@@ -99,6 +99,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/console/t/{id}/cloudformation/{kind}", get(tenant::template_file))
         .route("/console/t/{id}/keys/{region}", post(tenant::attach))
         .route("/console/t/{id}/validate", post(tenant::validate))
+        .route("/console/t/{id}/role", post(tenant::set_role))
         .route("/console/t/{id}/keys", get(tenant::keys))
         .route("/console/t/{id}/keys/{region}/{key}/retire", post(tenant::retire))
         .route("/console/t/{id}/events", get(tenant::events))
