@@ -311,3 +311,44 @@ async fn a_link_redeemed_concurrently_on_two_instances_signs_in_once() {
     let cookie = set.split(';').next().unwrap();
     assert_eq!(send(&b, get(cookie, "/console/t/acme/")).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_audit_page_filters_escapes_and_starts_at_the_day_asked() {
+    let f = fixture().await;
+    f.active_tenant("acme").await;
+    // Three days later, a new admin action.
+    f.clock.advance(std::time::Duration::from_secs(3 * 86_400));
+    let (s, _) = f.call(Method::POST, "/v1/tenants/acme/validate", Some(&f.admin_token()), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (cookie, _) = sign_in(&f, Some("acme")).await;
+    let today = {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(f.state.now_ms());
+        humantime::format_rfc3339_seconds(at).to_string()[..10].to_owned()
+    };
+    let all = send(&f, get(&cookie, "/console/t/acme/audit?type=admin_action")).await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert!(all.body.contains("create_tenant") && all.body.contains("validate"), "{}", all.body);
+    let recent = send(&f, get(&cookie, &format!("/console/t/acme/audit?type=admin_action&from={today}"))).await;
+    assert_eq!(recent.status, StatusCode::OK);
+    assert!(!recent.body.contains("create_tenant"), "an event of three days ago is shown");
+    assert!(recent.body.contains("validate"), "{}", recent.body);
+    // What a request carries is shown escaped.
+    let a = send(&f, get(&cookie, "/console/t/acme/audit?operation=%3Cscript%3Ealert(1)%3C%2Fscript%3E%22")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.body.contains("<script>alert"), "unescaped");
+    assert!(a.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;"));
+    // Bad filters are clear 400s.
+    for q in ["from=yesterday", "outcome=maybe", "type=nothing", "after=-1", "after=99999999999999999999999"] {
+        let a = send(&f, get(&cookie, &format!("/console/t/acme/audit?{q}"))).await;
+        assert_eq!(
+            (a.status, a.json()["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{q}"
+        );
+    }
+    for q in ["days=0", "days=91", "days=x"] {
+        let a = send(&f, get(&cookie, &format!("/console/t/acme/usage?{q}"))).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{q}");
+    }
+    assert_eq!(send(&f, get(&cookie, "/console/t/acme/usage?days=90")).await.status, StatusCode::OK);
+}
