@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy(args) => policy(args)?,
         Command::Template(args) => template(args)?,
         Command::Validate(args) => return validate(&cli.data_dir, args),
-        Command::Serve(args) => crate::server_cmds::serve(&cli.data_dir, args)?,
+        Command::Serve(args) => crate::server_cmds::serve(&cli.data_dir, *args)?,
         Command::Token(args) => crate::server_cmds::token(&cli.data_dir, args)?,
         Command::Tenant(cmd) => crate::server_cmds::tenant(cmd)?,
         Command::ConsoleLink { tenant, client } => crate::server_cmds::console_link(tenant, &client)?,

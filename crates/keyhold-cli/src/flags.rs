@@ -38,7 +38,7 @@ pub enum Command {
     /// 2 when not).
     Validate(ValidateArgs),
     /// Run the HTTP API (embedded default: SQLite registry and local keys in --data-dir).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a fresh token signed with a key in --data-dir (development credentials).
     Token(TokenArgs),
     /// Manage tenants through a running server.
@@ -165,7 +165,7 @@ pub struct ClientArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// A TOML file with any of: listen, database_url, tls_cert, tls_key,
-    /// platform_principal, local_region, realms_file, probe_interval,
+    /// platform_principal, public_url, local_region, realms_file, probe_interval,
     /// usage_flush_interval_ms, admin_public_key, dev, log_format, log_level,
     /// otlp_endpoint, handshake_timeout, header_timeout, body_timeout, idle_timeout,
     /// max_connections, max_in_flight, webhook_allow_private, webhook_retry_scale,
@@ -187,6 +187,11 @@ pub struct ServeArgs {
     /// IAM principal ARN keyhold runs as (for key policies and templates).
     #[arg(long, env = "KEYHOLD_PLATFORM_PRINCIPAL")]
     pub platform_principal: Option<String>,
+    /// The address clients reach keyhold at (`https://keyhold.example.com`, behind a
+    /// proxy): console links are built on it, and console forms must come from it
+    /// [default: the request's Host].
+    #[arg(long, env = "KEYHOLD_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// The region this instance runs in (decryption asks its keys first).
     #[arg(long, env = "KEYHOLD_LOCAL_REGION")]
     pub local_region: Option<String>,

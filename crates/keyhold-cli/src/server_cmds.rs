@@ -29,6 +29,7 @@ struct ConfigFile {
     tls_cert: Option<std::path::PathBuf>,
     tls_key: Option<std::path::PathBuf>,
     platform_principal: Option<String>,
+    public_url: Option<String>,
     local_region: Option<String>,
     realms_file: Option<std::path::PathBuf>,
     probe_interval: Option<u64>,
@@ -49,6 +50,17 @@ struct ConfigFile {
     tenant_rate: Option<f64>,
     service_rate: Option<f64>,
     tenant_kms_budget: Option<u32>,
+}
+
+/// `--public-url`: `http(s)://host[:port]`, nothing after (a trailing `/` is dropped).
+fn public_url(given: Option<String>) -> Result<Option<String>> {
+    let Some(url) = given else { return Ok(None) };
+    let url = url.trim_end_matches('/').to_owned();
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', '@', ' ']) => Ok(Some(url)),
+        _ => bail!("--public-url must be http(s)://HOST[:PORT] (the origin clients reach keyhold at), not {url:?}"),
+    }
 }
 
 /// A key given as base64 or hex, or a file holding it.
@@ -197,6 +209,7 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         listen,
         tls,
         platform_principal: args.platform_principal.or(file.platform_principal),
+        public_url: public_url(args.public_url.or(file.public_url))?,
         local_region,
         probe_interval,
         limits,
@@ -214,6 +227,7 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
             listen = %config.listen,
             tls = config.tls.is_some(),
             platform_principal = config.platform_principal.as_deref().unwrap_or("none"),
+            public_url = config.public_url.as_deref().unwrap_or("none (the request's Host)"),
             local_region = config.local_region.as_ref().map_or("none", |r| r.as_str()),
             probe_interval_s = config.probe_interval.map_or(0, |d| d.as_secs()),
             usage_flush_interval_ms = u64::try_from(config.usage_flush_interval.as_millis()).unwrap_or(u64::MAX),

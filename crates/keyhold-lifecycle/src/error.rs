@@ -68,6 +68,9 @@ pub enum LifecycleError {
         /// The retired keys the message names.
         keys: String,
     },
+    /// The tenant's realm and mode are fixed: it is no longer pending, or has a key.
+    #[error("tenant {0}'s realm and mode are fixed: they can change only while it is pending and has no key attached")]
+    SetupFixed(TenantId),
     /// The tenant is not in `byok` mode, so it has no role.
     #[error("tenant {0} is in {1} mode; only a byok tenant has a role")]
     NotByok(TenantId, String),

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 /// The event catalogue: every type keyhold stores, with what it means.
 pub const CATALOGUE: &[(&str, &str)] = &[
     ("tenant.created", "a tenant was created (pending until every region's key validates)"),
+    ("tenant.configured", "a pending tenant's realm or key mode was chosen, before any key was attached"),
     ("tenant.activated", "every region's key validated: the tenant is served"),
     (
         "tenant.suspended",
@@ -84,6 +85,14 @@ pub(crate) fn created(id: &TenantId, realm: &RealmId, mode: TenantMode) -> NewEv
     let message = format!("tenant created in realm {realm} (mode {mode}); attach a key per region to activate it");
     let extra = json!({"realm": realm.as_str(), "mode": mode.as_str()});
     event(id, "tenant.created", body(id, &message, &Detail::default(), extra))
+}
+
+/// The event of a pending tenant's new realm or mode.
+pub(crate) fn configured(id: &TenantId, realm: &RealmId, mode: TenantMode) -> NewEvent {
+    let message =
+        format!("the tenant's keys are now in realm {realm} (mode {mode}); attach a key per region to activate it");
+    let extra = json!({"realm": realm.as_str(), "mode": mode.as_str()});
+    event(id, "tenant.configured", body(id, &message, &Detail::default(), extra))
 }
 
 /// The event of a transition from `from` (as read) to `to`.

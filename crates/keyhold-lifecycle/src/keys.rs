@@ -38,6 +38,22 @@ pub struct AttachOutcome {
     pub attached: bool,
 }
 
+/// The longest key reference accepted (AWS KMS allows key ids and ARNs up to 2048
+/// characters): anything longer is refused before it is validated or recorded.
+pub const MAX_KEY_REF: usize = 2048;
+
+/// A mode and a role that go together: a role for `byok`, none otherwise.
+pub(crate) fn check_mode_role(mode: TenantMode, role_arn: Option<&str>) -> Result<(), LifecycleError> {
+    match (mode, role_arn) {
+        (TenantMode::Byok, Some(arn)) => check_role_arn(arn),
+        (TenantMode::Byok, None) => {
+            Err(LifecycleError::Invalid("a byok tenant needs role_arn: the role its byok-role template created".into()))
+        }
+        (_, Some(_)) => Err(LifecycleError::Invalid("role_arn is only for mode byok".into())),
+        (_, None) => Ok(()),
+    }
+}
+
 /// Checks a role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`, the path and
 /// name in printable ASCII without spaces (what IAM allows, and a rule every regex dialect
 /// reads alike, so the OpenAPI document states it exactly).
@@ -68,6 +84,12 @@ impl Lifecycle {
         region: &Region,
         key: &str,
     ) -> Result<AttachOutcome, LifecycleError> {
+        if key.len() > MAX_KEY_REF {
+            return Err(LifecycleError::Invalid(format!(
+                "a key reference is at most {MAX_KEY_REF} bytes (an ARN, or a local key id); this one has {}",
+                key.len()
+            )));
+        }
         let (actor, id, region, key) = (actor.to_owned(), id.clone(), region.clone(), key.to_owned());
         self.detached(move |me| async move { me.attach_key_now(&actor, &id, &region, &key).await }).await
     }

@@ -63,7 +63,8 @@ pub use error::LifecycleError;
 pub use events::Detail;
 pub use journal::Journal;
 pub use keychange::{KeyChange, RoleOutcome, SETTLE_MS, reencryption_record};
-pub use keys::{AttachOutcome, check_role_arn};
+use keys::check_mode_role;
+pub use keys::{AttachOutcome, MAX_KEY_REF, check_role_arn};
 pub use metrics::Metrics;
 pub use streaming::StreamDecryption;
 
@@ -271,16 +272,7 @@ impl Lifecycle {
     ) -> Result<Tenant, LifecycleError> {
         let realm = self.catalog.get(realm).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         let realm_id = RealmId::parse(realm.id.as_str()).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
-        match (mode, role_arn) {
-            (TenantMode::Byok, Some(arn)) => check_role_arn(arn)?,
-            (TenantMode::Byok, None) => {
-                return Err(LifecycleError::Invalid(
-                    "a byok tenant needs role_arn: the role its byok-role template created".into(),
-                ));
-            }
-            (_, Some(_)) => return Err(LifecycleError::Invalid("role_arn is only for mode byok".into())),
-            (_, None) => {}
-        }
+        check_mode_role(mode, role_arn)?;
         self.journal.check(id)?;
         let created = Event::TenantState {
             from: "none".into(),
@@ -302,6 +294,41 @@ impl Lifecycle {
         };
         self.admin_event(actor, id, "create_tenant", Some(format!("realm {} mode {}", t.realm, t.mode))).await;
         Ok(t)
+    }
+
+    /// Chooses a pending tenant's realm and mode (and a BYOK tenant's role) before any key
+    /// is attached: what a tenant's administrator picks in the onboarding wizard.
+    pub async fn configure(
+        &self,
+        actor: &str,
+        id: &TenantId,
+        realm: &str,
+        mode: TenantMode,
+        role_arn: Option<&str>,
+    ) -> Result<Tenant, LifecycleError> {
+        let (actor, id, realm, role_arn) =
+            (actor.to_owned(), id.clone(), realm.to_owned(), role_arn.map(str::to_owned));
+        self.detached(move |me| async move {
+            let realm = me.catalog.get(&realm).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+            let realm_id = RealmId::parse(realm.id.as_str()).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+            check_mode_role(mode, role_arn.as_deref())?;
+            let (_guard, t) = me.lock_live(&id).await?;
+            if t.state != TenantState::Pending || !me.registry.keys(&id).await?.is_empty() {
+                return Err(LifecycleError::SetupFixed(id.clone()));
+            }
+            me.journal.check(&id)?;
+            me.admin_event(&actor, &id, "configure", Some(format!("realm {realm_id} mode {mode}"))).await;
+            let event = events::configured(&id, &realm_id, mode);
+            let changed =
+                me.registry.configure_tenant(&id, &realm_id, mode, role_arn.as_deref(), me.now_ms(), &[event]).await?;
+            if !changed {
+                return Err(LifecycleError::SetupFixed(id.clone()));
+            }
+            me.forget_view(&id);
+            tracing::info!(tenant = %id, realm = %realm_id, mode = %mode, "tenant configured");
+            me.tenant(&id).await
+        })
+        .await
     }
 
     /// One tenant, from the registry, deleted ones included (a deleted tenant's record and
@@ -454,6 +481,19 @@ impl Lifecycle {
 
     /// Records an administrative action in the tenant's trail.
     pub async fn admin_event(&self, actor: &str, tenant: &TenantId, action: &str, detail: Option<String>) {
+        // What a caller sent is recorded at most this long: the trail is evidence, not storage.
+        const MAX_DETAIL: usize = 512;
+        let detail = detail.map(|mut d| {
+            if d.len() > MAX_DETAIL {
+                let mut cut = MAX_DETAIL;
+                while !d.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                d.truncate(cut);
+                d.push('…');
+            }
+            d
+        });
         self.journal
             .record_or_queue(tenant, Event::AdminAction { actor: actor.to_owned(), action: action.to_owned(), detail })
             .await;

@@ -86,6 +86,18 @@ impl Registry {
         row.map(|r| ConsoleUser::from_column(r.try_get(0)?)).transpose()
     }
 
+    /// Whom the link `id` would sign in, when it exists, is unexpired and unused; it stays
+    /// unused (what the sign-in page shows before the button is pressed).
+    pub async fn console_link(&self, id: &str, now_ms: u64) -> Result<Option<ConsoleUser>> {
+        let row =
+            sqlx::query("SELECT tenant_id FROM console_links WHERE id = $1 AND used_ms IS NULL AND expires_ms > $2")
+                .bind(id)
+                .bind(ms(now_ms))
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| ConsoleUser::from_column(r.try_get(0)?)).transpose()
+    }
+
     /// Stores a new session (`id` is the digest of its cookie).
     pub async fn create_console_session(
         &self,

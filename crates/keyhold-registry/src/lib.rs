@@ -614,6 +614,39 @@ impl Registry {
         }
     }
 
+    /// Sets a pending tenant's realm, mode and role, bumping its version, with `events` in
+    /// the same transaction: only while it is `pending` and has no key in its history
+    /// (checked in the statement). Returns whether it changed.
+    pub async fn configure_tenant(
+        &self,
+        tenant: &TenantId,
+        realm: &RealmId,
+        mode: TenantMode,
+        role_arn: Option<&str>,
+        now_ms: u64,
+        events: &[NewEvent],
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query(
+            "UPDATE tenants SET realm = $1, mode = $2, role_arn = $3, version = version + 1, updated_ms = $4 \
+             WHERE id = $5 AND state = $6 AND NOT EXISTS (SELECT 1 FROM key_history WHERE tenant_id = $5)",
+        )
+        .bind(realm.as_str())
+        .bind(mode.as_str())
+        .bind(role_arn)
+        .bind(ms(now_ms))
+        .bind(tenant.as_str())
+        .bind(TenantState::Pending.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.insert_events(&mut tx, events, now_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Sets a BYOK tenant's role, bumping its version, with `events` in the same
     /// transaction.
     pub async fn set_role(&self, tenant: &TenantId, role_arn: &str, now_ms: u64, events: &[NewEvent]) -> Result<()> {

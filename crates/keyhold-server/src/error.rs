@@ -172,6 +172,7 @@ impl From<LifecycleError> for ApiError {
             L::MessageKeyRetired { .. } => (StatusCode::CONFLICT, "key_retired"),
             L::KeyActive(_) => (StatusCode::CONFLICT, "key_active"),
             L::NotByok(..) => (StatusCode::CONFLICT, "tenant_not_byok"),
+            L::SetupFixed(_) => (StatusCode::CONFLICT, "setup_fixed"),
             L::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
             L::KeyProtectsData { .. } => (StatusCode::CONFLICT, "key_protects_data"),
             L::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

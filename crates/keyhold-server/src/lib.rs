@@ -60,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/tenants", post(api::create_tenant).get(api::list_tenants))
         .route("/v1/tenants/{id}", get(api::get_tenant).delete(api::delete_tenant))
+        .route("/v1/tenants/{id}/setup", put(api::configure_tenant))
         .route("/v1/tenants/{id}/key-policy", get(api::get_key_policy))
         .route("/v1/tenants/{id}/cloudformation", get(api::get_cloudformation))
         .route("/v1/tenants/{id}/keys", get(api::list_keys))

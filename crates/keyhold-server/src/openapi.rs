@@ -49,7 +49,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         api::encrypt_stream, api::decrypt_stream, api::reencrypt_stream, api::key_change,
         api::retire_key, api::rotate_data_keys, api::set_role, api::audit, api::tenant_events, api::events, api::create_tenant_webhook, api::list_tenant_webhooks, api::get_tenant_webhook, api::delete_tenant_webhook, api::rotate_tenant_webhook, api::test_tenant_webhook, api::tenant_webhook_deliveries, api::create_webhook, api::list_webhooks, api::get_webhook, api::delete_webhook, api::rotate_webhook, api::test_webhook, api::webhook_deliveries, api::audit_verify, api::audit_checkpoint, api::audit_public_key, api::create_service, api::list_services, api::get_service,
         api::delete_service, api::set_service_purposes, api::rotate_service, api::healthz, api::readyz,
-        api::metrics, api::create_console_link
+        api::metrics, api::create_console_link, api::configure_tenant
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Bearer, &BuiltinCatalog, &Common, &Links)

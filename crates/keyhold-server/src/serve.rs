@@ -36,6 +36,9 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The IAM principal keyhold runs as (for generated key policies and their analysis).
     pub platform_principal: Option<String>,
+    /// The address clients reach keyhold at (`scheme://host[:port]`): console links are
+    /// built on it and console forms must come from it; `None`: the request's `Host`.
+    pub public_url: Option<String>,
     /// The region this instance runs in (decryption asks its keys first).
     pub local_region: Option<Region>,
     /// Service-layer settings (cache limits, message limits).
@@ -130,6 +133,7 @@ impl ServeConfig {
             listen: DEFAULT_LISTEN,
             tls: None,
             platform_principal: None,
+            public_url: None,
             local_region: None,
             settings: Settings::default(),
             aws: None,
@@ -246,8 +250,12 @@ pub async fn build(
     });
     let mut state = AppState::new(lifecycle, admin_public_key, config.limits);
     state.webhooks = config.webhooks;
-    state.console =
-        crate::console::ConsoleConfig { secure_cookies: config.tls.is_some(), probe_interval: config.probe_interval };
+    state.console = crate::console::ConsoleConfig {
+        secure_cookies: config.tls.is_some(),
+        probe_interval: config.probe_interval,
+        public_url: config.public_url.clone(),
+        ..Default::default()
+    };
     Ok((Arc::new(state), created))
 }
 

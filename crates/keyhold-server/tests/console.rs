@@ -352,3 +352,165 @@ async fn the_audit_page_filters_escapes_and_starts_at_the_day_asked() {
     }
     assert_eq!(send(&f, get(&cookie, "/console/t/acme/usage?days=90")).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_pending_tenant_chooses_its_realm_and_mode_until_its_first_key() {
+    let f = fixture().await;
+    let admin = f.admin_token();
+    let (s, _) = f
+        .call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "hooli", "realm": "eu", "mode": "cmk"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let me = f.tenant_admin_token("hooli");
+    let setup = |body: Value| f.call(Method::PUT, "/v1/tenants/hooli/setup", Some(&me), Some(body));
+    let (s, t) = setup(json!({"realm": "us", "mode": "cmk"})).await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!((t["realm"].as_str(), t["state"].as_str()), (Some("us"), Some("pending")));
+    assert_eq!(t["regions"], json!(["us-east-1", "us-west-2"]));
+    let role = "arn:aws:iam::123456789012:role/keyhold-access";
+    let (s, t) = setup(json!({"realm": "de", "mode": "byok", "role_arn": role})).await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!((t["mode"].as_str(), t["role_arn"].as_str()), (Some("byok"), Some(role)));
+    assert_eq!(t["external_id"], "keyhold-hooli");
+    for (body, code) in [
+        (json!({"realm": "de", "mode": "byok"}), "invalid_request"),
+        (json!({"realm": "de", "mode": "cmk", "role_arn": role}), "invalid_request"),
+        (json!({"realm": "mars", "mode": "cmk"}), "invalid_request"),
+        (json!({"realm": "de", "mode": "hsm"}), "invalid_request"),
+        (json!({"realm": "de", "mode": "local"}), "forbidden"),
+    ] {
+        let (_, e) = setup(body.clone()).await;
+        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+    }
+    // Another tenant's admin and a service cannot.
+    let (s, _) = f
+        .call(
+            Method::PUT,
+            "/v1/tenants/hooli/setup",
+            Some(&f.tenant_admin_token("acme")),
+            Some(json!({"realm": "eu", "mode": "cmk"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // The feed says so; the admin may choose local; a key fixes the choice.
+    let (_, events) = f.call(Method::GET, "/v1/tenants/hooli/events?type=tenant.configured", Some(&me), None).await;
+    assert_eq!(events["events"].as_array().unwrap().len(), 2, "{events}");
+    let (s, _) = f
+        .call(Method::PUT, "/v1/tenants/hooli/setup", Some(&admin), Some(json!({"realm": "eu", "mode": "local"})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let k = f.local().create_key(&keyhold_core::Region::parse("eu-central-1").unwrap(), "").unwrap().key.to_string();
+    let (s, _) =
+        f.call(Method::PUT, "/v1/tenants/hooli/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": k}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = f
+        .call(Method::PUT, "/v1/tenants/hooli/setup", Some(&admin), Some(json!({"realm": "us", "mode": "local"})))
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("setup_fixed")));
+    // An active tenant's setup is fixed too.
+    f.active_tenant("acme").await;
+    let (_, e) = f
+        .call(Method::PUT, "/v1/tenants/acme/setup", Some(&admin), Some(json!({"realm": "us", "mode": "local"})))
+        .await;
+    assert_eq!(e["error"]["code"], "setup_fixed");
+    // Through the console: the wizard's form, with its CSRF token.
+    let (s, _) = f
+        .call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": "initech", "realm": "eu", "mode": "cmk"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (cookie, csrf) = sign_in(&f, Some("initech")).await;
+    let page = send(&f, get(&cookie, "/console/t/initech/setup")).await;
+    assert!(page.body.contains(r#"name="realm" value="uk""#), "the wizard offers every realm");
+    assert!(!page.body.contains(r#"value="local""#), "local is not offered to a tenant's administrator");
+    let a = send(
+        &f,
+        post(&cookie, "/console/t/initech/configure", &format!("_csrf={csrf}&realm=uk&mode=cmk&role_arn="), &[]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains("Saved: realm uk, mode cmk"), "{}", a.body);
+    assert!(a.body.contains("eu-west-2 (home)"), "the wizard now shows the realm's regions");
+}
+
+#[tokio::test]
+async fn sign_in_says_whom_it_signs_in_ends_the_old_session_and_refuses_a_deleted_tenant() {
+    let f = fixture().await;
+    f.active_tenant("acme").await;
+    f.active_tenant("globex").await;
+    let t = mint(&f, Some("globex")).await;
+    let page = send(&f, Request::builder().uri(format!("/console/login?t={t}")).body(Body::empty()).unwrap()).await;
+    assert!(page.body.contains("the administrator of tenant globex"), "{}", page.body);
+    // A browser signed in as the admin signs in with globex's link: the admin session ends.
+    let (admin, _) = sign_in(&f, None).await;
+    let mut req = redeem_request(&t);
+    req.headers_mut().insert(header::COOKIE, admin.parse().unwrap());
+    assert_eq!(send(&f, req).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(send(&f, get(&admin, "/console/tenants")).await.status, StatusCode::UNAUTHORIZED);
+    // A link minted before its tenant was deleted signs no one in.
+    let t = mint(&f, Some("acme")).await;
+    let (s, _) = f.call(Method::DELETE, "/v1/tenants/acme", Some(&f.admin_token()), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let a = send(&f, redeem_request(&t)).await;
+    assert_eq!((a.status, a.json()["error"]["code"].as_str()), (StatusCode::GONE, Some("tenant_deleted")));
+    assert!(a.headers.get(header::SET_COOKIE).is_none());
+    // `null` is not "no tenant": it mints nothing.
+    let (s, e) = f.call(Method::POST, "/v1/console/links", Some(&f.admin_token()), Some(json!({"tenant": null}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
+    // An unknown console page is a 404 page with the console's headers.
+    let mut req = get("", "/console/nothing/here");
+    req.headers_mut().insert(header::ACCEPT, "text/html".parse().unwrap());
+    let a = send(&f, req).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(a.body.contains("no such console page"));
+    assert!(a.headers.get(header::CONTENT_SECURITY_POLICY).is_some());
+}
+
+#[tokio::test]
+async fn an_overlong_key_reference_is_refused_before_it_is_recorded() {
+    let f = fixture().await;
+    f.active_tenant("acme").await;
+    let (cookie, csrf) = sign_in(&f, Some("acme")).await;
+    let before = f.state.lifecycle.registry().audit_head(&"acme".parse().unwrap()).await.unwrap().unwrap().seq;
+    let long = "x".repeat(keyhold_lifecycle::MAX_KEY_REF + 1);
+    let a = send(&f, post(&cookie, "/console/t/acme/keys/eu-central-1", &format!("_csrf={csrf}&key_arn={long}"), &[]))
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.body.contains("at most 2048 bytes"));
+    f.state.lifecycle.flush(true).await;
+    let after = f.state.lifecycle.registry().audit_head(&"acme".parse().unwrap()).await.unwrap().unwrap().seq;
+    assert_eq!(before, after, "the refused key was recorded");
+    let (s, _) = f
+        .call(Method::PUT, "/v1/tenants/acme/keys/eu-central-1", Some(&f.admin_token()), Some(json!({"key_arn": long})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn with_a_public_url_links_use_it_and_forms_must_come_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyhold_server::serve::ServeConfig {
+        public_url: Some("https://keyhold.example.com".into()),
+        probe_interval: None,
+        dev: true,
+        ..keyhold_server::serve::ServeConfig::embedded(dir.path())
+    };
+    let clock = std::sync::Arc::new(keyhold_core::ManualClock::new(super::now_ms()));
+    let (state, _) = keyhold_server::serve::build(&config, keyhold_onboarding::RealmCatalog::builtin(), clock.clone())
+        .await
+        .unwrap();
+    let admin = keyhold_server::devcreds::read_key(&keyhold_server::devcreds::admin_key_path(dir.path())).unwrap();
+    let dev =
+        keyhold_server::devcreds::read_key(&keyhold_server::devcreds::service_key_path(dir.path(), "dev")).unwrap();
+    let f = Fixture { state, dir, admin, dev, clock };
+    f.active_tenant("acme").await;
+    let (s, link) =
+        f.call(Method::POST, "/v1/console/links", Some(&f.admin_token()), Some(json!({"tenant": "acme"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(link["url"].as_str().unwrap().starts_with("https://keyhold.example.com/console/login?t="), "{link}");
+    let t = link["path"].as_str().unwrap().strip_prefix("/console/login?t=").unwrap();
+    // The redeem request says it came from http://keyhold.test: not the public origin.
+    assert_eq!(send(&f, redeem_request(t)).await.status, StatusCode::FORBIDDEN);
+    let mut req = redeem_request(t);
+    req.headers_mut().insert(header::ORIGIN, "https://keyhold.example.com".parse().unwrap());
+    assert_eq!(send(&f, req).await.status, StatusCode::SEE_OTHER);
+}

@@ -17,15 +17,22 @@ use crate::error::{ApiError, ErrorBody};
 #[serde(deny_unknown_fields)]
 pub struct CreateLink {
     /// The tenant whose administrator the link signs in; absent: the admin (every tenant).
-    #[serde(default)]
+    /// `null` is refused, so a caller that lost a tenant id never mints an admin link.
+    #[serde(default, deserialize_with = "some_string")]
     #[schema(schema_with = schema::tenant_id)]
     pub tenant: Option<String>,
+}
+
+/// A present `tenant` must be a string (not `null`).
+fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// A one-time console link.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LinkOut {
-    /// The whole link, built from the request's `Host` (and `https` under TLS).
+    /// The whole link: on `--public-url` when configured, else on the request's `Host`
+    /// (and `https` under TLS).
     pub url: String,
     /// The link's path (`/console/login?t=...`), to append to keyhold's public address.
     pub path: String,
@@ -66,20 +73,29 @@ pub async fn create_console_link(
         }
     };
     let (path, expires_ms) = crate::console::mint_link(&state, &user).await?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)))
-        .unwrap_or("localhost");
-    let scheme = if state.console.secure_cookies { "https" } else { "http" };
+    let url = match &state.console.public_url {
+        Some(base) => format!("{base}{path}"),
+        None => host_url(&headers, state.console.secure_cookies, &path),
+    };
     Ok((
         StatusCode::CREATED,
         Json(LinkOut {
-            url: format!("{scheme}://{host}{path}"),
+            url,
             path,
             scope: if body.tenant.is_some() { "tenant-admin" } else { "admin" }.to_owned(),
             tenant: body.tenant,
             expires_ms,
         }),
     ))
+}
+
+/// The link on the request's `Host` (when it is a plain host name or address).
+fn host_url(headers: &HeaderMap, tls: bool, path: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)))
+        .unwrap_or("localhost");
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}{path}")
 }

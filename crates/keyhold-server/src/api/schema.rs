@@ -157,11 +157,13 @@ pub fn context() -> Object {
 /// refused at once.
 pub fn key_arn() -> RefOr<Schema> {
     let arn = string()
+        .max_length(Some(keyhold_lifecycle::MAX_KEY_REF))
         .pattern(Some(KEY_ARN_PATTERN))
         .description(Some("An AWS KMS key ARN (not an alias ARN), in the region of the path."))
         .build();
     let other = ObjectBuilder::new()
         .schema_type(Type::String)
+        .max_length(Some(keyhold_lifecycle::MAX_KEY_REF))
         .extensions(Some(not(json!({"pattern": "^arn:"}))))
         .description(Some("A key id of another provider, such as the local provider's `lk-...`."))
         .build();
@@ -282,11 +284,20 @@ pub fn audit_limit() -> Object {
 
 /// `POST /v1/tenants`: a `byok` tenant names its role; the others name none.
 pub fn create_tenant() -> RefOr<Schema> {
+    tenant_setup(true, "A tenant to create (state `pending` until its keys validate).")
+}
+
+/// `PUT /v1/tenants/{id}/setup`: a pending tenant's realm and mode.
+pub fn configure_tenant() -> RefOr<Schema> {
+    tenant_setup(false, "A pending tenant's realm and mode (and a byok tenant's role), before any key is attached.")
+}
+
+/// A tenant's realm, mode and role (`with_id`: and its id), one of the two shapes.
+fn tenant_setup(with_id: bool, description: &str) -> RefOr<Schema> {
     let common = |modes: &[&str]| {
-        ObjectBuilder::new()
-            .property("id", tenant_id())
-            .required("id")
-            .property("realm", realm())
+        let b = ObjectBuilder::new();
+        let b = if with_id { b.property("id", tenant_id()).required("id") } else { b };
+        b.property("realm", realm())
             .required("realm")
             .property(
                 "mode",
@@ -305,11 +316,7 @@ pub fn create_tenant() -> RefOr<Schema> {
         )
         .title(Some("cmk or local"));
     let with_role = common(&["byok"]).property("role_arn", role_arn()).required("role_arn").title(Some("byok"));
-    let one = OneOfBuilder::new()
-        .item(without_role)
-        .item(with_role)
-        .description(Some("A tenant to create (state `pending` until its keys validate)."))
-        .build();
+    let one = OneOfBuilder::new().item(without_role).item(with_role).description(Some(description)).build();
     RefOr::T(Schema::OneOf(one))
 }
 

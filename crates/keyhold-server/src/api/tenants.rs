@@ -150,6 +150,61 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant_out(&state, t).await?)))
 }
 
+/// `PUT /v1/tenants/{id}/setup` body (its schema: [`schema::configure_tenant`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureTenant {
+    /// Realm id.
+    pub realm: String,
+    /// `cmk`, `byok` or (admin only) `local`.
+    pub mode: String,
+    /// BYOK only: the role keyhold assumes.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+}
+
+impl utoipa::PartialSchema for ConfigureTenant {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema::configure_tenant()
+    }
+}
+
+impl ToSchema for ConfigureTenant {}
+
+/// Chooses a pending tenant's realm and mode (and a byok tenant's role) before any key is
+/// attached: what its administrator picks in the onboarding wizard. `local` (keys of the
+/// platform's own local provider) is for the admin only.
+#[utoipa::path(put, path = "/v1/tenants/{id}/setup", request_body = ConfigureTenant, params(TenantPath),
+    responses(
+        (status = 200, body = TenantOut, description = "the tenant, still `pending`, in its new realm and mode"),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: the tenant id, realm, mode or role_arn"),
+        (status = 403, body = ErrorBody,
+            description = "`forbidden`: a service, another tenant's admin, or a tenant admin choosing `local`"),
+        (status = 404, body = ErrorBody, description = "`tenant_not_found`"),
+        (status = 409, body = ErrorBody,
+            description = "`setup_fixed`: the tenant is no longer pending or has a key attached"),
+        (status = 410, body = ErrorBody, description = "`tenant_deleted`"),
+        (status = 503, body = ErrorBody, description = "`registry_unavailable`, `audit_unavailable`: retry"),
+    ),
+    security(("bearer" = [])))]
+pub async fn configure_tenant(
+    p: Principal,
+    State(state): Shared,
+    ApiPath(TenantPath { id }): ApiPath<TenantPath>,
+    ApiJson(body): ApiJson<ConfigureTenant>,
+) -> Result<Json<TenantOut>, ApiError> {
+    let id = tenant_id(&id)?;
+    manages(&p, &id)?;
+    let mode: TenantMode = body.mode.parse().map_err(|e: String| ApiError::invalid(format!("invalid mode: {e}")))?;
+    if mode == TenantMode::Local && p != Principal::Admin {
+        return Err(ApiError::forbidden(
+            "local keys are the platform's own: a tenant's administrator chooses cmk or byok",
+        ));
+    }
+    let t = state.lifecycle.configure(&p.actor(), &id, &body.realm, mode, body.role_arn.as_deref()).await?;
+    Ok(Json(tenant_out(&state, t).await?))
+}
+
 /// Lists tenants, deleted ones included (state `deleted`).
 #[utoipa::path(get, path = "/v1/tenants",
     responses(

@@ -67,11 +67,25 @@ pub struct ConsoleConfig {
     pub secure_cookies: bool,
     /// The health monitor's interval, to tell a suspended tenant when it resumes.
     pub probe_interval: Option<Duration>,
+    /// The address clients reach keyhold at (`scheme://host[:port]`), when configured:
+    /// links are built on it and forms' `Origin` must be it.
+    pub public_url: Option<String>,
+    /// The pages that read a trail (audit, usage) running at once on this instance, at
+    /// most [`TRAIL_READERS`]: they share the registry's connections with the API.
+    pub trail_readers: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many audit or usage pages read trails at once per instance.
+pub const TRAIL_READERS: usize = 2;
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
-        Self { secure_cookies: false, probe_interval: Some(keyhold_lifecycle::monitor::DEFAULT_INTERVAL) }
+        Self {
+            secure_cookies: false,
+            probe_interval: Some(keyhold_lifecycle::monitor::DEFAULT_INTERVAL),
+            public_url: None,
+            trail_readers: Arc::new(tokio::sync::Semaphore::new(TRAIL_READERS)),
+        }
     }
 }
 
@@ -100,6 +114,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/console/t/{id}/keys/{region}", post(tenant::attach))
         .route("/console/t/{id}/validate", post(tenant::validate))
         .route("/console/t/{id}/role", post(tenant::set_role))
+        .route("/console/t/{id}/configure", post(tenant::configure))
         .route("/console/t/{id}/keys", get(tenant::keys))
         .route("/console/t/{id}/keys/{region}/{key}/retire", post(tenant::retire))
         .route("/console/t/{id}/events", get(tenant::events))
@@ -111,6 +126,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/console/t/{id}/audit", get(tenant::audit))
         .route("/console/t/{id}/audit/export", get(tenant::audit_export))
         .route("/console/t/{id}/usage", get(tenant::usage))
+        .route("/console/{*rest}", get(no_page).post(no_page))
         .layer(middleware::from_fn_with_state(state, console_edge))
 }
 
@@ -140,6 +156,11 @@ async fn console_edge(State(state): State<Arc<AppState>>, req: Request, next: Ne
     let cache = asset && resp.status().is_success();
     html::secure_headers(&mut resp, cache);
     resp
+}
+
+/// Any other path under `/console/`.
+async fn no_page() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such console page; start at /console/")
 }
 
 fn is_json(h: &HeaderMap) -> bool {
@@ -238,7 +259,7 @@ impl FromRequest<Arc<AppState>> for Post {
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let session = Session::from_request_parts(&mut parts, state).await?;
-        same_origin(&parts.headers)?;
+        same_origin(&parts.headers, &state.console)?;
         let form = read_form(&parts.headers, body, state).await?;
         let given = form.iter().find(|(k, _)| k == "_csrf").map(|(_, v)| v.as_bytes()).unwrap_or_default();
         if aws_lc_rs::constant_time::verify_slices_are_equal(given, session.csrf.as_bytes()).is_err() {
@@ -256,17 +277,28 @@ fn csrf_refused() -> ApiError {
     )
 }
 
-/// Refuses a request a browser says came from another site.
-fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
-    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
+/// Refuses a request a browser says came from another site: by `Sec-Fetch-Site`, and by
+/// `Origin` against the configured public URL (scheme, host and port), or without one
+/// against the `Host` (or, behind a proxy, `X-Forwarded-Host`) the request came to. The
+/// CSRF token stays the main guard.
+fn same_origin(headers: &HeaderMap, config: &ConsoleConfig) -> Result<(), ApiError> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.to_str(), Ok("same-origin" | "none"))
+    {
         return Err(csrf_refused());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let origin = origin.to_str().unwrap_or_default();
+        if let Some(public) = &config.public_url {
+            return if origin.eq_ignore_ascii_case(public) { Ok(()) } else { Err(csrf_refused()) };
+        }
         let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
-        if origin == "null" || origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        let hosts = [header::HOST.as_str(), "x-forwarded-host"];
+        let matches = hosts.iter().filter_map(|h| headers.get(*h)?.to_str().ok()).any(|h| {
+            let h = h.split(',').next().unwrap_or_default().trim();
+            !h.is_empty() && origin_host.eq_ignore_ascii_case(h)
+        });
+        if origin == "null" || origin_host.is_empty() || !matches {
             return Err(csrf_refused());
         }
     }
@@ -329,22 +361,46 @@ struct LinkQuery {
     t: Option<String>,
 }
 
-/// The page a link opens: a button that signs in (the link is used only by the POST).
-async fn login_page(ApiQuery(q): ApiQuery<LinkQuery>) -> Result<Response, ApiError> {
+/// The page a link opens: whom it signs in, and a button that does (the link is used only
+/// by the POST).
+async fn login_page(
+    State(state): Shared,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<LinkQuery>,
+) -> Result<Response, ApiError> {
     let t = q.t.filter(|t| !t.is_empty() && t.len() <= 128).ok_or_else(|| {
         ApiError::invalid("this page needs the t of a console link; open the whole link your platform gave you")
     })?;
+    let Some(user) = state.lifecycle.registry().console_link(&digest(&t), state.now_ms()).await? else {
+        return Err(link_refused());
+    };
+    let who = match &user {
+        ConsoleUser::Admin => "the platform's admin (every tenant)".to_owned(),
+        ConsoleUser::TenantAdmin(t) => format!("the administrator of tenant {t}"),
+    };
+    let already = if session_cookie(&headers, &state.console).is_some() {
+        "<p>You are signed in already: signing in with this link ends that session.</p>"
+    } else {
+        ""
+    };
     let body = format!(
-        r#"<p>This one-time link signs you in to keyhold's console. It works once, and only for a few minutes.</p><form method="post" action="/console/login"><input type="hidden" name="t" value="{}"><button type="submit">Sign in</button></form>"#,
+        r#"<p>This one-time link signs you in to keyhold's console as <strong>{}</strong>. It works once, and only for a few minutes.</p>{already}<form method="post" action="/console/login"><input type="hidden" name="t" value="{}"><button type="submit">Sign in</button></form>"#,
+        html::esc(&who),
         html::esc(&t)
     );
     Ok(html::page("Sign in", None, &body))
 }
 
+fn link_refused() -> ApiError {
+    ApiError::unauthenticated(
+        "this console link was already used, has expired or is not one; ask your platform for a new link",
+    )
+}
+
 /// Redeems a link: a session cookie, then the console.
 async fn login(State(state): Shared, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    same_origin(&parts.headers)?;
+    same_origin(&parts.headers, &state.console)?;
     let form = read_form(&parts.headers, body, &state).await?;
     let t = form.iter().find(|(k, _)| k == "t").map(|(_, v)| v.as_str()).unwrap_or_default();
     if t.is_empty() || t.len() > 128 {
@@ -353,10 +409,16 @@ async fn login(State(state): Shared, req: Request) -> Result<Response, ApiError>
     let now = state.now_ms();
     let Some(user) = state.lifecycle.registry().redeem_console_link(&digest(t), now).await? else {
         crate::reqlog::auth_error("console link unknown, expired or already used");
-        return Err(ApiError::unauthenticated(
-            "this console link was already used, has expired or is not one; ask your platform for a new link",
-        ));
+        return Err(link_refused());
     };
+    // A tenant deleted since the link was minted is gone for its administrator too.
+    if let ConsoleUser::TenantAdmin(t) = &user {
+        state.lifecycle.live_tenant(t).await?;
+    }
+    // Signing in ends the session this browser had.
+    if let Some(old) = session_cookie(&parts.headers, &state.console) {
+        state.lifecycle.registry().end_console_session(&digest(old)).await?;
+    }
     let cookie = secret()?;
     let csrf = secret()?;
     let expires = now + SESSION_TTL_MS;

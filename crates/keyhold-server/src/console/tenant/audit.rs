@@ -75,6 +75,14 @@ fn operation_of(e: &Event) -> Option<&str> {
     }
 }
 
+/// `s` cut to at most `max` characters, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", s.get(..at).unwrap_or(s)),
+        None => s.to_owned(),
+    }
+}
+
 fn summary(e: &Event) -> String {
     match e {
         Event::ProviderCall { operation, key, region, outcome, count, .. } => format!(
@@ -105,6 +113,8 @@ fn summary(e: &Event) -> String {
 struct Trail<'a> {
     state: &'a AppState,
     id: TenantId,
+    /// This page's place among the trail readers.
+    _reading: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl<'a> Trail<'a> {
@@ -116,7 +126,15 @@ impl<'a> Trail<'a> {
             ApiQuery(api::AuditQuery { after: Some(0), limit: Some(1) }),
         )
         .await?;
-        Ok(Trail { state, id: id.clone() })
+        let readers = state.console.trail_readers.clone();
+        let reading = tokio::time::timeout(std::time::Duration::from_secs(5), readers.acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                ApiError::overloaded("the console is reading other audit trails; retry after the Retry-After delay")
+            })?;
+        Ok(Trail { state, id: id.clone(), _reading: reading })
     }
 
     async fn page(&self, after: u64, limit: u32) -> Result<Vec<Record>, ApiError> {
@@ -143,7 +161,7 @@ impl<'a> Trail<'a> {
 
 /// Records scanned per audit page at most (so a narrow filter over a long trail stays
 /// bounded; the page then offers to continue).
-const AUDIT_SCAN: u32 = 20_000;
+const AUDIT_SCAN: u32 = 5_000;
 /// Matching records shown per page.
 const AUDIT_SHOW: usize = 100;
 
@@ -253,7 +271,7 @@ pub async fn audit(
                 format!("<code>{}</code>", r.event.kind()),
                 esc(purpose_of(&r.event).unwrap_or_default()),
                 outcome_of(&r.event).map(|o| badge(if o == "ok" { "ok" } else { o })).unwrap_or_default(),
-                esc(&summary(&r.event)),
+                esc(&clip(&summary(&r.event), 300)),
             ]
         })
         .collect();

@@ -52,6 +52,10 @@ pub(super) async fn keys_page(
             body.push_str(&notice("ok", &format!("Key {key} retired: keyhold never uses it again.")));
             StatusCode::OK
         }
+        Outcome::Notice(text) => {
+            body.push_str(&notice("ok", text));
+            StatusCode::OK
+        }
         Outcome::None => StatusCode::OK,
     };
     let _ = write!(

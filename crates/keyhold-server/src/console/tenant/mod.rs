@@ -17,7 +17,7 @@ pub use audit::{audit, audit_export, usage};
 pub use keys::{keys, retire};
 pub(crate) use notices::{FeedQuery, feed};
 pub use notices::{add_webhook, delete_webhook, events, rotate_webhook, test_webhook, webhook, webhooks};
-pub use setup::{attach, key_policy_file, set_role, setup, template_file, validate};
+pub use setup::{attach, configure, key_policy_file, set_role, setup, template_file, validate};
 
 use std::fmt::Write as _;
 
@@ -199,11 +199,17 @@ pub async fn health(
     Ok(html::page(&format!("Key health of {id}"), Some(&nav(&s, &id, &current)), &body))
 }
 
-/// What the wizard shows after an action: a validation report, or an error.
+/// What a page shows above itself after a form was posted.
 pub(super) enum Outcome {
+    /// Nothing: the page as it is.
     None,
+    /// A line saying what was done.
+    Notice(String),
+    /// A key was retired.
     Retired(String),
+    /// A validation report.
     Report(serde_json::Value),
+    /// The API's refusal (its status becomes the page's).
     Error(ApiError),
 }
 

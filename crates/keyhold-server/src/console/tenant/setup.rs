@@ -67,6 +67,9 @@ async fn setup_page(
     if let Outcome::Report(r) = &outcome {
         body.push_str(&report_html(r));
     }
+    if let Outcome::Notice(text) = &outcome {
+        body.push_str(&notice("ok", text));
+    }
     if let Outcome::Retired(key) = &outcome {
         body.push_str(&notice("ok", &format!("Key {key} retired.")));
     }
@@ -92,7 +95,7 @@ async fn setup_page(
     let mark = |on: bool| if on { r#" class="chosen" aria-current="true""# } else { "" };
     let _ = write!(
         body,
-        r#"<li><h2>How your keys are reached</h2><ul class="modes"><li{}><strong>CMK</strong>: a KMS key in your account whose key policy lets the platform use it for your data only.</li><li{}><strong>BYOK</strong>: a KMS key in your account used through a role you create, which keyhold assumes with your ExternalId.</li><li{}><strong>Local</strong>: keys of keyhold's own local provider (development and evaluation).</li></ul><p>Your platform set up this tenant as <strong>{}</strong>.{}</p></li>"#,
+        r#"<li><h2>How your keys are reached</h2><ul class="modes"><li{}><strong>CMK</strong>: a KMS key in your account whose key policy lets the platform use it for your data only.</li><li{}><strong>BYOK</strong>: a KMS key in your account used through a role you create, which keyhold assumes with your ExternalId.</li><li{}><strong>Local</strong>: keys of keyhold's own local provider (development and evaluation).</li></ul><p>This tenant's keys are reached as <strong>{}</strong>.{}</p></li>"#,
         mark(cmk),
         mark(byok),
         mark(local),
@@ -102,6 +105,9 @@ async fn setup_page(
             _ => String::new(),
         }
     );
+    if t.state == "pending" && t.keys.is_empty() {
+        body.push_str(&choice_form(state, s, &t, &b));
+    }
     if byok {
         let _ = write!(
             body,
@@ -201,6 +207,78 @@ async fn setup_page(
     let mut resp = html::page(&format!("Set up keys for {id}"), Some(&nav(s, id, &current)), &body);
     *resp.status_mut() = status;
     Ok(resp)
+}
+
+/// The form that chooses a pending tenant's realm and mode, while it has no key.
+fn choice_form(state: &AppState, s: &Session, t: &api::TenantOut, b: &str) -> String {
+    let mut out = format!(
+        r#"<li><h2>Choose your realm and how keyhold reaches your keys</h2><p>You can change these until the first key is attached.</p><form method="post" action="{b}/configure">{}<fieldset><legend>Realm</legend>"#,
+        csrf_field(&s.csrf)
+    );
+    for realm in state.lifecycle.catalog().realms() {
+        let id = realm.id.to_string();
+        let regions: Vec<String> = realm.regions.iter().map(ToString::to_string).collect();
+        let checked = if id == t.realm { " checked" } else { "" };
+        let _ = write!(
+            out,
+            r#"<div class="choice"><input type="radio" id="realm-{0}" name="realm" value="{0}"{checked}><label for="realm-{0}">{0}: {1}</label></div>"#,
+            esc(&id),
+            esc(&regions.join(", "))
+        );
+    }
+    out.push_str("</fieldset><fieldset><legend>Key mode</legend>");
+    let mut modes = vec![
+        ("cmk", "CMK: a key in your account, with a key policy for the platform"),
+        ("byok", "BYOK: a key in your account, through a role keyhold assumes"),
+    ];
+    if matches!(s.principal, crate::auth::Principal::Admin) || t.mode == "local" {
+        modes.push(("local", "Local: keys of keyhold's local provider"));
+    }
+    for (m, label) in modes {
+        let checked = if m == t.mode { " checked" } else { "" };
+        let _ = write!(
+            out,
+            r#"<div class="choice"><input type="radio" id="mode-{m}" name="mode" value="{m}"{checked}><label for="mode-{m}">{}</label></div>"#,
+            esc(label)
+        );
+    }
+    let _ = write!(
+        out,
+        r#"</fieldset><label for="choice-role">Role ARN (BYOK only)</label><input id="choice-role" name="role_arn" type="text" autocomplete="off" spellcheck="false" value="{}" placeholder="arn:aws:iam::123456789012:role/keyhold-access"><button type="submit">Save realm and mode</button></form></li>"#,
+        esc(t.role_arn.as_deref().unwrap_or_default())
+    );
+    out
+}
+
+/// Chooses a pending tenant's realm and mode.
+pub async fn configure(
+    State(state): Shared,
+    ApiPath(TenantPath { id }): ApiPath<TenantPath>,
+    post: Post,
+) -> Result<Response, ApiError> {
+    let s = &post.session;
+    let tid = managed(s, &id)?;
+    let body = api::ConfigureTenant {
+        realm: post.field("realm").unwrap_or_default().to_owned(),
+        mode: post.field("mode").unwrap_or_default().to_owned(),
+        role_arn: post.field("role_arn").map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned),
+    };
+    let outcome = match api::configure_tenant(
+        s.principal.clone(),
+        State(state.clone()),
+        ApiPath(TenantPath { id }),
+        crate::api::ApiJson(body),
+    )
+    .await
+    {
+        Ok(Json(t)) => Outcome::Notice(format!(
+            "Saved: realm {}, mode {}. Now create and attach a key in each region.",
+            t.realm, t.mode
+        )),
+        Err(e) if e.status.is_client_error() => Outcome::Error(e),
+        Err(e) => return Err(e),
+    };
+    setup_page(&state, s, &tid, outcome).await
 }
 
 /// Downloads the key policy for one region.
