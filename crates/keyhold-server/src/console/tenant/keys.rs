@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use keyhold_core::TenantId;
 
-use super::{Outcome, base, managed, nav, notice, report_html};
+use super::{Outcome, base, managed, nav, notice, page_outcome, report_html};
 use crate::api::extract::{ApiPath, ApiQuery, TenantKeyPath, TenantPath};
 use crate::api::{self, Shared};
 use crate::console::html::{self, badge, button_form, csrf_field, esc, table, url};
@@ -129,17 +129,15 @@ pub async fn retire(
 ) -> Result<Response, ApiError> {
     let s = &post.session;
     let tid = managed(s, &id)?;
-    let outcome = match api::retire_key(
-        s.principal.clone(),
-        State(state.clone()),
-        ApiPath(TenantKeyPath { id, region, key }),
-        ApiQuery(api::ForceQuery { force: None }),
-    )
-    .await
-    {
-        Ok(Json(out)) => Outcome::Retired(out.key_arn),
-        Err(e) if e.status.is_client_error() => Outcome::Error(e),
-        Err(e) => return Err(e),
-    };
+    let outcome = page_outcome(
+        api::retire_key(
+            s.principal.clone(),
+            State(state.clone()),
+            ApiPath(TenantKeyPath { id, region, key }),
+            ApiQuery(api::ForceQuery { force: None }),
+        )
+        .await,
+        |Json(out)| Outcome::Retired(out.key_arn),
+    )?;
     keys_page(&state, s, &tid, outcome).await
 }

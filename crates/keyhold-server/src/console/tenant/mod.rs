@@ -213,6 +213,16 @@ pub(super) enum Outcome {
     Error(ApiError),
 }
 
+/// What a form's API call comes to on its page: `ok` of its answer, or its refusal shown
+/// (a client error, whose status the page takes); keyhold's own failures stay errors.
+pub(super) fn page_outcome<T>(r: Result<T, ApiError>, ok: impl FnOnce(T) -> Outcome) -> Result<Outcome, ApiError> {
+    match r {
+        Ok(v) => Ok(ok(v)),
+        Err(e) if e.status.is_client_error() => Ok(Outcome::Error(e)),
+        Err(e) => Err(e),
+    }
+}
+
 pub(super) fn report_html(report: &serde_json::Value) -> String {
     let usable = report.get("usable").and_then(|v| v.as_bool()).unwrap_or(false);
     let attached = report.get("attached").and_then(|v| v.as_bool());

@@ -13,7 +13,7 @@ use axum::response::Response;
 use keyhold_core::TenantId;
 use serde::Deserialize;
 
-use super::{Outcome, base, download, managed, nav, notice, report_html};
+use super::{Outcome, base, download, managed, nav, notice, page_outcome, report_html};
 use crate::api::extract::{ApiPath, ApiQuery, TenantPath, TenantRegionPath};
 use crate::api::{self, Shared};
 use crate::console::html::{self, badge, button_form, csrf_field, esc, url};
@@ -263,21 +263,21 @@ pub async fn configure(
         mode: post.field("mode").unwrap_or_default().to_owned(),
         role_arn: post.field("role_arn").map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned),
     };
-    let outcome = match api::configure_tenant(
-        s.principal.clone(),
-        State(state.clone()),
-        ApiPath(TenantPath { id }),
-        crate::api::ApiJson(body),
-    )
-    .await
-    {
-        Ok(Json(t)) => Outcome::Notice(format!(
-            "Saved: realm {}, mode {}. Now create and attach a key in each region.",
-            t.realm, t.mode
-        )),
-        Err(e) if e.status.is_client_error() => Outcome::Error(e),
-        Err(e) => return Err(e),
-    };
+    let outcome = page_outcome(
+        api::configure_tenant(
+            s.principal.clone(),
+            State(state.clone()),
+            ApiPath(TenantPath { id }),
+            crate::api::ApiJson(body),
+        )
+        .await,
+        |Json(t)| {
+            Outcome::Notice(format!(
+                "Saved: realm {}, mode {}. Now create and attach a key in each region.",
+                t.realm, t.mode
+            ))
+        },
+    )?;
     setup_page(&state, s, &tid, outcome).await
 }
 
@@ -343,11 +343,7 @@ pub async fn attach(
         crate::api::ApiJson(api::AttachKey { key_arn }),
     )
     .await;
-    let outcome = match result {
-        Ok(Json(report)) => Outcome::Report(report),
-        Err(e) if e.status.is_client_error() => Outcome::Error(e),
-        Err(e) => return Err(e),
-    };
+    let outcome = page_outcome(result, |Json(report)| Outcome::Report(report))?;
     if post.field("return") == Some("keys") {
         super::keys::keys_page(&state, s, &tid, outcome).await
     } else {
@@ -364,18 +360,16 @@ pub async fn set_role(
     let s = &post.session;
     let tid = managed(s, &id)?;
     let role_arn = post.field("role_arn").unwrap_or_default().to_owned();
-    let outcome = match api::set_role(
-        s.principal.clone(),
-        State(state.clone()),
-        ApiPath(TenantPath { id }),
-        crate::api::ApiJson(api::SetRole { role_arn }),
-    )
-    .await
-    {
-        Ok(Json(report)) => Outcome::Report(report),
-        Err(e) if e.status.is_client_error() => Outcome::Error(e),
-        Err(e) => return Err(e),
-    };
+    let outcome = page_outcome(
+        api::set_role(
+            s.principal.clone(),
+            State(state.clone()),
+            ApiPath(TenantPath { id }),
+            crate::api::ApiJson(api::SetRole { role_arn }),
+        )
+        .await,
+        |Json(report)| Outcome::Report(report),
+    )?;
     setup_page(&state, s, &tid, outcome).await
 }
 
@@ -387,11 +381,7 @@ pub async fn validate(
 ) -> Result<Response, ApiError> {
     let s = &post.session;
     let tid = managed(s, &id)?;
-    let outcome =
-        match api::validate_tenant(s.principal.clone(), State(state.clone()), ApiPath(TenantPath { id })).await {
-            Ok(Json(report)) => Outcome::Report(report),
-            Err(e) if e.status.is_client_error() => Outcome::Error(e),
-            Err(e) => return Err(e),
-        };
+    let report = api::validate_tenant(s.principal.clone(), State(state.clone()), ApiPath(TenantPath { id })).await;
+    let outcome = page_outcome(report, |Json(report)| Outcome::Report(report))?;
     setup_page(&state, s, &tid, outcome).await
 }
