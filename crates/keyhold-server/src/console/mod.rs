@@ -5,8 +5,9 @@
 //!
 //! **Sign-in.** An admin mints a one-time link (`POST /v1/console/links`, or
 //! `keyhold console-link`) for a tenant's administrator or for the admin; it is valid for
-//! [`LINK_TTL_MS`]. Opening it shows a sign-in button (so a link scanner fetching the URL
-//! does not use it up); the button's POST redeems the link, once, across every instance
+//! [`LINK_TTL_MS`]. Opening it shows whom it signs in and a sign-in form (so a link scanner
+//! fetching the URL does not use it up), which the page's script submits at once in a
+//! browser without a session; the form's POST redeems the link, once, across every instance
 //! (the registry marks it used in the statement that reads it), and sets a session cookie:
 //! `HttpOnly`, `SameSite=Strict`, `Secure` and `__Host-` prefixed under TLS, for
 //! [`SESSION_TTL_MS`]. Only digests of links and sessions are stored.
@@ -378,13 +379,15 @@ async fn login_page(
         ConsoleUser::Admin => "the platform's admin (every tenant)".to_owned(),
         ConsoleUser::TenantAdmin(t) => format!("the administrator of tenant {t}"),
     };
-    let already = if session_cookie(&headers, &state.console).is_some() {
-        "<p>You are signed in already: signing in with this link ends that session.</p>"
+    // A browser without a session signs in at once (the script submits the form); one
+    // signed in already is asked first, since this link would end that session.
+    let (already, auto) = if session_cookie(&headers, &state.console).is_some() {
+        ("<p>You are signed in already: signing in with this link ends that session.</p>", "")
     } else {
-        ""
+        ("", " data-autosubmit")
     };
     let body = format!(
-        r#"<p>This one-time link signs you in to keyhold's console as <strong>{}</strong>. It works once, and only for a few minutes.</p>{already}<form method="post" action="/console/login"><input type="hidden" name="t" value="{}"><button type="submit">Sign in</button></form>"#,
+        r#"<p>This one-time link signs you in to keyhold's console as <strong>{}</strong>. It works once, and only for a few minutes.</p>{already}<form method="post" action="/console/login"{auto}><input type="hidden" name="t" value="{}"><button type="submit">Sign in</button></form>"#,
         html::esc(&who),
         html::esc(&t)
     );

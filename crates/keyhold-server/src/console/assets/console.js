@@ -3,6 +3,7 @@
 //   of a key, a key of another region, a malformed ARN or local key id.
 // - Buttons with data-copy copy the text of the element they name.
 // - An element with data-refresh="N" is refreshed from the server every N seconds.
+// - A form with data-autosubmit (the sign-in link's page) is submitted once, at load.
 "use strict";
 
 function checkKey(value, region, mode) {
@@ -75,7 +76,13 @@ function wireRefresh() {
   });
 }
 
+function autosubmit() {
+  const form = document.querySelector("form[data-autosubmit]");
+  if (form) form.submit();
+}
+
 document.addEventListener("DOMContentLoaded", function () {
+  autosubmit();
   wireKeyFields();
   wireCopy();
   wireRefresh();
