@@ -511,10 +511,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let serving = matches!(self.activity.phase.load(Ordering::Relaxed), p if p == Phase::Busy as u8 || p == Phase::Sending as u8);
-        if !serving || self.rewritten.is_some() {
-            // Outside a request, one slice at a time, so an answer hyper makes itself is
-            // seen whole by `poll_write`.
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        // Outside a request, an error answer (one hyper may have made itself) goes one
+        // slice at a time, so `poll_write` sees it whole. Anything else keeps its single
+        // vectored write: hyper often flushes a response after its body was dropped, and
+        // splitting head and body would cost a system call and a packet per request.
+        if self.rewritten.is_some() || (!serving && (first.starts_with(b"HTTP/1.1 4") || first.starts_with(b"HTTP/1.1 5"))) {
             return self.poll_write(cx, first);
         }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
