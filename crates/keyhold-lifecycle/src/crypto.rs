@@ -87,7 +87,7 @@ impl Lifecycle {
                     && source.class() == ErrorClass::Revoked
                 {
                     let failures = [KeyFailure { key: key.clone(), class: ErrorClass::Revoked }];
-                    self.after_refusal(&view, &failures, started).await;
+                    Box::pin(self.after_refusal(&view, &failures, started)).await;
                 }
                 Err(LifecycleError::from_service(tenant, e))
             }
@@ -129,7 +129,8 @@ impl Lifecycle {
         let started = Instant::now();
         let result =
             self.keyhold.decrypt_among(tenant, header, message, &KeySet(&view.allowed), &mut failures, out).await;
-        if failures.iter().any(|f| f.class == ErrorClass::Revoked) && self.after_refusal(view, &failures, started).await
+        if failures.iter().any(|f| f.class == ErrorClass::Revoked)
+            && Box::pin(self.after_refusal(view, &failures, started)).await
         {
             // The probe confirmed the revocation: nothing is answered for this tenant.
             out.clear();

@@ -508,6 +508,18 @@ impl Lifecycle {
             Some(v) if now.saturating_sub(v.loaded_ms) < TENANT_VIEW_TTL_MS => return Ok(v),
             stale => stale,
         };
+        // The registry's futures are large: boxed, they stay out of every request's
+        // future (which is moved and boxed whole on each request).
+        Box::pin(self.load_view(id, previous, now)).await
+    }
+
+    /// Reads a tenant's view from the registry (its `previous` one, if any, as read).
+    async fn load_view(
+        &self,
+        id: &TenantId,
+        previous: Option<Arc<TenantView>>,
+        now: u64,
+    ) -> Result<Arc<TenantView>, LifecycleError> {
         let tenant = self.tenant(id).await?;
         let history = self.registry.keys(id).await?;
         let mut active = Vec::new();

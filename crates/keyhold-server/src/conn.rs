@@ -516,7 +516,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         // slice at a time, so `poll_write` sees it whole. Anything else keeps its single
         // vectored write: hyper often flushes a response after its body was dropped, and
         // splitting head and body would cost a system call and a packet per request.
-        if self.rewritten.is_some() || (!serving && (first.starts_with(b"HTTP/1.1 4") || first.starts_with(b"HTTP/1.1 5"))) {
+        if self.rewritten.is_some()
+            || (!serving && (first.starts_with(b"HTTP/1.1 4") || first.starts_with(b"HTTP/1.1 5")))
+        {
             return self.poll_write(cx, first);
         }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);

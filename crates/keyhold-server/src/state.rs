@@ -175,6 +175,20 @@ impl AppState {
         if let Some(found) = usable(&self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
             return Ok(found);
         }
+        // The registry's future is large: boxed, it stays out of every request's future.
+        Box::pin(self.reload_services(name, now)).await
+    }
+
+    /// Reads the directory from the registry again, and `name`'s entry in it.
+    async fn reload_services(&self, name: &str, now: u64) -> Result<Option<Arc<ServiceEntry>>, RegistryError> {
+        let usable = |d: &Directory| -> Option<Option<Arc<ServiceEntry>>> {
+            let age = now.saturating_sub(d.loaded_ms?);
+            match d.by_name.get(name) {
+                Some(e) if age < TENANT_VIEW_TTL_MS => Some(Some(e.clone())),
+                None if age < UNKNOWN_SERVICE_RELOAD_MS => Some(None),
+                _ => None,
+            }
+        };
         // One reload at a time: the others wait for it and use its result.
         let _reload = self.services_reload.lock().await;
         if let Some(found) = usable(&self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {

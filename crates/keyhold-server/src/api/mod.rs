@@ -170,7 +170,7 @@ async fn authenticate(parts: &Parts, state: &Arc<AppState>) -> Result<Principal,
     let proven = match state.cached_token(&digest, now_s) {
         Some(p) => p,
         None => {
-            let (proven, exp) = verify_token(token, state, now_ms).await?;
+            let (proven, exp) = Box::pin(verify_token(token, state, now_ms)).await?;
             state.cache_token(digest, proven.clone(), exp, now_s);
             proven
         }
