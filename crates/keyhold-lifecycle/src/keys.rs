@@ -150,7 +150,7 @@ impl Lifecycle {
         let findings = key_findings_json(&report, key);
         let changes = self
             .registry
-            .attach_key(id, region, key, check, &findings, self.now_ms(), |changes| {
+            .attach_key_for(id, Some((&t.realm, t.mode)), region, key, check, &findings, self.now_ms(), |changes| {
                 crate::events::key_statuses(id, region.as_str(), changes)
             })
             .await?;

@@ -519,19 +519,48 @@ impl Registry {
         now_ms: u64,
         events: impl FnOnce(&[StatusChange]) -> Vec<NewEvent> + Send,
     ) -> Result<Vec<StatusChange>> {
+        self.attach_key_for(tenant, None, region, key, check, findings, now_ms, events).await
+    }
+
+    /// [`Registry::attach_key`], only while the tenant is still in the realm and mode
+    /// (`setup`) the key was validated for: a realm or mode chosen meanwhile
+    /// ([`Registry::configure_tenant`]) makes it a [`RegistryError::Conflict`].
+    #[allow(clippy::too_many_arguments, reason = "the key, what validation found, and the change's events")]
+    pub async fn attach_key_for(
+        &self,
+        tenant: &TenantId,
+        setup: Option<(&RealmId, TenantMode)>,
+        region: &Region,
+        key: &str,
+        check: KeyCheck,
+        findings: &str,
+        now_ms: u64,
+        events: impl FnOnce(&[StatusChange]) -> Vec<NewEvent> + Send,
+    ) -> Result<Vec<StatusChange>> {
         let mut tx = self.begin_write().await?;
         // The version bump first: it locks the tenant's row (PostgreSQL), so a deletion
-        // running concurrently either sees this attach's key or makes it fail here.
-        let bumped =
-            sqlx::query("UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2 AND state <> $3")
-                .bind(ms(now_ms))
-                .bind(tenant.as_str())
-                .bind(TenantState::Deleted.as_str())
-                .execute(&mut *tx)
-                .await?;
+        // or a realm change running concurrently either sees this attach's key or makes
+        // it fail here.
+        let bump = match setup {
+            None => "UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2 AND state <> $3",
+            Some(_) => {
+                "UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2 AND state <> $3 \
+                 AND realm = $4 AND mode = $5"
+            }
+        };
+        let mut bumped = sqlx::query(bump).bind(ms(now_ms)).bind(tenant.as_str()).bind(TenantState::Deleted.as_str());
+        if let Some((realm, mode)) = setup {
+            bumped = bumped.bind(realm.as_str()).bind(mode.as_str());
+        }
+        let bumped = bumped.execute(&mut *tx).await?;
         if bumped.rows_affected() == 0 {
             drop(tx);
-            return Err(self.not_live(tenant).await);
+            return Err(match self.tenant(tenant).await? {
+                Some(t) if t.state != TenantState::Deleted => {
+                    RegistryError::Conflict { tenant: tenant.clone(), state: t.state, version: t.version }
+                }
+                _ => self.not_live(tenant).await,
+            });
         }
         let owner: Option<(String, String, String)> =
             sqlx::query("SELECT tenant_id, region, status FROM key_history WHERE key_arn = $1")
@@ -615,8 +644,10 @@ impl Registry {
     }
 
     /// Sets a pending tenant's realm, mode and role, bumping its version, with `events` in
-    /// the same transaction: only while it is `pending` and has no key in its history
-    /// (checked in the statement). Returns whether it changed.
+    /// the same transaction: only while it is `pending` and has no key in its history.
+    /// Returns whether it changed. The tenant's row is locked first and the history read
+    /// after, in a statement of its own, so a key attached concurrently is either seen
+    /// here or finds the realm changed ([`Registry::attach_key_for`]).
     pub async fn configure_tenant(
         &self,
         tenant: &TenantId,
@@ -627,21 +658,30 @@ impl Registry {
         events: &[NewEvent],
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let r = sqlx::query(
-            "UPDATE tenants SET realm = $1, mode = $2, role_arn = $3, version = version + 1, updated_ms = $4 \
-             WHERE id = $5 AND state = $6 AND NOT EXISTS (SELECT 1 FROM key_history WHERE tenant_id = $5)",
-        )
-        .bind(realm.as_str())
-        .bind(mode.as_str())
-        .bind(role_arn)
-        .bind(ms(now_ms))
-        .bind(tenant.as_str())
-        .bind(TenantState::Pending.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
+        let locked =
+            sqlx::query("UPDATE tenants SET version = version + 1, updated_ms = $1 WHERE id = $2 AND state = $3")
+                .bind(ms(now_ms))
+                .bind(tenant.as_str())
+                .bind(TenantState::Pending.as_str())
+                .execute(&mut *tx)
+                .await?;
+        if locked.rows_affected() == 0 {
             return Ok(false);
         }
+        let keyed = sqlx::query("SELECT 1 FROM key_history WHERE tenant_id = $1 LIMIT 1")
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if keyed.is_some() {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE tenants SET realm = $1, mode = $2, role_arn = $3 WHERE id = $4")
+            .bind(realm.as_str())
+            .bind(mode.as_str())
+            .bind(role_arn)
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
         self.insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         Ok(true)

@@ -96,6 +96,7 @@ both!(
     a_reader_paging_events_never_skips_one,
     deliveries_are_queued_with_their_event_and_claimed_once,
     probes_are_claimed_by_one_instance_at_a_time,
+    a_realm_change_and_a_key_attached_at_once_never_both_land,
 );
 
 async fn tenant_lifecycle(backend: Backend) {
@@ -671,4 +672,60 @@ async fn probes_are_claimed_by_one_instance_at_a_time(backend: Backend) {
     proved.sort();
     assert_eq!(proved, ["k1", "k2"]);
     assert!(a.keys_with_traffic(&t("t1"), 7150).await.unwrap().is_empty());
+}
+
+/// A pending tenant's realm chosen on one instance while a key validated for the old realm
+/// is attached on another, many times at once: either the key lands and the realm stays,
+/// or the realm changes and no key is in the history; never a key of one realm in a
+/// tenant of another.
+async fn a_realm_change_and_a_key_attached_at_once_never_both_land(backend: Backend) {
+    let (url, _dir) = database(backend).await;
+    let a = Arc::new(Registry::connect(&url).await.unwrap());
+    let b = Arc::new(Registry::connect(&url).await.unwrap());
+    let (mut attached, mut moved) = (0, 0);
+    for i in 0..20 {
+        let id = t(&format!("race-{i}"));
+        a.create_tenant(&id, &realm("eu"), TenantMode::Local, None, 1).await.unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let attach = {
+            let (a, id, barrier) = (a.clone(), id.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let eu = realm("eu");
+                a.attach_key_for(
+                    &id,
+                    Some((&eu, TenantMode::Local)),
+                    &region("eu-central-1"),
+                    &format!("lk-race-{i}"),
+                    KeyCheck::Valid,
+                    "[]",
+                    2,
+                    |_| Vec::new(),
+                )
+                .await
+            })
+        };
+        let configure = {
+            let (b, id, barrier) = (b.clone(), id.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                b.configure_tenant(&id, &realm("us"), TenantMode::Local, None, 2, &[]).await
+            })
+        };
+        let (attach, configure) = (attach.await.unwrap(), configure.await.unwrap().unwrap());
+        let tenant = a.tenant(&id).await.unwrap().unwrap();
+        let keys = a.keys(&id).await.unwrap();
+        match (attach, configure) {
+            (Ok(_), false) => {
+                attached += 1;
+                assert_eq!((tenant.realm.as_str(), keys.len()), ("eu", 1));
+            }
+            (Err(RegistryError::Conflict { .. }), true) => {
+                moved += 1;
+                assert_eq!((tenant.realm.as_str(), keys.len()), ("us", 0));
+            }
+            (attach, configure) => panic!("both or neither landed: attach {attach:?}, configure {configure}"),
+        }
+    }
+    assert_eq!(attached + moved, 20);
 }
