@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use keyhold_audit::Event;
-use keyhold_core::{KeyArn, Region, TenantId};
+use keyhold_core::{KeyArn, KeyRef, Region, TenantId};
 use keyhold_onboarding::{Report, Severity, Validation};
 use keyhold_provider::KeyProvider;
 use keyhold_registry::{Cause, KeyCheck, KeyStatus, Tenant, TenantMode, TenantState};
@@ -37,6 +37,9 @@ pub struct AttachOutcome {
     /// is not usable).
     pub attached: bool,
 }
+
+/// The longest role ARN accepted (IAM's own limit).
+pub const MAX_ROLE_ARN: usize = 2048;
 
 /// The longest key reference accepted (AWS KMS allows key ids and ARNs up to 2048
 /// characters): anything longer is refused before it is validated or recorded.
@@ -58,6 +61,12 @@ pub(crate) fn check_mode_role(mode: TenantMode, role_arn: Option<&str>) -> Resul
 /// name in printable ASCII without spaces (what IAM allows, and a rule every regex dialect
 /// reads alike, so the OpenAPI document states it exactly).
 pub fn check_role_arn(arn: &str) -> Result<(), LifecycleError> {
+    if arn.len() > MAX_ROLE_ARN {
+        return Err(LifecycleError::Invalid(format!(
+            "role_arn is at most {MAX_ROLE_ARN} bytes (IAM's limit); this one has {}",
+            arn.len()
+        )));
+    }
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let ok = matches!(parts.as_slice(), ["arn", p, "iam", "", account, resource]
         if !p.is_empty() && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
@@ -110,7 +119,25 @@ impl Lifecycle {
                 realm.regions.iter().map(Region::as_str).collect::<Vec<_>>().join(", ")
             )));
         }
-        if key.starts_with("arn:") {
+        // A key is of the tenant's kind: AWS KMS key ARNs for cmk and byok, the local
+        // provider's ids for local (a cmk tenant never runs on one of the platform's keys).
+        KeyRef::parse(key).map_err(|e| LifecycleError::Invalid(format!("invalid key reference: {e}")))?;
+        let is_arn = key.starts_with("arn:");
+        match (t.mode, is_arn) {
+            (TenantMode::Local, true) => {
+                return Err(LifecycleError::Invalid(format!(
+                    "tenant {id} is in local mode: its keys are local key ids (lk-...), not AWS KMS ARNs"
+                )));
+            }
+            (TenantMode::Cmk | TenantMode::Byok, false) => {
+                return Err(LifecycleError::Invalid(format!(
+                    "tenant {id} is in {} mode: its keys are AWS KMS key ARNs (arn:aws:kms:{region}:<account>:key/<id>)",
+                    t.mode
+                )));
+            }
+            _ => {}
+        }
+        if is_arn {
             match KeyArn::parse(key) {
                 Ok(a) if matches!(a.resource(), keyhold_core::KeyResource::Alias(_)) => {
                     return Err(LifecycleError::Invalid(format!(
@@ -142,7 +169,8 @@ impl Lifecycle {
         // worked (a tenant cannot claim a key it cannot use); a tenant in service also
         // needs the whole new set usable, so a broken key never replaces a working one.
         let own_errors = report_errors(&report, key);
-        let attach = own_errors.is_empty() && (t.state == TenantState::Pending || report.usable);
+        let proven = report.keys.iter().any(|k| k.key == key && k.round_trip);
+        let attach = proven && own_errors.is_empty() && (t.state == TenantState::Pending || report.usable);
         if !attach {
             return Ok(AttachOutcome { report, attached: false });
         }

@@ -64,7 +64,7 @@ pub use events::Detail;
 pub use journal::Journal;
 pub use keychange::{KeyChange, RoleOutcome, SETTLE_MS, reencryption_record};
 use keys::check_mode_role;
-pub use keys::{AttachOutcome, MAX_KEY_REF, check_role_arn};
+pub use keys::{AttachOutcome, MAX_KEY_REF, MAX_ROLE_ARN, check_role_arn};
 pub use metrics::Metrics;
 pub use streaming::StreamDecryption;
 

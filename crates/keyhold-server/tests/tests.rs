@@ -721,3 +721,52 @@ async fn the_monitor_suspends_on_revocation_and_resumes_on_restore() {
     }
     monitor.abort();
 }
+
+#[tokio::test]
+async fn a_key_is_recorded_only_once_it_proved_itself_and_only_of_the_tenants_kind() {
+    let f = fixture().await;
+    let admin = f.admin_token();
+    for (id, mode) in [("loco", "local"), ("cumulus", "cmk")] {
+        let (s, _) = f
+            .call(Method::POST, "/v1/tenants", Some(&admin), Some(json!({"id": id, "realm": "eu", "mode": mode})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let me = f.tenant_admin_token("loco");
+    // Nothing a key service could answer for: refused up front, or not attached.
+    for key in ["", " ", "foo", "lk-00000000000000000000000000000000"] {
+        let (s, out) =
+            f.call(Method::PUT, "/v1/tenants/loco/keys/eu-central-1", Some(&me), Some(json!({"key_arn": key}))).await;
+        assert!(
+            s == StatusCode::BAD_REQUEST || (s == StatusCode::OK && out["attached"] == false),
+            "{key:?}: {s} {out}"
+        );
+    }
+    let (_, t) = f.call(Method::GET, "/v1/tenants/loco", Some(&me), None).await;
+    assert_eq!(t["keys"], json!([]), "a key that never answered was recorded: {t}");
+    // A tenant's keys are of its kind: no local key for a cmk tenant, no ARN for a local one.
+    let local = f.local().create_key(&Region::parse("eu-central-1").unwrap(), "").unwrap().key.to_string();
+    let (s, e) = f
+        .call(Method::PUT, "/v1/tenants/cumulus/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": local})))
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{e}");
+    let arn = "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let (s, _) =
+        f.call(Method::PUT, "/v1/tenants/loco/keys/eu-central-1", Some(&admin), Some(json!({"key_arn": arn}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The local key still attaches to the local tenant.
+    let (s, out) =
+        f.call(Method::PUT, "/v1/tenants/loco/keys/eu-central-1", Some(&me), Some(json!({"key_arn": local}))).await;
+    assert_eq!((s, out["attached"].as_bool()), (StatusCode::OK, Some(true)), "{out}");
+    // A role ARN is at most IAM's 2048 bytes, wherever it is given.
+    let long = format!("arn:aws:iam::123456789012:role/{}", "a".repeat(2100));
+    let (s, _) = f
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&admin),
+            Some(json!({"id": "b1", "realm": "eu", "mode": "byok", "role_arn": long})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}

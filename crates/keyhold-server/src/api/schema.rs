@@ -186,6 +186,7 @@ pub fn key_ref() -> Object {
 /// A BYOK tenant's role ARN (`keyhold_lifecycle::check_role_arn`).
 pub fn role_arn() -> Object {
     string()
+        .max_length(Some(keyhold_lifecycle::MAX_ROLE_ARN))
         .pattern(Some(ROLE_ARN_PATTERN))
         .description(Some(
             "The role keyhold assumes (`arn:aws:iam::<account>:role/<name>`, from the byok-role template), with \

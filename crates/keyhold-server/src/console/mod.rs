@@ -288,7 +288,11 @@ fn same_origin(headers: &HeaderMap, config: &ConsoleConfig) -> Result<(), ApiErr
     {
         return Err(csrf_refused());
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    if let Some(origin) = origins.next() {
+        if origins.next().is_some() {
+            return Err(csrf_refused());
+        }
         let origin = origin.to_str().unwrap_or_default();
         if let Some(public) = &config.public_url {
             return if origin.eq_ignore_ascii_case(public) { Ok(()) } else { Err(csrf_refused()) };
@@ -377,7 +381,10 @@ async fn login_page(
     };
     let who = match &user {
         ConsoleUser::Admin => "the platform's admin (every tenant)".to_owned(),
-        ConsoleUser::TenantAdmin(t) => format!("the administrator of tenant {t}"),
+        ConsoleUser::TenantAdmin(t) => {
+            state.lifecycle.live_tenant(t).await?;
+            format!("the administrator of tenant {t}")
+        }
     };
     // A browser without a session signs in at once (the script submits the form); one
     // signed in already is asked first, since this link would end that session.

@@ -303,8 +303,9 @@ pub async fn audit_export(
     ApiPath(TenantPath { id }): ApiPath<TenantPath>,
 ) -> Result<Response, ApiError> {
     let tid = managed(&s, &id)?;
-    state.lifecycle.live_tenant(&tid).await?;
-    state.lifecycle.flush(false).await;
+    // Opened as the audit page opens it: the tenant live, the journal flushed, one of
+    // the instance's trail readers held while the export is read.
+    let _trail = Trail::open(&state, &s, &tid).await?;
     let mut out = Vec::new();
     state.lifecycle.journal().auditor().export(&tid, &mut out).await.map_err(api::audit_error)?;
     let mut resp = download(&format!("keyhold-audit-{tid}.jsonl"), String::from_utf8_lossy(&out).into_owned());
