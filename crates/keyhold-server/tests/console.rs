@@ -514,3 +514,20 @@ async fn with_a_public_url_links_use_it_and_forms_must_come_from_it() {
     req.headers_mut().insert(header::ORIGIN, "https://keyhold.example.com".parse().unwrap());
     assert_eq!(send(&f, req).await.status, StatusCode::SEE_OTHER);
 }
+
+#[tokio::test]
+async fn trail_readers_give_one_place_per_tenant_and_a_few_in_all() {
+    use keyhold_server::console::TrailReaders;
+    let readers = TrailReaders::new(2);
+    let t = |s: &str| keyhold_core::TenantId::parse(s).unwrap();
+    let short = std::time::Duration::from_millis(100);
+    let a = readers.enter(&t("acme"), short).await.expect("a place");
+    // acme's second page waits for its first: it cannot hold the other place.
+    assert!(readers.enter(&t("acme"), short).await.is_none());
+    let b = readers.enter(&t("globex"), short).await.expect("the other place");
+    assert!(readers.enter(&t("initech"), short).await.is_none(), "only two places");
+    drop(a);
+    let c = readers.enter(&t("initech"), short).await.expect("a place freed");
+    drop((b, c));
+    assert!(readers.enter(&t("acme"), short).await.is_some());
+}

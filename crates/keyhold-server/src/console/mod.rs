@@ -71,9 +71,8 @@ pub struct ConsoleConfig {
     /// The address clients reach keyhold at (`scheme://host[:port]`), when configured:
     /// links are built on it and forms' `Origin` must be it.
     pub public_url: Option<String>,
-    /// The pages that read a trail (audit, usage) running at once on this instance, at
-    /// most [`TRAIL_READERS`]: they share the registry's connections with the API.
-    pub trail_readers: Arc<tokio::sync::Semaphore>,
+    /// The pages that read a trail (audit, usage, export) on this instance.
+    pub trail_readers: Arc<TrailReaders>,
 }
 
 /// How many audit or usage pages read trails at once per instance.
@@ -85,7 +84,59 @@ impl Default for ConsoleConfig {
             secure_cookies: false,
             probe_interval: Some(keyhold_lifecycle::monitor::DEFAULT_INTERVAL),
             public_url: None,
-            trail_readers: Arc::new(tokio::sync::Semaphore::new(TRAIL_READERS)),
+            trail_readers: Arc::new(TrailReaders::new(TRAIL_READERS)),
+        }
+    }
+}
+
+/// The places of the pages that read a tenant's trail: at most a few at once on an
+/// instance (they share the registry's connections with the API), and at most one per
+/// tenant, so one tenant's pages never hold every place.
+#[derive(Debug)]
+pub struct TrailReaders {
+    places: Arc<tokio::sync::Semaphore>,
+    reading: Arc<std::sync::Mutex<std::collections::HashSet<keyhold_core::TenantId>>>,
+}
+
+/// A page's place among the trail readers, given back when dropped.
+#[derive(Debug)]
+pub struct TrailReading {
+    _place: tokio::sync::OwnedSemaphorePermit,
+    tenant: keyhold_core::TenantId,
+    reading: Arc<std::sync::Mutex<std::collections::HashSet<keyhold_core::TenantId>>>,
+}
+
+impl Drop for TrailReading {
+    fn drop(&mut self) {
+        self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.tenant);
+    }
+}
+
+impl TrailReaders {
+    /// `places` readers at once.
+    pub fn new(places: usize) -> Self {
+        Self { places: Arc::new(tokio::sync::Semaphore::new(places)), reading: Arc::default() }
+    }
+
+    /// A place for a page of `tenant`, within `wait` (after the tenant's own page before
+    /// it, then a free place); `None` when it does not come.
+    pub async fn enter(&self, tenant: &keyhold_core::TenantId, wait: Duration) -> Option<TrailReading> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(tenant.clone()) {
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // From here the tenant is marked: it is unmarked by the reading, or right here.
+        let place =
+            tokio::time::timeout_at(deadline, self.places.clone().acquire_owned()).await.ok().and_then(Result::ok);
+        match place {
+            Some(place) => Some(TrailReading { _place: place, tenant: tenant.clone(), reading: self.reading.clone() }),
+            None => {
+                self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(tenant);
+                None
+            }
         }
     }
 }

@@ -114,7 +114,7 @@ struct Trail<'a> {
     state: &'a AppState,
     id: TenantId,
     /// This page's place among the trail readers.
-    _reading: tokio::sync::OwnedSemaphorePermit,
+    _reading: crate::console::TrailReading,
 }
 
 impl<'a> Trail<'a> {
@@ -126,12 +126,8 @@ impl<'a> Trail<'a> {
             ApiQuery(api::AuditQuery { after: Some(0), limit: Some(1) }),
         )
         .await?;
-        let readers = state.console.trail_readers.clone();
-        let reading = tokio::time::timeout(std::time::Duration::from_secs(5), readers.acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| {
+        let reading =
+            state.console.trail_readers.enter(id, std::time::Duration::from_secs(5)).await.ok_or_else(|| {
                 ApiError::overloaded("the console is reading other audit trails; retry after the Retry-After delay")
             })?;
         Ok(Trail { state, id: id.clone(), _reading: reading })
