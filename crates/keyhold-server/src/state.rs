@@ -83,6 +83,21 @@ struct Directory {
     by_name: HashMap<String, Arc<ServiceEntry>>,
 }
 
+impl Directory {
+    /// What this directory can say of `name` at `now`, if it is fresh enough to say it: a
+    /// known name is trusted for the view bound; an unknown one sends keyhold back to the
+    /// registry at most once a second (a service just registered is seen within a second,
+    /// and a flood of made-up names costs one query a second).
+    fn lookup(&self, name: &str, now: u64) -> Option<Option<Arc<ServiceEntry>>> {
+        let age = now.saturating_sub(self.loaded_ms?);
+        match self.by_name.get(name) {
+            Some(e) if age < TENANT_VIEW_TTL_MS => Some(Some(e.clone())),
+            None if age < UNKNOWN_SERVICE_RELOAD_MS => Some(None),
+            _ => None,
+        }
+    }
+}
+
 /// What a cached token proved.
 #[derive(Debug, Clone)]
 pub enum Proven {
@@ -161,18 +176,7 @@ impl AppState {
     /// older than the view bound); `None` when no such service is registered.
     /// `now` is the caller's reading of the clock (the request already took one).
     pub async fn service(&self, name: &str, now: u64) -> Result<Option<Arc<ServiceEntry>>, RegistryError> {
-        // A known name is trusted for the view bound; an unknown one sends keyhold back to
-        // the registry at most once a second (a service just registered is seen within a
-        // second, and a flood of made-up names costs one query a second).
-        let usable = |d: &Directory| -> Option<Option<Arc<ServiceEntry>>> {
-            let age = now.saturating_sub(d.loaded_ms?);
-            match d.by_name.get(name) {
-                Some(e) if age < TENANT_VIEW_TTL_MS => Some(Some(e.clone())),
-                None if age < UNKNOWN_SERVICE_RELOAD_MS => Some(None),
-                _ => None,
-            }
-        };
-        if let Some(found) = usable(&self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+        if let Some(found) = self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner).lookup(name, now) {
             return Ok(found);
         }
         // The registry's future is large: boxed, it stays out of every request's future.
@@ -181,17 +185,9 @@ impl AppState {
 
     /// Reads the directory from the registry again, and `name`'s entry in it.
     async fn reload_services(&self, name: &str, now: u64) -> Result<Option<Arc<ServiceEntry>>, RegistryError> {
-        let usable = |d: &Directory| -> Option<Option<Arc<ServiceEntry>>> {
-            let age = now.saturating_sub(d.loaded_ms?);
-            match d.by_name.get(name) {
-                Some(e) if age < TENANT_VIEW_TTL_MS => Some(Some(e.clone())),
-                None if age < UNKNOWN_SERVICE_RELOAD_MS => Some(None),
-                _ => None,
-            }
-        };
         // One reload at a time: the others wait for it and use its result.
         let _reload = self.services_reload.lock().await;
-        if let Some(found) = usable(&self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+        if let Some(found) = self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner).lookup(name, now) {
             return Ok(found);
         }
         let generation = self.services_generation.load(std::sync::atomic::Ordering::Acquire);
