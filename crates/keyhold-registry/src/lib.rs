@@ -507,7 +507,9 @@ impl Registry {
     /// `decrypt_only` (it still decrypts what it protects); a key already in the history
     /// becomes active again. In one transaction, bumping the tenant's version. Returns the
     /// status changes made, as (key, previous status or `None`, new status); `events`
-    /// turns them into the events stored in the same transaction.
+    /// turns them into the events stored in the same transaction. Whatever the tenant's
+    /// realm and mode now: the lifecycle, which validated the key for them, uses
+    /// [`Registry::attach_key_for`].
     #[allow(clippy::too_many_arguments, reason = "the key, what validation found, and the change's events")]
     pub async fn attach_key(
         &self,

@@ -531,3 +531,28 @@ async fn trail_readers_give_one_place_per_tenant_and_a_few_in_all() {
     drop((b, c));
     assert!(readers.enter(&t("acme"), short).await.is_some());
 }
+
+#[tokio::test]
+async fn the_operators_view_pages_its_tenants() {
+    let f = fixture().await;
+    let admin = f.admin_token();
+    for i in 0..205 {
+        let (s, _) = f
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&admin),
+                Some(json!({"id": format!("t{i:03}"), "realm": "eu", "mode": "local"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (cookie, _) = sign_in(&f, None).await;
+    let first = send(&f, get(&cookie, "/console/tenants")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body.matches(r#"<a href="/console/t/t"#).count(), 200, "one page of tenants");
+    assert!(first.body.contains("Tenants 1 to 200 of 205"));
+    let next = send(&f, get(&cookie, "/console/tenants?skip=200")).await;
+    assert_eq!(next.body.matches(r#"<a href="/console/t/t"#).count(), 5);
+    assert!(!next.body.contains("Next tenants"));
+}

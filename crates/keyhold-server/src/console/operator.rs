@@ -23,7 +23,12 @@ pub struct TenantFilter {
     realm: Option<String>,
     mode: Option<String>,
     q: Option<String>,
+    /// Tenants after this many of the matching ones (a page's start).
+    skip: Option<usize>,
 }
+
+/// Tenants shown per page: only these have their key history read.
+const TENANTS_PAGE: usize = 200;
 
 /// Every tenant, filtered.
 pub async fn tenants(
@@ -48,13 +53,18 @@ async fn tenants_page(
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for t in &all {
         *counts.entry(t.state.to_string()).or_default() += 1;
-        let keep = want_state.as_deref().is_none_or(|v| t.state.as_str() == v)
-            && want_realm.as_deref().is_none_or(|v| t.realm.as_str() == v)
-            && want_mode.as_deref().is_none_or(|v| t.mode.to_string() == v)
-            && q.as_deref().is_none_or(|v| t.id.as_str().to_ascii_lowercase().contains(&v.to_ascii_lowercase()));
-        if !keep {
-            continue;
-        }
+    }
+    let matching: Vec<_> = all
+        .iter()
+        .filter(|t| {
+            want_state.as_deref().is_none_or(|v| t.state.as_str() == v)
+                && want_realm.as_deref().is_none_or(|v| t.realm.as_str() == v)
+                && want_mode.as_deref().is_none_or(|v| t.mode.to_string() == v)
+                && q.as_deref().is_none_or(|v| t.id.as_str().to_ascii_lowercase().contains(&v.to_ascii_lowercase()))
+        })
+        .collect();
+    let skip = f.skip.unwrap_or(0).min(matching.len());
+    for t in matching.iter().skip(skip).take(TENANTS_PAGE) {
         let keys = state.lifecycle.key_history(&t.id).await?;
         let active: Vec<_> = keys.iter().filter(|k| k.status.as_str() == "active").collect();
         let last_probe = active.iter().filter_map(|k| k.last_check_ms).max();
@@ -111,6 +121,22 @@ async fn tenants_page(
         &["Tenant", "State", "Why", "Realm", "Mode", "Last probe", "Findings", "Console"],
         &rows,
     ));
+    if matching.len() > skip + TENANTS_PAGE {
+        let mut params = vec![format!("skip={}", skip + TENANTS_PAGE)];
+        for (k, v) in [("state", &want_state), ("realm", &want_realm), ("mode", &want_mode), ("q", &q)] {
+            if let Some(v) = v {
+                params.push(format!("{k}={}", url(v)));
+            }
+        }
+        let _ = write!(
+            body,
+            r#"<p>Tenants {} to {} of {}. <a href="/console/tenants?{}">Next tenants</a></p>"#,
+            skip + 1,
+            skip + TENANTS_PAGE,
+            matching.len(),
+            esc(&params.join("&"))
+        );
+    }
     Ok(html::page("Tenants", Some(&s.nav(None, "/console/tenants")), &body))
 }
 
