@@ -70,7 +70,11 @@ impl Served {
 
     async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.unwrap().unwrap();
+        // The drain may take up to its own timeout (30 s) on a loaded machine.
+        tokio::time::timeout(keyhold_server::conn::DRAIN_TIMEOUT + Duration::from_secs(5), &mut self.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
